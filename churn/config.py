@@ -1,0 +1,210 @@
+"""The training configuration: one typed model of config.yaml, validated on load.
+
+A misspelt key, a wrong type or an impossible value is refused with a one-line message that
+names it (and suggests the closest valid key), before anything touches MLflow.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+
+class ConfigError(ValueError):
+    """The configuration file cannot be used; the message names the file and the key."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class MlflowConfig(_Section):
+    experiment_name: str = "churn-prediction"
+    model_name: str = "churn-classifier"
+    # MLflow's own default: an embedded SQLite store, no server needed.
+    # The MLFLOW_TRACKING_URI environment variable wins over this.
+    tracking_uri: str = "sqlite:///mlflow.db"
+
+
+class DataConfig(_Section):
+    train_path: Path = Path("data/churn_train.csv")
+    target_column: str = "churned"
+
+
+class FeatureRule(_Section):
+    """Domain rules for one feature; the API enforces them on requests."""
+
+    min: float | None = None
+    max: float | None = None
+    integer: bool = False
+    allowed: list[str] | None = Field(default=None, min_length=1)
+
+    @model_validator(mode="after")
+    def _check(self) -> FeatureRule:
+        if self.min is not None and self.max is not None and self.min > self.max:
+            raise ValueError(f"min ({self.min}) is greater than max ({self.max})")
+        return self
+
+
+class FeaturesConfig(_Section):
+    numeric: list[str] = Field(min_length=0)
+    categorical: list[str] = Field(min_length=0)
+    rules: dict[str, FeatureRule] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _check(self) -> FeaturesConfig:
+        names = self.numeric + self.categorical
+        if not names:
+            raise ValueError("no features: list at least one under numeric or categorical")
+        duplicates = sorted({n for n in names if names.count(n) > 1})
+        if duplicates:
+            raise ValueError(f"features listed twice: {', '.join(duplicates)}")
+        for name, rule in self.rules.items():
+            if name not in names:
+                raise ValueError(f"rules names '{name}', which is not a listed feature")
+            if rule.allowed is not None and name in self.numeric:
+                raise ValueError(f"rules.{name}.allowed is only for categorical features")
+            if (rule.min is not None or rule.max is not None or rule.integer) and (
+                name in self.categorical
+            ):
+                raise ValueError(f"rules.{name}: min/max/integer are only for numeric features")
+        return self
+
+    @property
+    def all(self) -> list[str]:
+        return self.numeric + self.categorical
+
+
+class TrainingConfig(_Section):
+    val_size: float = Field(0.2, gt=0.0, lt=1.0)
+    random_state: int = 42
+
+
+class ModelConfig(_Section):
+    """Classifier choice and hyper-parameters; each type reads the ones that apply to it."""
+
+    type: Literal["random_forest", "gradient_boosting", "logistic_regression"] = "random_forest"
+    n_estimators: int = Field(200, ge=1, le=5000)
+    max_depth: int | None = Field(8, ge=1)
+    min_samples_leaf: int = Field(1, ge=1)
+    learning_rate: float = Field(0.1, gt=0.0, le=1.0)
+    C: float = Field(1.0, gt=0.0)
+    class_weight: Literal["balanced"] | None = None
+    n_jobs: int = -1
+
+
+class GateConfig(_Section):
+    min_val_auc: float = Field(0.88, ge=0.0, le=1.0)
+    # How much lower than the current production model's val AUC a candidate may be.
+    max_auc_drop: float = Field(0.01, ge=0.0, le=1.0)
+
+
+class RiskConfig(_Section):
+    """Risk tiers from the churn probability: HIGH >= high, MEDIUM >= medium, else LOW."""
+
+    high: float = Field(0.75, gt=0.0, le=1.0)
+    medium: float = Field(0.45, gt=0.0, le=1.0)
+    decision_threshold: float = Field(0.5, gt=0.0, lt=1.0)
+
+    @model_validator(mode="after")
+    def _check(self) -> RiskConfig:
+        if self.medium > self.high:
+            raise ValueError(f"medium ({self.medium}) must not exceed high ({self.high})")
+        return self
+
+
+class ExportConfig(_Section):
+    artifacts_dir: Path = Path("artifacts")
+    onnx: bool = True
+    # The ONNX export is only shipped when it agrees with the sklearn pipeline this well.
+    onnx_max_abs_diff: float = Field(0.01, gt=0.0)
+    onnx_min_tier_agreement: float = Field(0.999, gt=0.0, le=1.0)
+    profile_sample_size: int = Field(5000, ge=100)
+    model_card: Path = Path("MODEL_CARD.md")
+
+
+class Config(_Section):
+    mlflow: MlflowConfig = MlflowConfig()
+    data: DataConfig = DataConfig()
+    features: FeaturesConfig
+    training: TrainingConfig = TrainingConfig()
+    model: ModelConfig = ModelConfig()
+    gate: GateConfig = GateConfig()
+    risk: RiskConfig = RiskConfig()
+    export: ExportConfig = ExportConfig()
+
+    @model_validator(mode="after")
+    def _target_not_a_feature(self) -> Config:
+        if self.data.target_column in self.features.all:
+            raise ValueError(
+                f"the target '{self.data.target_column}' is also listed as a feature; "
+                "a model must not see its own label"
+            )
+        return self
+
+    @property
+    def tracking_uri(self) -> str:
+        """MLFLOW_TRACKING_URI from the environment wins over the config file."""
+        return os.environ.get("MLFLOW_TRACKING_URI") or self.mlflow.tracking_uri
+
+
+def _known_keys(model: type[BaseModel], loc: tuple[Any, ...]) -> list[str]:
+    """The valid keys at a location, for 'did you mean' hints."""
+    current: Any = model
+    for part in loc[:-1]:
+        field = getattr(current, "model_fields", {}).get(part)
+        if field is None:
+            return []
+        current = field.annotation
+    return list(getattr(current, "model_fields", {}))
+
+
+def _describe(error: dict[str, Any]) -> str:
+    loc = tuple(error["loc"])
+    dotted = ".".join(str(p) for p in loc) or "(top level)"
+    if error["type"] == "extra_forbidden":
+        hint = difflib.get_close_matches(str(loc[-1]), _known_keys(Config, loc), n=1)
+        suggestion = f"; did you mean '{hint[0]}'?" if hint else ""
+        return f"{dotted}: unknown key{suggestion}"
+    if error["type"] == "missing":
+        return f"{dotted}: required key is missing"
+    message = str(error["msg"]).removeprefix("Value error, ")
+    value = error.get("input")
+    got = "" if isinstance(value, dict | list) else f" (got {value!r})"
+    return f"{dotted}: {message}{got}"
+
+
+def parse_config(raw: Any, source: str = "config") -> Config:
+    """Validate an already-parsed mapping; raise ConfigError with a one-line reason."""
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{source}: expected a mapping of sections, got {type(raw).__name__}")
+    try:
+        return Config.model_validate(raw)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        more = len(exc.errors()) - 1
+        extra = f" (and {more} more problem{'s' if more > 1 else ''})" if more else ""
+        raise ConfigError(f"{source}: {_describe(dict(first))}{extra}") from None
+
+
+def load_config(path: str | Path = "config.yaml") -> Config:
+    """Read and validate a YAML config file."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: config file not found") from None
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read config file ({exc.strerror})") from None
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark is not None else ""
+        raise ConfigError(f"{path}: not valid YAML{where}") from None
+    return parse_config(raw, source=str(path))

@@ -1,0 +1,285 @@
+"""Training: validate, fit, evaluate, log to MLflow, register, export the bundle.
+
+`train()` is the recipe `train.py` runs; every step is a function the tests call directly.
+"""
+
+from __future__ import annotations
+
+import platform
+import subprocess
+import sys
+import time
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from importlib import metadata as importlib_metadata
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from sklearn.metrics import (
+    average_precision_score,
+    brier_score_loss,
+    f1_score,
+    log_loss,
+    precision_score,
+    recall_score,
+    roc_auc_score,
+)
+from sklearn.model_selection import train_test_split
+from sklearn.pipeline import Pipeline
+
+from churn.bundle import save_bundle
+from churn.config import Config
+from churn.data import TrainingData, load_training_data
+from churn.onnx_export import OnnxExport, export_onnx
+from churn.pipeline import build_pipeline, inference_ready
+from churn.profile import build_reference_profile
+from churn.registry import BUNDLE_ARTIFACT_PATH
+from churn.schema import FeatureSchema
+
+Progress = Callable[[str], None]
+
+# Types skops must be told to trust when MLflow reloads the logged model. Named one by one:
+# trusting everything would make skops as unsafe as pickle.
+SKOPS_TRUSTED_TYPES = [
+    "sklearn.tree._tree.Tree",
+    "numpy.dtype",
+]
+
+
+@dataclass(frozen=True)
+class Split:
+    X_train: pd.DataFrame
+    X_val: pd.DataFrame
+    y_train: pd.Series
+    y_val: pd.Series
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    run_id: str
+    model_name: str
+    model_version: str
+    metrics: dict[str, float]
+    bundle_path: Path
+    onnx: OnnxExport
+    seconds: float
+
+
+def split(data: TrainingData, config: Config) -> Split:
+    X_train, X_val, y_train, y_val = train_test_split(
+        data.features,
+        data.target,
+        test_size=config.training.val_size,
+        random_state=config.training.random_state,
+        stratify=data.target,
+    )
+    return Split(X_train, X_val, y_train, y_val)
+
+
+def evaluate(y_true: np.ndarray, probability: np.ndarray, threshold: float) -> dict[str, float]:
+    predicted = (probability >= threshold).astype(int)
+    clipped = np.clip(probability, 1e-7, 1 - 1e-7)
+    return {
+        "val_auc": float(roc_auc_score(y_true, probability)),
+        "val_pr_auc": float(average_precision_score(y_true, probability)),
+        "val_precision": float(precision_score(y_true, predicted, zero_division=0)),
+        "val_recall": float(recall_score(y_true, predicted, zero_division=0)),
+        "val_f1": float(f1_score(y_true, predicted, zero_division=0)),
+        "val_log_loss": float(log_loss(y_true, clipped)),
+        "val_brier": float(brier_score_loss(y_true, probability)),
+    }
+
+
+def git_commit() -> str | None:
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5, check=True
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() or None
+
+
+def library_versions() -> dict[str, str]:
+    versions = {"python": platform.python_version()}
+    for package in ("scikit-learn", "numpy", "pandas", "scipy", "joblib", "mlflow", "skl2onnx",
+                    "onnxruntime"):
+        try:
+            versions[package] = importlib_metadata.version(package)
+        except importlib_metadata.PackageNotFoundError:
+            continue
+    return versions
+
+
+def _model_params(config: Config) -> dict[str, Any]:
+    params: dict[str, Any] = {f"model.{k}": v for k, v in config.model.model_dump().items()}
+    params.update(
+        {
+            "training.val_size": config.training.val_size,
+            "training.random_state": config.training.random_state,
+            "features.numeric": ",".join(config.features.numeric),
+            "features.categorical": ",".join(config.features.categorical),
+            "data.target_column": config.data.target_column,
+        }
+    )
+    return params
+
+
+def build_metadata(
+    *,
+    config: Config,
+    data: TrainingData,
+    schema: FeatureSchema,
+    parts: Split,
+    metrics: dict[str, float],
+    val_probability: np.ndarray,
+    run_id: str,
+    version: str,
+    onnx: OnnxExport,
+) -> dict[str, Any]:
+    """Everything serving and monitoring need to know about the model, without the raw data."""
+    return {
+        "model_name": config.mlflow.model_name,
+        "model_version": version,
+        "run_id": run_id,
+        "model_type": config.model.type,
+        "trained_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "git_commit": git_commit(),
+        "library_versions": library_versions(),
+        "params": _model_params(config),
+        "feature_schema": schema.to_dict(),
+        "metrics": metrics,
+        "risk": config.risk.model_dump(),
+        "onnx": onnx.as_metadata(),
+        "training_data": {
+            "path": str(data.path),
+            "digest": data.digest,
+            "rows": len(data.features),
+            "train_rows": len(parts.X_train),
+            "val_rows": len(parts.X_val),
+            "churn_rate": float(data.target.mean()),
+            "dropped_unlabelled": data.dropped_unlabelled,
+            "snapshot": datetime.fromtimestamp(data.path.stat().st_mtime, UTC).date().isoformat(),
+        },
+        "reference_profile": build_reference_profile(
+            parts.X_train,
+            schema.numeric,
+            schema.categorical,
+            val_probability,
+            sample_size=config.export.profile_sample_size,
+            seed=config.training.random_state,
+        ),
+    }
+
+
+def _log_evaluation(pipeline: Pipeline, y_val: np.ndarray, probability: np.ndarray,
+                    config: Config) -> None:
+    import mlflow
+
+    from churn import plots
+
+    figures = plots.evaluation_figures(y_val, probability, config.risk.decision_threshold)
+    importance = plots.feature_importance(pipeline)
+    figures["feature_importance.png"] = plots.feature_importance_figure(importance)
+    for name, fig in figures.items():
+        mlflow.log_figure(fig, f"plots/{name}")
+    plots.close(figures)
+    mlflow.log_dict(importance, "feature_importance.json")
+
+
+def _say(progress: Progress | None, message: str) -> None:
+    if progress is not None:
+        progress(message)
+
+
+def train(config: Config, config_path: Path | None = None,
+          progress: Progress | None = None) -> TrainResult:
+    """Run the whole recipe. Data is validated before MLflow is touched."""
+    import mlflow
+    from mlflow.models import infer_signature
+
+    started = time.perf_counter()
+    _say(progress, f"load      reading {config.data.train_path}")
+    data = load_training_data(config)
+    _say(progress, f"validate  {len(data.features):,} rows, {len(config.features.all)} features, "
+         f"churn rate {data.target.mean():.1%}"
+         + (f", {data.dropped_unlabelled} unlabelled rows dropped" if data.dropped_unlabelled else ""))
+    schema = FeatureSchema.from_training(config, data.features)
+    parts = split(data, config)
+
+    _say(progress, f"fit       {config.model.type} on {len(parts.X_train):,} rows")
+    pipeline = build_pipeline(config).fit(parts.X_train, parts.y_train)
+    inference_ready(pipeline)
+
+    _say(progress, f"evaluate  on {len(parts.X_val):,} validation rows")
+    val_probability = pipeline.predict_proba(parts.X_val)[:, 1]
+    metrics = evaluate(parts.y_val.to_numpy(), val_probability, config.risk.decision_threshold)
+    onnx = export_onnx(pipeline, schema, parts.X_val, config.export, config.risk) \
+        if config.export.onnx else OnnxExport(None, None, None, "disabled in config")
+    if onnx.max_abs_diff is not None:
+        metrics["onnx_max_abs_diff"] = onnx.max_abs_diff
+        metrics["onnx_tier_agreement"] = onnx.tier_agreement or 0.0
+
+    tracking_uri = config.tracking_uri
+    _say(progress, f"log       MLflow at {tracking_uri}, experiment {config.mlflow.experiment_name}")
+    mlflow.set_tracking_uri(tracking_uri)
+    mlflow.set_registry_uri(tracking_uri)
+    mlflow.set_experiment(config.mlflow.experiment_name)
+    with mlflow.start_run() as run, warnings.catch_warnings():
+        # MLflow's hints about integer columns and ambiguous local sources are noise here:
+        # the signature is inferred from real validation rows and the source is a local file.
+        warnings.filterwarnings("ignore", category=UserWarning, module=r"mlflow\..*")
+        commit = git_commit()
+        mlflow.set_tags({"git_commit": commit or "unknown", "mlflow.source.git.commit": commit or "",
+                         "model_type": config.model.type})
+        mlflow.log_params(_model_params(config))
+        mlflow.log_metrics(metrics)
+        if config_path is not None and config_path.exists():
+            mlflow.log_artifact(str(config_path), artifact_path="config")
+        full = parts.X_train.assign(**{config.data.target_column: parts.y_train})
+        dataset = mlflow.data.from_pandas(
+            full, source=str(data.path), targets=config.data.target_column,
+            name=data.path.name, digest=data.digest[:32],
+        )
+        mlflow.log_input(dataset, context="training")
+        _log_evaluation(pipeline, parts.y_val.to_numpy(), val_probability, config)
+
+        example = parts.X_val.head(5)
+        signature = infer_signature(example, pipeline.predict_proba(example))
+        info = mlflow.sklearn.log_model(
+            pipeline,
+            name="model",
+            signature=signature,
+            input_example=example,
+            registered_model_name=config.mlflow.model_name,
+            pyfunc_predict_fn="predict_proba",
+            skops_trusted_types=SKOPS_TRUSTED_TYPES,
+        )
+        version = str(info.registered_model_version)
+
+        _say(progress, f"export    bundle v{version} to {config.export.artifacts_dir}/"
+             f" (ONNX: {onnx.reason})")
+        metadata = build_metadata(
+            config=config, data=data, schema=schema, parts=parts, metrics=metrics,
+            val_probability=val_probability, run_id=run.info.run_id, version=version, onnx=onnx,
+        )
+        bundle_path = save_bundle(config.export.artifacts_dir, pipeline, metadata, onnx.onnx_bytes)
+        mlflow.log_artifacts(str(config.export.artifacts_dir), artifact_path=BUNDLE_ARTIFACT_PATH)
+
+    return TrainResult(
+        run_id=run.info.run_id,
+        model_name=config.mlflow.model_name,
+        model_version=version,
+        metrics=metrics,
+        bundle_path=bundle_path,
+        onnx=onnx,
+        seconds=time.perf_counter() - started,
+    )
+
+
+def print_progress(message: str) -> None:
+    print(f"[train] {message}", file=sys.stderr, flush=True)
