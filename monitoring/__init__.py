@@ -1,0 +1,1 @@
+"""Production monitoring: data and prediction drift, live model quality, Prometheus metrics."""
