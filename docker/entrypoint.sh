@@ -1,0 +1,25 @@
+#!/bin/sh
+# Container entrypoint of the churn API image.
+#
+# `serve` (the default CMD) starts uvicorn with WEB_CONCURRENCY workers. Prometheus
+# multiprocess mode keeps one metrics file per worker pid in PROMETHEUS_MULTIPROC_DIR; files
+# left by a previous run would be summed into the new counters, so the directory is emptied
+# here, before any worker starts. Any other command is exec'd as given (e.g. `python -m ...`).
+set -eu
+
+if [ "${1:-serve}" != "serve" ]; then
+    exec "$@"
+fi
+
+multiproc_dir="${PROMETHEUS_MULTIPROC_DIR:-/tmp/prometheus}"
+rm -rf "$multiproc_dir"
+mkdir -p "$multiproc_dir"
+export PROMETHEUS_MULTIPROC_DIR="$multiproc_dir"
+
+exec uvicorn app.main:app \
+    --host "${HOST:-0.0.0.0}" \
+    --port "${PORT:-8000}" \
+    --workers "${WEB_CONCURRENCY:-2}" \
+    --proxy-headers \
+    --forwarded-allow-ips "${FORWARDED_ALLOW_IPS:-127.0.0.1}" \
+    --timeout-graceful-shutdown "${GRACEFUL_TIMEOUT:-20}"
