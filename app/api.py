@@ -1,0 +1,191 @@
+"""HTTP routes: thin, each delegates to the ModelService on app.state."""
+
+from __future__ import annotations
+
+import hmac
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, HTTPException, Request, Response
+from fastapi.responses import JSONResponse
+
+from app.body import read_json, validate
+from app.schemas import (
+    BatchResponse,
+    ErrorResponse,
+    FeedbackRequest,
+    FeedbackResponse,
+    HealthResponse,
+    PredictionResponse,
+    ReadyResponse,
+    ReloadResponse,
+)
+from app.service import (
+    FeedbackUnavailableError,
+    ModelNotReadyError,
+    ModelService,
+    ReloadError,
+    UnknownPredictionError,
+)
+
+
+async def get_service(request: Request) -> ModelService:
+    service: ModelService = request.app.state.service
+    return service
+
+
+ServiceDep = Annotated[ModelService, Depends(get_service)]
+
+_CLIENT_ERRORS: dict[int | str, dict[str, Any]] = {
+    413: {"model": ErrorResponse, "description": "Body (or batch) larger than the limit"},
+    415: {"model": ErrorResponse, "description": "Content-Type is not application/json"},
+    422: {"model": ErrorResponse, "description": "Invalid input: field and reason in detail"},
+    503: {"model": ErrorResponse, "description": "No verified model loaded yet"},
+}
+
+router = APIRouter()
+
+
+def _model_or_503(service: ModelService, request: Request) -> Any:
+    try:
+        model = service.require_model()
+    except ModelNotReadyError as exc:
+        raise HTTPException(503, detail=f"model not ready: {exc}") from None
+    request.state.model_version = model.version
+    return model
+
+
+@router.get("/health", response_model=HealthResponse, tags=["probes"])
+async def health(service: ServiceDep) -> dict[str, Any]:
+    """Liveness: 200 whenever the process is up (never touches the model or the store)."""
+    model = service.model
+    return {
+        "status": "healthy",
+        "model_loaded": model is not None,
+        "model_version": model.version if model else None,
+    }
+
+
+@router.get(
+    "/ready",
+    response_model=ReadyResponse,
+    tags=["probes"],
+    responses={503: {"model": ReadyResponse}},
+)
+async def ready(service: ServiceDep) -> Any:
+    """Readiness: 503 until a model is loaded and verified."""
+    model = service.model
+    if model is None:
+        reason = service.last_error or "the model is still loading"
+        return JSONResponse({"status": "not ready", "reason": reason}, status_code=503)
+    return {"status": "ready", "model_version": model.version}
+
+
+@router.get("/model", tags=["model"], responses={503: _CLIENT_ERRORS[503]})
+async def model_metadata(service: ServiceDep, request: Request) -> dict[str, Any]:
+    """The served bundle's metadata (version, run id, metrics, schema), no reference profile."""
+    return dict(_model_or_503(service, request).public_metadata())
+
+
+@router.get("/metrics", tags=["probes"], response_class=Response)
+def metrics(service: ServiceDep) -> Response:
+    """Prometheus exposition, summed across workers in multiprocess mode."""
+    body, content_type = service.metrics.render()
+    return Response(body, media_type=content_type)
+
+
+@router.post(
+    "/predict", response_model=PredictionResponse, tags=["predict"], responses=_CLIENT_ERRORS
+)
+async def predict(service: ServiceDep, request: Request) -> dict[str, Any]:
+    """Churn probability, decision and risk tier for one customer."""
+    model = _model_or_503(service, request)
+    customer = validate(model.customer_model, await read_json(request))
+    rows = service.rows_of(model, [customer])
+    return (await service.predict(model, rows))[0]
+
+
+@router.post(
+    "/predict/batch", response_model=BatchResponse, tags=["predict"], responses=_CLIENT_ERRORS
+)
+async def predict_batch(service: ServiceDep, request: Request) -> dict[str, Any]:
+    """Predictions for up to MAX_BATCH_SIZE customers, answered in the order sent."""
+    model = _model_or_503(service, request)
+    payload = await read_json(request)
+    limit = service.settings.max_batch_size
+    customers = payload.get("customers") if isinstance(payload, dict) else None
+    if isinstance(customers, list) and len(customers) > limit:
+        raise HTTPException(
+            413,
+            detail=f"{len(customers)} customers in one call; the limit is "
+            f"{limit} (MAX_BATCH_SIZE): split the batch",
+        )
+    batch = validate(model.batch_model, payload)
+    items = batch.customers  # type: ignore[attr-defined]
+    predictions = await service.predict(model, service.rows_of(model, items))
+    return {"model_version": model.version, "count": len(predictions), "predictions": predictions}
+
+
+@router.post(
+    "/feedback",
+    response_model=FeedbackResponse,
+    tags=["feedback"],
+    responses={404: {"model": ErrorResponse}, **_CLIENT_ERRORS},
+)
+async def feedback(service: ServiceDep, request: Request) -> dict[str, Any]:
+    """Record the true outcome of an earlier prediction, for live accuracy."""
+    item = validate(FeedbackRequest, await read_json(request))
+    assert isinstance(item, FeedbackRequest)
+    try:
+        await service.record_feedback(item.prediction_id, item.outcome)
+    except UnknownPredictionError as exc:
+        raise HTTPException(404, detail=str(exc)) from None
+    except FeedbackUnavailableError as exc:
+        raise HTTPException(503, detail=str(exc)) from None
+    return {"prediction_id": item.prediction_id, "outcome": item.outcome}
+
+
+admin_router = APIRouter(prefix="/admin", tags=["admin"])
+
+
+async def _check_token(service: ServiceDep, request: Request) -> None:
+    token = service.settings.admin_token
+    expected = token.get_secret_value().encode() if token else b""
+    scheme, _, given = request.headers.get("authorization", "").partition(" ")
+    if (
+        not expected
+        or scheme.lower() != "bearer"
+        or not hmac.compare_digest(given.strip().encode(), expected)
+    ):
+        raise HTTPException(
+            401,
+            detail="a valid admin bearer token is required",
+            headers={"WWW-Authenticate": "Bearer"},
+        )
+
+
+@admin_router.post(
+    "/reload",
+    response_model=ReloadResponse,
+    dependencies=[Depends(_check_token)],
+    responses={401: {"model": ErrorResponse}, 409: {"model": ErrorResponse}},
+)
+async def reload_model(service: ServiceDep, request: Request) -> dict[str, Any]:
+    """Load and verify the configured model beside the current one, then swap atomically.
+
+    A bad bundle is refused with 409 and the reason; the current model keeps serving.
+    """
+    serving = service.model
+    try:
+        result = await service.load()
+    except ReloadError as exc:
+        keeps = f"version {serving.version} keeps serving" if serving else "no model is serving"
+        raise HTTPException(
+            409, detail={"message": f"reload refused; {keeps}", "reason": str(exc)}
+        ) from None
+    request.state.model_version = result.model.version
+    return {
+        "status": "reloaded" if result.changed else "unchanged",
+        "model_version": result.model.version,
+        "previous_version": result.previous_version,
+        "backend": result.model.backend,
+    }

@@ -1,0 +1,157 @@
+"""Prometheus metrics of the API, correct with several uvicorn workers.
+
+With PROMETHEUS_MULTIPROC_DIR set (the container sets it), prometheus_client keeps each
+worker's values in files there and /metrics sums them, so counts add up whichever worker
+answered. Metrics are created per app on their own registry (never the global one), so tests
+can build many apps in one process.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    disable_created_metrics,
+    generate_latest,
+    multiprocess,
+)
+
+# The *_created series double the exposition size and no dashboard reads them.
+disable_created_metrics()
+
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0)
+HTTP_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+PROBABILITY_BUCKETS = tuple(i / 10 for i in range(1, 11))
+
+
+def multiprocess_dir() -> str | None:
+    return os.environ.get("PROMETHEUS_MULTIPROC_DIR") or None
+
+
+class Metrics:
+    """Every metric of the API contract (see monitoring/ for the queries that read them)."""
+
+    def __init__(self) -> None:
+        r = self.registry = CollectorRegistry(auto_describe=True)
+        self.predictions = Counter(
+            "predictions_total", "Predictions served, by outcome", ["outcome"], registry=r
+        )
+        self.high_risk = Counter(
+            "high_risk_predictions_total", "Predictions in the HIGH risk tier", registry=r
+        )
+        self.latency = Histogram(
+            "prediction_latency_seconds",
+            "Model call time per request (queue + inference)",
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.probability = Histogram(
+            "prediction_probability",
+            "Predicted churn probabilities",
+            buckets=PROBABILITY_BUCKETS,
+            registry=r,
+        )
+        self.requests = Counter(
+            "http_requests_total",
+            "HTTP requests by route and status",
+            ["method", "route", "status"],
+            registry=r,
+        )
+        self.duration = Histogram(
+            "http_request_duration_seconds",
+            "HTTP request latency by route and status",
+            ["method", "route", "status"],
+            buckets=HTTP_BUCKETS,
+            registry=r,
+        )
+        self.model_info = Gauge(
+            "model_info",
+            "The model being served (1) and previously served ones (0)",
+            ["model_name", "model_version", "run_id", "backend"],
+            registry=r,
+            multiprocess_mode="livemax",
+        )
+        self.reloads = Counter(
+            "model_reloads_total", "Model reloads by result", ["result"], registry=r
+        )
+        self.dropped = Counter(
+            "prediction_log_dropped_total",
+            "Prediction log records dropped, by reason",
+            ["reason"],
+            registry=r,
+        )
+        self.unknown_category = Counter(
+            "unknown_category_total",
+            "Categories not seen in training, by feature",
+            ["feature"],
+            registry=r,
+        )
+        for result in ("success", "failure"):
+            self.reloads.labels(result)
+        for reason in ("queue_full", "write_error", "shutdown", "disabled"):
+            self.dropped.labels(reason)
+        self.outcome = {
+            True: self.predictions.labels("churn"),
+            False: self.predictions.labels("no_churn"),
+        }
+        self._http: dict[tuple[str, str, int], tuple[Any, Any]] = {}
+
+    def observe_request(self, method: str, route: str, status: int, seconds: float) -> None:
+        """Count one HTTP request (label children cached: no label lookup per request)."""
+        key = (method, route, status)
+        children = self._http.get(key)
+        if children is None:
+            children = (
+                self.requests.labels(method, route, str(status)),
+                self.duration.labels(method, route, str(status)),
+            )
+            self._http[key] = children
+        children[0].inc()
+        children[1].observe(seconds)
+
+    def observe_predictions(
+        self, probabilities: list[float], decisions: list[bool], high_risk: int, seconds: float
+    ) -> None:
+        churn = sum(decisions)
+        if churn:
+            self.outcome[True].inc(churn)
+        if len(decisions) - churn:
+            self.outcome[False].inc(len(decisions) - churn)
+        if high_risk:
+            self.high_risk.inc(high_risk)
+        observe = self.probability.observe
+        for p in probabilities:
+            observe(p)
+        self.latency.observe(seconds)
+
+    def set_model(
+        self,
+        name: str,
+        version: str,
+        run_id: str,
+        backend: str,
+        previous: tuple[str, str, str, str] | None,
+    ) -> None:
+        if previous is not None:
+            self.model_info.labels(*previous).set(0)
+        self.model_info.labels(name, version, run_id, backend).set(1)
+
+    def render(self) -> tuple[bytes, str]:
+        """The exposition text: summed across workers in multiprocess mode."""
+        if multiprocess_dir() is None:
+            return generate_latest(self.registry), CONTENT_TYPE_LATEST
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry)
+        return generate_latest(registry), CONTENT_TYPE_LATEST
+
+
+def mark_process_dead() -> None:
+    """Remove this worker's live gauges (model_info) from the multiprocess directory."""
+    if multiprocess_dir() is not None:
+        multiprocess.mark_process_dead(os.getpid())

@@ -1,0 +1,217 @@
+"""A served model: a verified bundle, its predictor, its request models and thresholds.
+
+Everything a request needs hangs off one immutable ``ServedModel``; a hot reload builds a new
+one beside the old and swaps a single reference, so a request in flight keeps the model it
+started with and never sees half of each.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from pydantic import BaseModel
+
+from app.batcher import Row
+from app.schemas import build_batch_model, build_customer_model
+from app.settings import Settings
+from churn.bundle import BundleError, ModelBundle, load_bundle
+from churn.inference import OnnxPredictor, Predictor, SklearnPredictor, make_predictor
+from churn.risk import risk_tiers
+from churn.schema import FeatureSchema
+
+logger = logging.getLogger("app.model")
+
+PARITY_ROWS = 64
+_DEFAULT_RISK = {"high": 0.75, "medium": 0.45, "decision_threshold": 0.5}
+
+
+class ModelLoadError(RuntimeError):
+    """A model could not be loaded or failed verification; the message says which and why."""
+
+
+@dataclass(frozen=True)
+class Thresholds:
+    high: float
+    medium: float
+    decision: float
+
+
+@dataclass(frozen=True)
+class ServedModel:
+    name: str
+    version: str
+    run_id: str
+    backend: str
+    source: str
+    metadata: dict[str, Any]
+    schema: FeatureSchema
+    predictor: Predictor
+    thresholds: Thresholds
+    customer_model: type[BaseModel]
+    batch_model: type[BaseModel]
+    backend_reason: str = ""
+    # feature -> categories seen in training, for free-text features only
+    known_categories: dict[str, frozenset[str]] = field(default_factory=dict)
+
+    @property
+    def labels(self) -> tuple[str, str, str, str]:
+        return (self.name, self.version, self.run_id, self.backend)
+
+    def predict_rows(self, rows: list[Row]) -> np.ndarray:
+        """Probabilities for rows in feature order (runs on the inference thread)."""
+        columns = dict(zip(self.schema.names, zip(*rows, strict=True), strict=True))
+        return self.predictor.predict_proba(columns)
+
+    def tiers(self, probabilities: np.ndarray) -> np.ndarray:
+        return risk_tiers(probabilities, self.thresholds.high, self.thresholds.medium)
+
+    def public_metadata(self) -> dict[str, Any]:
+        """Bundle metadata for GET /model, without the large reference profile."""
+        meta = {k: v for k, v in self.metadata.items() if k != "reference_profile"}
+        meta.update(
+            backend=self.backend,
+            backend_reason=self.backend_reason,
+            source=self.source,
+            thresholds={
+                "high": self.thresholds.high,
+                "medium": self.thresholds.medium,
+                "decision_threshold": self.thresholds.decision,
+            },
+        )
+        return meta
+
+
+def thresholds_for(settings: Settings, metadata: dict[str, Any]) -> Thresholds:
+    """Environment overrides first, then the bundle's "risk" section, then the defaults."""
+    risk = {**_DEFAULT_RISK, **(metadata.get("risk") or {})}
+    high = settings.risk_high if settings.risk_high is not None else float(risk["high"])
+    medium = settings.risk_medium if settings.risk_medium is not None else float(risk["medium"])
+    decision = (
+        settings.decision_threshold
+        if settings.decision_threshold is not None
+        else float(risk["decision_threshold"])
+    )
+    if medium > high:
+        raise ModelLoadError(
+            f"risk thresholds: medium ({medium}) exceeds high ({high}); "
+            "check RISK_MEDIUM/RISK_HIGH against the bundle's risk section"
+        )
+    return Thresholds(high=high, medium=medium, decision=decision)
+
+
+def fetch_bundle(settings: Settings) -> tuple[ModelBundle, str]:
+    """The bundle named by MODEL_URI (registry) or MODEL_PATH (disk), checksums verified."""
+    try:
+        if settings.model_uri:
+            from churn.registry import download_bundle
+
+            tracking = settings.mlflow_tracking_uri or "sqlite:///mlflow.db"
+            return download_bundle(tracking, settings.model_uri), settings.model_uri
+        return load_bundle(Path(settings.model_path)), str(settings.model_path)
+    except BundleError as exc:
+        raise ModelLoadError(str(exc)) from None
+    except Exception as exc:  # registry/network failures come in many types
+        where = settings.model_uri or settings.model_path
+        raise ModelLoadError(
+            f"{where}: cannot fetch the model ({type(exc).__name__}: {exc})"
+        ) from None
+
+
+def sample_rows(bundle: ModelBundle, n: int = PARITY_ROWS, seed: int = 0) -> dict[str, list[Any]]:
+    """Synthetic customers drawn per feature from the reference profile (or the schema)."""
+    rng = np.random.default_rng(seed)
+    profile = bundle.metadata.get("reference_profile") or {}
+    columns: dict[str, list[Any]] = {}
+    for spec in bundle.schema.features:
+        if spec.kind == "numeric":
+            sample = (profile.get("numeric", {}).get(spec.name) or {}).get("sample")
+            if not sample:
+                low = spec.observed_min if spec.observed_min is not None else (spec.min or 0.0)
+                high = spec.observed_max if spec.observed_max is not None else low + 100.0
+                sample = np.linspace(low, high, 17).tolist()
+            columns[spec.name] = [float(v) for v in rng.choice(sample, n)]
+        else:
+            choices = spec.allowed or spec.categories or ["unknown"]
+            columns[spec.name] = [str(v) for v in rng.choice(choices, n)]
+    return columns
+
+
+def _verified_predictor(
+    bundle: ModelBundle, settings: Settings, thresholds: Thresholds
+) -> tuple[Predictor, str]:
+    """ONNX if it gives the sklearn pipeline's tiers and decisions on sample rows, else sklearn."""
+    sklearn = SklearnPredictor(bundle.schema, bundle.pipeline)
+    rows = sample_rows(bundle)
+    expected = sklearn.predict_proba(rows)
+    _check_probabilities(expected, bundle)
+    if settings.inference_backend == "sklearn":
+        return sklearn, "INFERENCE_BACKEND=sklearn"
+    if bundle.onnx_bytes is None:
+        return sklearn, "the bundle has no ONNX export"
+    try:
+        onnx = make_predictor(bundle, prefer_onnx=True)
+        assert isinstance(onnx, OnnxPredictor)
+        got = onnx.predict_proba(rows)
+    except Exception as exc:  # a broken export must not stop serving: sklearn is there
+        reason = f"ONNX export unusable ({type(exc).__name__}: {exc}); serving sklearn"
+        logger.warning(reason, extra={"model_version": bundle.version})
+        return sklearn, reason
+    same_tiers = np.array_equal(
+        risk_tiers(expected, thresholds.high, thresholds.medium),
+        risk_tiers(got, thresholds.high, thresholds.medium),
+    )
+    same_decisions = np.array_equal(expected >= thresholds.decision, got >= thresholds.decision)
+    if not (same_tiers and same_decisions):
+        reason = (
+            f"ONNX and sklearn disagree on risk tier or decision for some of "
+            f"{len(expected)} sample rows; serving sklearn"
+        )
+        logger.warning(reason, extra={"model_version": bundle.version})
+        return sklearn, reason
+    diff = float(np.max(np.abs(expected - got)))
+    return onnx, f"ONNX agrees with sklearn on {len(expected)} sample rows (max diff {diff:.2g})"
+
+
+def _check_probabilities(values: np.ndarray, bundle: ModelBundle) -> None:
+    if not (np.all(np.isfinite(values)) and np.all((values >= 0) & (values <= 1))):
+        raise ModelLoadError(f"{bundle.directory}: the model returns probabilities outside [0, 1]")
+
+
+def load_model(settings: Settings) -> ServedModel:
+    """Fetch, verify and prepare a model (CPU and I/O: call it off the event loop)."""
+    bundle, source = fetch_bundle(settings)
+    try:
+        schema = bundle.schema
+        thresholds = thresholds_for(settings, bundle.metadata)
+        predictor, reason = _verified_predictor(bundle, settings, thresholds)
+    except ModelLoadError:
+        raise
+    except Exception as exc:  # a pipeline that cannot predict is a bad bundle, not a crash
+        raise ModelLoadError(
+            f"{bundle.directory}: the model fails on sample rows ({type(exc).__name__}: {exc})"
+        ) from None
+    customer = build_customer_model(schema)
+    known = {
+        s.name: frozenset(s.categories or [])
+        for s in schema.features
+        if s.kind == "categorical" and not s.allowed
+    }
+    return ServedModel(
+        name=bundle.name,
+        version=bundle.version,
+        run_id=str(bundle.metadata.get("run_id", "")),
+        backend=predictor.backend,
+        backend_reason=reason,
+        source=source,
+        metadata=bundle.metadata,
+        schema=schema,
+        predictor=predictor,
+        thresholds=thresholds,
+        customer_model=customer,
+        batch_model=build_batch_model(customer, settings.max_batch_size, schema),
+        known_categories=known,
+    )

@@ -1,0 +1,231 @@
+"""The model service: owns the served model, predicts, logs predictions, reloads safely.
+
+The HTTP layer stays thin and delegates here. A reload loads and verifies the new bundle on a
+worker thread beside the old one and swaps one reference; a bad bundle leaves the old model
+serving and the reason is returned, logged and counted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from pydantic import BaseModel
+from sqlalchemy.exc import SQLAlchemyError
+
+from app.batcher import MicroBatcher, Row
+from app.metrics import Metrics
+from app.model import ModelLoadError, ServedModel, load_model
+from app.settings import Settings
+from churn.prediction_log import (
+    PredictionBatch,
+    PredictionLogWriter,
+    prediction_exists,
+    record_feedback,
+)
+
+logger = logging.getLogger("app.service")
+
+
+class ModelNotReadyError(RuntimeError):
+    """No verified model is loaded yet (or the last load failed)."""
+
+
+class ReloadError(RuntimeError):
+    """A reload was refused; the previous model is still serving."""
+
+
+@dataclass(frozen=True)
+class ReloadResult:
+    changed: bool
+    model: ServedModel
+    previous_version: str | None
+
+
+def new_ids(n: int) -> list[str]:
+    """n random 128-bit ids as 32 hex characters (one syscall for the whole batch)."""
+    raw = os.urandom(16 * n).hex()
+    return [raw[i : i + 32] for i in range(0, 32 * n, 32)]
+
+
+class ModelService:
+    """Everything the handlers need, created once per app in the lifespan."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        metrics: Metrics,
+        log_writer: PredictionLogWriter | None,
+        loader: Callable[[Settings], ServedModel] = load_model,
+    ) -> None:
+        self.settings = settings
+        self.metrics = metrics
+        self.log_writer = log_writer
+        self.loader = loader
+        self.batcher = MicroBatcher()
+        self.model: ServedModel | None = None
+        self.last_error: str | None = None
+        self._reload_lock = asyncio.Lock()
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def start(self) -> None:
+        self.batcher.start()
+        if self.log_writer is not None:
+            self.log_writer.start()
+
+    def stop(self) -> None:
+        self.batcher.stop()
+        if self.log_writer is not None:
+            self.log_writer.close()
+
+    async def load(self) -> ReloadResult:
+        """Load and verify the configured model, then swap it in (serialised with reloads)."""
+        async with self._reload_lock:
+            previous = self.model
+            try:
+                model = await asyncio.to_thread(self.loader, self.settings)
+            except ModelLoadError as exc:
+                self.last_error = str(exc)
+                self.metrics.reloads.labels("failure").inc()
+                logger.error(
+                    "model load failed; %s",
+                    "previous model keeps serving" if previous else "not ready",
+                    extra={"reason": str(exc)},
+                )
+                raise ReloadError(str(exc)) from None
+            self._swap(model, previous)
+            return ReloadResult(
+                changed=previous is None
+                or previous.version != model.version
+                or previous.run_id != model.run_id,
+                model=model,
+                previous_version=previous.version if previous else None,
+            )
+
+    def _swap(self, model: ServedModel, previous: ServedModel | None) -> None:
+        self.model = model  # one reference: requests in flight keep the model they took
+        self.last_error = None
+        self.metrics.set_model(*model.labels, previous=previous.labels if previous else None)
+        self.metrics.reloads.labels("success").inc()
+        logger.info(
+            "model loaded",
+            extra={
+                "model_version": model.version,
+                "backend": model.backend,
+                "backend_reason": model.backend_reason,
+                "source": model.source,
+                "previous_version": previous.version if previous else None,
+            },
+        )
+
+    def require_model(self) -> ServedModel:
+        model = self.model
+        if model is None:
+            raise ModelNotReadyError(self.last_error or "the model is still loading")
+        return model
+
+    # ------------------------------------------------------------------ prediction
+
+    def rows_of(self, model: ServedModel, customers: list[BaseModel]) -> list[Row]:
+        """Feature values in schema order; counts categories unseen in training."""
+        rows: list[Row] = [tuple(c.__dict__.values()) for c in customers]
+        for name, known in model.known_categories.items():
+            unknown = sum(1 for c in customers if getattr(c, name) not in known)
+            if unknown:
+                self.metrics.unknown_category.labels(name).inc(unknown)
+        return rows
+
+    async def predict(self, model: ServedModel, rows: list[Row]) -> list[dict[str, Any]]:
+        """One response dict per row, in order; logged and counted."""
+        started = time.perf_counter()
+        probabilities = await self.batcher.predict(model, rows)
+        elapsed = time.perf_counter() - started
+        rounded = np.round(probabilities, 4).tolist()
+        decisions = (probabilities >= model.thresholds.decision).tolist()
+        tiers = model.tiers(probabilities).tolist()
+        ids = new_ids(len(rows))
+        self.metrics.observe_predictions(rounded, decisions, tiers.count("HIGH"), elapsed)
+        self._log(model, rows, ids, rounded, tiers)
+        version = model.version
+        return [
+            {
+                "churn_probability": p,
+                "churn_prediction": d,
+                "risk_tier": t,
+                "model_version": version,
+                "prediction_id": i,
+            }
+            for p, d, t, i in zip(rounded, decisions, tiers, ids, strict=True)
+        ]
+
+    def _log(
+        self,
+        model: ServedModel,
+        rows: list[Row],
+        ids: list[str],
+        probabilities: list[float],
+        tiers: list[str],
+    ) -> None:
+        if self.log_writer is None:
+            return
+        columns: dict[str, Sequence[Any]] = dict(
+            zip(model.schema.names, zip(*rows, strict=True), strict=True)
+        )
+        self.log_writer.enqueue(
+            PredictionBatch(
+                ids=ids,
+                created_at=time.time(),
+                model_version=model.version,
+                columns=columns,
+                probabilities=probabilities,
+                tiers=tiers,
+            )
+        )
+
+    # ------------------------------------------------------------------ feedback
+
+    async def record_feedback(self, prediction_id: str, outcome: bool) -> None:
+        """Store the true outcome of a logged prediction (joined to the log by id)."""
+        writer = self.log_writer
+        if writer is None:
+            raise FeedbackUnavailableError(
+                "the prediction log is disabled (PREDICTION_LOG_ENABLED=false); "
+                "feedback cannot be joined to predictions"
+            )
+        try:
+            known = writer.is_pending(prediction_id) or await asyncio.to_thread(
+                prediction_exists, writer.engine, prediction_id
+            )
+            if not known and _looks_like_id(prediction_id):
+                # Another worker may still hold it in its queue: wait for one flush.
+                await asyncio.sleep(2 * self.settings.prediction_log_flush_interval)
+                known = writer.is_pending(prediction_id) or await asyncio.to_thread(
+                    prediction_exists, writer.engine, prediction_id
+                )
+            if not known:
+                raise UnknownPredictionError(f"no prediction with id {prediction_id!r}")
+            await asyncio.to_thread(record_feedback, writer.engine, prediction_id, outcome)
+        except SQLAlchemyError as exc:
+            logger.warning("feedback not stored: %s", exc, extra={"prediction_id": prediction_id})
+            raise FeedbackUnavailableError(
+                f"the prediction log store is unavailable ({type(exc).__name__}); retry later"
+            ) from None
+
+
+class UnknownPredictionError(LookupError):
+    """Feedback names a prediction id that was never logged."""
+
+
+class FeedbackUnavailableError(RuntimeError):
+    """Feedback cannot be stored right now (log disabled or store down)."""
+
+
+def _looks_like_id(value: str) -> bool:
+    return len(value) == 32 and all(c in "0123456789abcdef" for c in value)

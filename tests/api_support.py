@@ -1,0 +1,169 @@
+"""Helpers shared by the API and prediction-log tests: settings, customers, Postgres, a proxy."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import select
+import shutil
+import socket
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from app.settings import Settings
+from tests._tools import free_port, missing
+
+ADMIN_TOKEN = "test-admin-token"
+POSTGRES_ADMIN_URL = os.environ.get(
+    "TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres"
+)
+
+CUSTOMER: dict[str, Any] = {
+    "tenure": 12,
+    "monthly_charges": 70.5,
+    "total_charges": 846.0,
+    "num_products": 2,
+    "contract_type": "Month-to-month",
+    "payment_method": "Electronic check",
+    "internet_service": "Fiber optic",
+}
+
+
+def make_settings(model_path: Path, tmp: Path, **overrides: Any) -> Settings:
+    """Settings for a test app: the given bundle, a private SQLite log, fast flushing."""
+    values: dict[str, Any] = {
+        "model_path": model_path,
+        "database_url": f"sqlite:///{tmp / 'prediction_log.db'}",
+        "prediction_log_flush_interval": 0.05,
+        "model_required": False,
+        "log_level": "WARNING",
+        "environment": "test",
+        **overrides,
+    }
+    return Settings(**values)
+
+
+def copy_bundle(source_dir: Path, target: Path) -> Path:
+    """A private copy of a bundle directory (tests tamper with or re-version it)."""
+    shutil.copytree(source_dir, target)
+    return target / "model.pkl"
+
+
+def wait_until(condition: Callable[[], bool], timeout: float = 20.0, step: float = 0.05) -> bool:
+    """Poll until `condition()` is true; False on timeout (the caller asserts)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(step)
+    return condition()
+
+
+def metric_value(text: str, name: str, **labels: str) -> float:
+    """Sum of the samples of `name` in Prometheus text whose labels include `labels`."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    total = 0.0
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
+                total += sample.value
+    return total
+
+
+# ---------------------------------------------------------------------------- PostgreSQL
+
+
+@contextlib.contextmanager
+def postgres_database() -> Iterator[str]:
+    """A fresh database `churn_test_<random>` on the local server, dropped afterwards."""
+    psycopg2 = pytest.importorskip("psycopg2")
+    name = f"churn_test_{uuid.uuid4().hex[:10]}"
+    try:
+        admin = psycopg2.connect(POSTGRES_ADMIN_URL, connect_timeout=3)
+    except psycopg2.OperationalError as exc:
+        missing(f"PostgreSQL is not reachable at {POSTGRES_ADMIN_URL}: {exc}")
+    admin.autocommit = True
+    try:
+        with admin.cursor() as cur:
+            cur.execute(f'CREATE DATABASE "{name}"')
+        yield POSTGRES_ADMIN_URL.rsplit("/", 1)[0] + f"/{name}"
+    finally:
+        with admin.cursor() as cur:
+            cur.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        admin.close()
+
+
+# ---------------------------------------------------------------------------- TCP proxy
+
+
+class TcpProxy:
+    """A loopback TCP proxy we can take down and bring back, to simulate a store outage."""
+
+    def __init__(self, upstream_port: int, upstream_host: str = "127.0.0.1") -> None:
+        self.upstream = (upstream_host, upstream_port)
+        self.port = free_port()
+        self._listener: socket.socket | None = None
+        self._conns: list[socket.socket] = []
+        self._lock = threading.Lock()
+        self._running = False
+
+    def start(self) -> None:
+        listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listener.bind(("127.0.0.1", self.port))
+        listener.listen(16)
+        listener.settimeout(0.2)
+        self._listener = listener
+        self._running = True
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def stop(self) -> None:
+        """Refuse new connections and cut every open one (an outage, not a clean close)."""
+        self._running = False
+        if self._listener is not None:
+            self._listener.close()
+            self._listener = None
+        with self._lock:
+            for conn in self._conns:
+                with contextlib.suppress(OSError):
+                    conn.close()
+            self._conns.clear()
+
+    def _accept(self) -> None:
+        listener = self._listener
+        while self._running and listener is not None:
+            try:
+                client, _ = listener.accept()
+            except (TimeoutError, OSError):
+                continue
+            try:
+                server = socket.create_connection(self.upstream, timeout=3)
+            except OSError:
+                client.close()
+                continue
+            with self._lock:
+                self._conns += [client, server]
+            threading.Thread(target=self._pump, args=(client, server), daemon=True).start()
+
+    def _pump(self, a: socket.socket, b: socket.socket) -> None:
+        try:
+            while self._running:
+                ready, _, _ = select.select([a, b], [], [], 0.2)
+                for sock in ready:
+                    data = sock.recv(65536)
+                    if not data:
+                        return
+                    (b if sock is a else a).sendall(data)
+        except (OSError, ValueError):
+            return
+        finally:
+            for sock in (a, b):
+                with contextlib.suppress(OSError):
+                    sock.close()

@@ -1,0 +1,185 @@
+"""The prediction log: batched writes, feedback join, drops when full, PostgreSQL and outages."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections import Counter
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+
+from app.main import create_app
+from churn.prediction_log import (
+    PredictionBatch,
+    PredictionLogWriter,
+    create_tables,
+    make_engine,
+    read_predictions,
+    record_feedback,
+)
+from tests.api_support import (
+    CUSTOMER,
+    TcpProxy,
+    make_settings,
+    metric_value,
+    postgres_database,
+    wait_until,
+)
+from tests.conftest import TrainedModel
+
+
+def batch(ids: list[str], version: str = "3") -> PredictionBatch:
+    n = len(ids)
+    return PredictionBatch(
+        ids=ids,
+        created_at=time.time(),
+        model_version=version,
+        columns={"tenure": [float(i) for i in range(n)], "contract_type": ["One year"] * n},
+        probabilities=[0.1 * (i % 10) for i in range(n)],
+        tiers=["LOW"] * n,
+    )
+
+
+def test_writer_round_trip_with_feedback(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'log.db'}"
+    engine = make_engine(url)
+    writer = PredictionLogWriter(engine, batch_size=3, flush_interval=0.02)
+    assert writer.prepare()
+    writer.start()
+    writer.enqueue(batch(["a", "b"]))
+    writer.enqueue(batch(["c"], version="4"))
+    assert writer.is_pending("a") or writer.written
+    writer.close()
+    assert writer.written == 3
+    assert not writer.is_pending("a")
+    record_feedback(engine, "b", True)
+    record_feedback(engine, "c", False)
+    record_feedback(engine, "c", True)  # a correction replaces the earlier outcome
+    frame = read_predictions(url)
+    assert list(frame.columns) == [
+        "prediction_id",
+        "created_at",
+        "model_version",
+        "tenure",
+        "contract_type",
+        "probability",
+        "risk_tier",
+        "outcome",
+    ]
+    by_id = frame.set_index("prediction_id")
+    assert np.isnan(by_id.loc["a", "outcome"])
+    assert by_id.loc["b", "outcome"] == 1.0
+    assert by_id.loc["c", "outcome"] == 1.0
+    assert by_id.loc["c", "model_version"] == "4"
+    assert str(frame["created_at"].dt.tz) == "UTC"
+    future = datetime.now(UTC) + timedelta(hours=1)
+    assert read_predictions(url, since=future).empty
+    assert len(read_predictions(url, since=datetime.now(UTC) - timedelta(hours=1))) == 3
+
+
+def test_read_predictions_of_an_empty_store(tmp_path: Path) -> None:
+    frame = read_predictions(f"sqlite:///{tmp_path / 'none.db'}")
+    assert frame.empty
+    assert "outcome" in frame.columns
+
+
+def test_full_queue_drops_and_counts_without_blocking(tmp_path: Path) -> None:
+    drops: Counter[str] = Counter()
+    writer = PredictionLogWriter(
+        make_engine(f"sqlite:///{tmp_path / 'log.db'}"),
+        queue_size=5,
+        on_drop=lambda reason, n: drops.update({reason: n}),
+    )  # not started: nothing drains the queue
+    assert writer.enqueue(batch(["1", "2", "3", "4"]))
+    assert not writer.enqueue(batch(["5", "6"]))
+    assert drops == {"queue_full": 2}
+    writer.close()
+    assert drops["shutdown"] == 4
+
+
+def test_duplicate_ids_are_dropped_not_retried_forever(tmp_path: Path) -> None:
+    drops: Counter[str] = Counter()
+    engine = make_engine(f"sqlite:///{tmp_path / 'log.db'}")
+    writer = PredictionLogWriter(
+        engine, flush_interval=0.02, on_drop=lambda reason, n: drops.update({reason: n})
+    )
+    writer.start()
+    writer.enqueue(batch(["x"]))
+    assert wait_until(lambda: writer.written == 1)
+    writer.enqueue(batch(["x"]))
+    assert wait_until(lambda: drops["write_error"] == 1)
+    writer.close()
+
+
+@pytest.mark.integration
+def test_postgres_store(trained_model: TrainedModel, tmp_path: Path) -> None:
+    with postgres_database() as url:
+        settings = make_settings(trained_model.model_path, tmp_path, database_url=url)
+        with TestClient(create_app(settings)) as client:
+            ids = [client.post("/predict", json=CUSTOMER).json()["prediction_id"] for _ in range(5)]
+            assert wait_until(lambda: len(read_predictions(url)) == 5)
+            response = client.post("/feedback", json={"prediction_id": ids[0], "outcome": 0})
+            assert response.status_code == 200
+        frame = read_predictions(url).set_index("prediction_id")
+        assert frame.loc[ids[0], "outcome"] == 0.0
+        assert frame["outcome"].isna().sum() == 4
+        assert frame.loc[ids[1], "num_products"] == CUSTOMER["num_products"]
+        create_tables(make_engine(url))  # idempotent
+
+
+@pytest.mark.integration
+@pytest.mark.slow
+def test_store_outage_mid_traffic(trained_model: TrainedModel, tmp_path: Path) -> None:
+    """Predictions keep answering 200 while the store is away; writing resumes after."""
+    with postgres_database() as url:
+        proxy = TcpProxy(upstream_port=5432)
+        proxy.start()
+        proxied = url.replace("127.0.0.1:5432", f"127.0.0.1:{proxy.port}")
+        settings = make_settings(
+            trained_model.model_path,
+            tmp_path,
+            database_url=proxied,
+            prediction_log_queue_size=20,
+            prediction_log_batch_size=5,
+        )
+        try:
+            with TestClient(create_app(settings)) as client:
+
+                def predict(n: int) -> list[str]:
+                    answers = [client.post("/predict", json=CUSTOMER) for _ in range(n)]
+                    assert {a.status_code for a in answers} == {200}
+                    return [a.json()["prediction_id"] for a in answers]
+
+                predict(10)
+                assert wait_until(lambda: len(read_predictions(url)) == 10)
+                proxy.stop()
+                predict(60)  # more than the queue holds while the store is away
+                dropped = metric_value(
+                    client.get("/metrics").text, "prediction_log_dropped_total", reason="queue_full"
+                )
+                assert dropped > 0
+                proxy.start()
+                # What was queued during the outage is written once the store is back ...
+                assert wait_until(lambda: len(read_predictions(url)) > 10, timeout=40)
+                assert wait_until(lambda: not client.app.state.service.log_writer.queued)
+                after = predict(5)  # ... and so is new traffic.
+                assert wait_until(
+                    lambda: set(after) <= set(read_predictions(url)["prediction_id"]),
+                    timeout=40,
+                )
+            assert len(read_predictions(url)) + dropped >= 75 - 1
+        finally:
+            proxy.stop()
+
+
+def test_feedback_needs_the_log(trained_model: TrainedModel, tmp_path: Path) -> None:
+    settings = make_settings(trained_model.model_path, tmp_path, prediction_log_enabled=False)
+    with TestClient(create_app(settings)) as client:
+        pid = client.post("/predict", json=CUSTOMER).json()["prediction_id"]
+        response = client.post("/feedback", json={"prediction_id": pid, "outcome": True})
+        assert response.status_code == 503
+        assert "PREDICTION_LOG_ENABLED" in json.dumps(response.json())
