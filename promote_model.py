@@ -22,10 +22,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--config", type=Path, default=Path("config.yaml"))
     parser.add_argument("--version", help="registered version to promote (default: newest)")
     parser.add_argument("--alias", default="production", help="alias to move (production, staging)")
-    parser.add_argument("--rollback", action="store_true", help="return the alias to its previous version")
+    parser.add_argument(
+        "--rollback", action="store_true", help="return the alias to its previous version"
+    )
     parser.add_argument("--dry-run", action="store_true", help="run the gate only; move nothing")
-    parser.add_argument("--model-card", type=Path, help="where to write the model card "
-                        "(default: export.model_card from the config)")
+    parser.add_argument(
+        "--model-card",
+        type=Path,
+        help="where to write the model card (default: export.model_card from the config)",
+    )
     args = parser.parse_args(argv)
     if args.rollback and (args.version or args.dry_run):
         parser.error("--rollback takes no --version or --dry-run")
@@ -48,8 +53,9 @@ def main(argv: list[str] | None = None) -> int:
                 was = f" (was v{result.previous}, now archived)" if result.previous else ""
                 print(f"promoted {name} v{result.version} to @{args.alias}{was}")
         if args.alias == "production" and (result.changed or args.model_card):
-            card = write_model_card(config, result.version, args.alias,
-                                    args.model_card or config.export.model_card)
+            card = write_model_card(
+                config, result.version, args.alias, args.model_card or config.export.model_card
+            )
             print(f"model card written to {card}")
     except GateFailed as exc:
         print(f"gate failed: {exc.decision.summary()}: {exc}", file=sys.stderr)

@@ -153,7 +153,9 @@ def load_bundle(path: Path) -> ModelBundle:
     if MODEL_FILE not in files:
         raise BundleError(f"{directory / METADATA_FILE}: no checksum for {MODEL_FILE}")
     model_bytes = _verified_bytes(directory, MODEL_FILE, files[MODEL_FILE])
-    onnx_bytes = _verified_bytes(directory, ONNX_FILE, files[ONNX_FILE]) if ONNX_FILE in files else None
+    onnx_bytes = (
+        _verified_bytes(directory, ONNX_FILE, files[ONNX_FILE]) if ONNX_FILE in files else None
+    )
     try:
         import io
 
@@ -161,9 +163,13 @@ def load_bundle(path: Path) -> ModelBundle:
     except Exception as exc:  # a corrupt pickle raises anything from EOFError to KeyError
         raise BundleError(f"{directory / MODEL_FILE}: cannot be unpickled ({exc!r})") from None
     if not hasattr(pipeline, "predict_proba"):
-        raise BundleError(f"{directory / MODEL_FILE}: holds {type(pipeline).__name__}, not a classifier")
+        raise BundleError(
+            f"{directory / MODEL_FILE}: holds {type(pipeline).__name__}, not a classifier"
+        )
     try:
         FeatureSchema.from_dict(metadata["feature_schema"])
     except Exception as exc:
         raise BundleError(f"{directory / METADATA_FILE}: invalid feature_schema ({exc})") from None
-    return ModelBundle(directory=directory, pipeline=pipeline, metadata=metadata, onnx_bytes=onnx_bytes)
+    return ModelBundle(
+        directory=directory, pipeline=pipeline, metadata=metadata, onnx_bytes=onnx_bytes
+    )

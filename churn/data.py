@@ -72,8 +72,7 @@ def _check_columns(df: pd.DataFrame, config: Config, path: Path) -> None:
                 hint = difflib.get_close_matches(name, columns, n=1)
                 suggestion = f"; did you mean '{hint[0]}'?" if hint else ""
                 raise DataValidationError(
-                    f"config: {section} names '{name}', which is not a column of {path}"
-                    f"{suggestion}"
+                    f"config: {section} names '{name}', which is not a column of {path}{suggestion}"
                 )
 
 
@@ -107,7 +106,7 @@ def _coerce_numeric(df: pd.DataFrame, names: list[str], path: Path) -> None:
 
 
 def prepare_features(df: pd.DataFrame, numeric: list[str], categorical: list[str]) -> pd.DataFrame:
-    """The frame the pipeline expects: floats for numerics, object strings (or NaN) for categories."""
+    """The frame the pipeline expects: float numerics, object-typed categories (NaN if missing)."""
     out = pd.DataFrame(index=df.index)
     for name in numeric:
         out[name] = pd.to_numeric(df[name], errors="coerce").astype(float)

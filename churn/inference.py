@@ -39,7 +39,9 @@ class SklearnPredictor(Predictor):
         self.pipeline = pipeline
 
     def predict_proba(self, columns: Columns) -> np.ndarray:
-        frame = prepare_features(pd.DataFrame(dict(columns)), self.schema.numeric, self.schema.categorical)
+        frame = prepare_features(
+            pd.DataFrame(dict(columns)), self.schema.numeric, self.schema.categorical
+        )
         return np.asarray(self.pipeline.predict_proba(frame)[:, 1], dtype=float)
 
 

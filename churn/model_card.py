@@ -19,13 +19,18 @@ def _feature_rows(schema: dict[str, Any]) -> list[str]:
     rows = []
     for f in schema["features"]:
         if f["kind"] == "numeric":
-            rule = ", ".join(
-                part for part in (
-                    f"≥ {f['min']:g}" if f.get("min") is not None else "",
-                    f"≤ {f['max']:g}" if f.get("max") is not None else "",
-                    "integer" if f.get("integer") else "",
-                ) if part
-            ) or "any number"
+            rule = (
+                ", ".join(
+                    part
+                    for part in (
+                        f"≥ {f['min']:g}" if f.get("min") is not None else "",
+                        f"≤ {f['max']:g}" if f.get("max") is not None else "",
+                        "integer" if f.get("integer") else "",
+                    )
+                    if part
+                )
+                or "any number"
+            )
             seen = f"{f.get('observed_min', 0):g} – {f.get('observed_max', 0):g}"
         else:
             rule = "one of: " + ", ".join(f["allowed"]) if f.get("allowed") else "any text"
@@ -42,12 +47,15 @@ def render_model_card(metadata: dict[str, Any], alias: str, generated_at: str) -
     risk = metadata.get("risk", {})
     onnx = metadata.get("onnx", {})
     metric_rows = [
-        f"| {label} | {metrics[key]:.4f} |" for key, label in _METRIC_LABELS.items() if key in metrics
+        f"| {label} | {metrics[key]:.4f} |"
+        for key, label in _METRIC_LABELS.items()
+        if key in metrics
     ]
     onnx_line = (
         f"ONNX export shipped: max |Δp| {onnx['max_abs_diff']:.5f}, identical risk tiers on "
         f"{onnx['tier_agreement']:.2%} of validation rows."
-        if onnx.get("exported") else f"No ONNX export ({onnx.get('reason', 'not attempted')}); "
+        if onnx.get("exported")
+        else f"No ONNX export ({onnx.get('reason', 'not attempted')}); "
         "served by the sklearn pipeline."
     )
     lines = [

@@ -41,9 +41,7 @@ def build_classifier(model: ModelConfig, random_state: int) -> ClassifierMixin:
 
 def build_pipeline(config: Config) -> Pipeline:
     """Impute + scale numerics, impute + one-hot categoricals (unknown categories ignored)."""
-    numeric = Pipeline(
-        [("impute", SimpleImputer(strategy="median")), ("scale", StandardScaler())]
-    )
+    numeric = Pipeline([("impute", SimpleImputer(strategy="median")), ("scale", StandardScaler())])
     categorical = Pipeline(
         [
             ("impute", SimpleImputer(strategy="constant", fill_value=MISSING_CATEGORY)),

@@ -7,15 +7,15 @@ from typing import Any
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-from sklearn.calibration import calibration_curve  # noqa: E402
-from sklearn.metrics import (  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
+from sklearn.calibration import calibration_curve
+from sklearn.metrics import (
     ConfusionMatrixDisplay,
     PrecisionRecallDisplay,
     RocCurveDisplay,
 )
-from sklearn.pipeline import Pipeline  # noqa: E402
+from sklearn.pipeline import Pipeline
 
 
 def evaluation_figures(
@@ -46,8 +46,11 @@ def evaluation_figures(
 
     fig, ax = plt.subplots(figsize=(5, 5))
     ConfusionMatrixDisplay.from_predictions(
-        y_true, (probability >= threshold).astype(int), ax=ax,
-        display_labels=["retained", "churned"], colorbar=False,
+        y_true,
+        (probability >= threshold).astype(int),
+        ax=ax,
+        display_labels=["retained", "churned"],
+        colorbar=False,
     )
     ax.set_title(f"Confusion matrix (threshold {threshold})")
     figures["confusion_matrix.png"] = fig

@@ -51,11 +51,15 @@ class GateDecision:
         return not self.reasons
 
     def summary(self) -> str:
-        base = (f"candidate v{self.candidate_version} val_auc={self.candidate_auc:.4f} "
-                f"(minimum {self.min_val_auc:.4f})")
+        base = (
+            f"candidate v{self.candidate_version} val_auc={self.candidate_auc:.4f} "
+            f"(minimum {self.min_val_auc:.4f})"
+        )
         if self.production_version is not None and self.production_auc is not None:
-            base += (f", production v{self.production_version} val_auc={self.production_auc:.4f}"
-                     f" (allowed drop {self.max_auc_drop:.4f})")
+            base += (
+                f", production v{self.production_version} val_auc={self.production_auc:.4f}"
+                f" (allowed drop {self.max_auc_drop:.4f})"
+            )
         return base
 
 
@@ -134,8 +138,9 @@ def promote(
 
     mlflow_client.set_registered_model_alias(name, alias, candidate.version)
     mlflow_client.set_model_version_tag(name, candidate.version, f"{alias}.promoted_at", _now())
-    mlflow_client.delete_model_version_tag(name, candidate.version, ARCHIVED_TAG) \
-        if ARCHIVED_TAG in candidate.tags else None
+    mlflow_client.delete_model_version_tag(
+        name, candidate.version, ARCHIVED_TAG
+    ) if ARCHIVED_TAG in candidate.tags else None
     if current_version is not None:
         mlflow_client.set_model_version_tag(name, current_version, ARCHIVED_TAG, "true")
         mlflow_client.set_model_version_tag(name, current_version, f"{alias}.archived_at", _now())
@@ -177,8 +182,10 @@ def bundle_metadata(config: Config, version: str) -> dict[str, Any]:
     info = describe(mlflow_client, config.mlflow.model_name, version)
     with tempfile.TemporaryDirectory() as tmp:
         local = mlflow.artifacts.download_artifacts(
-            run_id=info.run_id, artifact_path=f"{BUNDLE_ARTIFACT_PATH}/metadata.json",
-            dst_path=tmp, tracking_uri=config.tracking_uri,
+            run_id=info.run_id,
+            artifact_path=f"{BUNDLE_ARTIFACT_PATH}/metadata.json",
+            dst_path=tmp,
+            tracking_uri=config.tracking_uri,
         )
         return dict(json.loads(Path(local).read_text()))
 

@@ -109,10 +109,14 @@ def download_bundle(tracking_uri: str, uri: str, destination: Path | None = None
     run_id = mlflow_client.get_model_version(name, version).run_id
     target = destination or Path(tempfile.mkdtemp(prefix=f"bundle-{name}-v{version}-"))
     local = mlflow.artifacts.download_artifacts(
-        run_id=run_id, artifact_path=BUNDLE_ARTIFACT_PATH, dst_path=str(target),
+        run_id=run_id,
+        artifact_path=BUNDLE_ARTIFACT_PATH,
+        dst_path=str(target),
         tracking_uri=tracking_uri,
     )
     path = Path(local)
     if not (path / METADATA_FILE).exists():
-        raise RegistryError(f"run {run_id} of {name} v{version} has no '{BUNDLE_ARTIFACT_PATH}/' artifacts")
+        raise RegistryError(
+            f"run {run_id} of {name} v{version} has no '{BUNDLE_ARTIFACT_PATH}/' artifacts"
+        )
     return load_bundle(path)

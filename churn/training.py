@@ -106,8 +106,16 @@ def git_commit() -> str | None:
 
 def library_versions() -> dict[str, str]:
     versions = {"python": platform.python_version()}
-    for package in ("scikit-learn", "numpy", "pandas", "scipy", "joblib", "mlflow", "skl2onnx",
-                    "onnxruntime"):
+    for package in (
+        "scikit-learn",
+        "numpy",
+        "pandas",
+        "scipy",
+        "joblib",
+        "mlflow",
+        "skl2onnx",
+        "onnxruntime",
+    ):
         try:
             versions[package] = importlib_metadata.version(package)
         except importlib_metadata.PackageNotFoundError:
@@ -176,8 +184,9 @@ def build_metadata(
     }
 
 
-def _log_evaluation(pipeline: Pipeline, y_val: np.ndarray, probability: np.ndarray,
-                    config: Config) -> None:
+def _log_evaluation(
+    pipeline: Pipeline, y_val: np.ndarray, probability: np.ndarray, config: Config
+) -> None:
     import mlflow
 
     from churn import plots
@@ -196,8 +205,9 @@ def _say(progress: Progress | None, message: str) -> None:
         progress(message)
 
 
-def train(config: Config, config_path: Path | None = None,
-          progress: Progress | None = None) -> TrainResult:
+def train(
+    config: Config, config_path: Path | None = None, progress: Progress | None = None
+) -> TrainResult:
     """Run the whole recipe. Data is validated before MLflow is touched."""
     import mlflow
     from mlflow.models import infer_signature
@@ -205,9 +215,16 @@ def train(config: Config, config_path: Path | None = None,
     started = time.perf_counter()
     _say(progress, f"load      reading {config.data.train_path}")
     data = load_training_data(config)
-    _say(progress, f"validate  {len(data.features):,} rows, {len(config.features.all)} features, "
-         f"churn rate {data.target.mean():.1%}"
-         + (f", {data.dropped_unlabelled} unlabelled rows dropped" if data.dropped_unlabelled else ""))
+    _say(
+        progress,
+        f"validate  {len(data.features):,} rows, {len(config.features.all)} features, "
+        f"churn rate {data.target.mean():.1%}"
+        + (
+            f", {data.dropped_unlabelled} unlabelled rows dropped"
+            if data.dropped_unlabelled
+            else ""
+        ),
+    )
     schema = FeatureSchema.from_training(config, data.features)
     parts = split(data, config)
 
@@ -218,14 +235,19 @@ def train(config: Config, config_path: Path | None = None,
     _say(progress, f"evaluate  on {len(parts.X_val):,} validation rows")
     val_probability = pipeline.predict_proba(parts.X_val)[:, 1]
     metrics = evaluate(parts.y_val.to_numpy(), val_probability, config.risk.decision_threshold)
-    onnx = export_onnx(pipeline, schema, parts.X_val, config.export, config.risk) \
-        if config.export.onnx else OnnxExport(None, None, None, "disabled in config")
+    onnx = (
+        export_onnx(pipeline, schema, parts.X_val, config.export, config.risk)
+        if config.export.onnx
+        else OnnxExport(None, None, None, "disabled in config")
+    )
     if onnx.max_abs_diff is not None:
         metrics["onnx_max_abs_diff"] = onnx.max_abs_diff
         metrics["onnx_tier_agreement"] = onnx.tier_agreement or 0.0
 
     tracking_uri = config.tracking_uri
-    _say(progress, f"log       MLflow at {tracking_uri}, experiment {config.mlflow.experiment_name}")
+    _say(
+        progress, f"log       MLflow at {tracking_uri}, experiment {config.mlflow.experiment_name}"
+    )
     mlflow.set_tracking_uri(tracking_uri)
     mlflow.set_registry_uri(tracking_uri)
     mlflow.set_experiment(config.mlflow.experiment_name)
@@ -234,16 +256,26 @@ def train(config: Config, config_path: Path | None = None,
         # the signature is inferred from real validation rows and the source is a local file.
         warnings.filterwarnings("ignore", category=UserWarning, module=r"mlflow\..*")
         commit = git_commit()
-        mlflow.set_tags({"git_commit": commit or "unknown", "mlflow.source.git.commit": commit or "",
-                         "model_type": config.model.type})
+        mlflow.set_tags(
+            {
+                "git_commit": commit or "unknown",
+                "mlflow.source.git.commit": commit or "",
+                "model_type": config.model.type,
+            }
+        )
         mlflow.log_params(_model_params(config))
         mlflow.log_metrics(metrics)
         if config_path is not None and config_path.exists():
             mlflow.log_artifact(str(config_path), artifact_path="config")
         full = parts.X_train.assign(**{config.data.target_column: parts.y_train})
-        dataset = mlflow.data.from_pandas(
-            full, source=str(data.path), targets=config.data.target_column,
-            name=data.path.name, digest=data.digest[:32],
+        from mlflow.data.pandas_dataset import from_pandas
+
+        dataset = from_pandas(
+            full,
+            source=str(data.path),
+            targets=config.data.target_column,
+            name=data.path.name,
+            digest=data.digest[:32],
         )
         mlflow.log_input(dataset, context="training")
         _log_evaluation(pipeline, parts.y_val.to_numpy(), val_probability, config)
@@ -261,11 +293,20 @@ def train(config: Config, config_path: Path | None = None,
         )
         version = str(info.registered_model_version)
 
-        _say(progress, f"export    bundle v{version} to {config.export.artifacts_dir}/"
-             f" (ONNX: {onnx.reason})")
+        _say(
+            progress,
+            f"export    bundle v{version} to {config.export.artifacts_dir}/ (ONNX: {onnx.reason})",
+        )
         metadata = build_metadata(
-            config=config, data=data, schema=schema, parts=parts, metrics=metrics,
-            val_probability=val_probability, run_id=run.info.run_id, version=version, onnx=onnx,
+            config=config,
+            data=data,
+            schema=schema,
+            parts=parts,
+            metrics=metrics,
+            val_probability=val_probability,
+            run_id=run.info.run_id,
+            version=version,
+            onnx=onnx,
         )
         bundle_path = save_bundle(config.export.artifacts_dir, pipeline, metadata, onnx.onnx_bytes)
         mlflow.log_artifacts(str(config.export.artifacts_dir), artifact_path=BUNDLE_ARTIFACT_PATH)

@@ -24,8 +24,11 @@ def write_config(tmp: Path, **overrides: dict) -> Path:
     raw["data"]["train_path"] = str(tmp / "churn_train.csv")
     raw["model"].update({"n_estimators": 30, "max_depth": 8})
     raw["export"].update(
-        {"artifacts_dir": str(tmp / "artifacts"), "model_card": str(tmp / "MODEL_CARD.md"),
-         "profile_sample_size": 2000}
+        {
+            "artifacts_dir": str(tmp / "artifacts"),
+            "model_card": str(tmp / "MODEL_CARD.md"),
+            "profile_sample_size": 2000,
+        }
     )
     for section, values in overrides.items():
         raw.setdefault(section, {}).update(values)

@@ -55,8 +55,9 @@ def test_unknown_section_is_refused() -> None:
         ("risk", "medium", 0.9, "medium (0.9) must not exceed high"),
     ],
 )
-def test_wrong_types_and_values_name_the_key(section: str, key: str, value: object,
-                                             fragment: str) -> None:
+def test_wrong_types_and_values_name_the_key(
+    section: str, key: str, value: object, fragment: str
+) -> None:
     raw = _raw()
     raw[section][key] = value
     with pytest.raises(ConfigError) as err:

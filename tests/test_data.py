@@ -101,7 +101,7 @@ def test_non_binary_target(tmp_path: Path) -> None:
     frame = generate_customers(300, seed=3)
     frame["churned"] = frame["churned"].astype(object)
     frame.loc[0, "churned"] = "maybe"
-    with pytest.raises(DataValidationError, match="must be binary.*'maybe'"):
+    with pytest.raises(DataValidationError, match=r"must be binary.*'maybe'"):
         load_training_data(_config_for(tmp_path, frame))
 
 
@@ -115,7 +115,7 @@ def test_garbage_in_numeric_column(tmp_path: Path) -> None:
     frame = generate_customers(300, seed=3)
     frame["monthly_charges"] = frame["monthly_charges"].astype(object)
     frame.loc[4, "monthly_charges"] = "N/A dollars"
-    with pytest.raises(DataValidationError, match="'monthly_charges' has 1 non-numeric.*row 6"):
+    with pytest.raises(DataValidationError, match=r"'monthly_charges' has 1 non-numeric.*row 6"):
         load_training_data(_config_for(tmp_path, frame))
 
 

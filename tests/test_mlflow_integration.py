@@ -18,7 +18,6 @@ from mlflow.tracking import MlflowClient
 
 import promote_model
 import train
-
 from churn.datagen import generate_customers
 from tests.conftest import ROOT, write_config
 from tests.mlflow_server import mlflow_server, postgres_database
@@ -58,11 +57,18 @@ def cli(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]):
     return run
 
 
-def _subprocess_cli(script: str, *args: str, cwd: Path,
-                    tracking_uri: str) -> subprocess.CompletedProcess[str]:
+def _subprocess_cli(
+    script: str, *args: str, cwd: Path, tracking_uri: str
+) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "MLFLOW_TRACKING_URI": tracking_uri, "PYTHONPATH": str(ROOT)}
-    return subprocess.run([sys.executable, str(ROOT / script), *args], cwd=cwd, env=env,
-                          capture_output=True, text=True, timeout=600)
+    return subprocess.run(
+        [sys.executable, str(ROOT / script), *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
 
 
 def test_train_promote_gate_rollback(tracking_server: str, tmp_path: Path, cli) -> None:
@@ -72,12 +78,14 @@ def test_train_promote_gate_rollback(tracking_server: str, tmp_path: Path, cli) 
     name = "churn-classifier"
 
     # v1: trained against the server (env wins over the config's sqlite URI), promoted.
-    trained = _subprocess_cli("train.py", "--config", str(good), cwd=tmp_path,
-                              tracking_uri=tracking_server)
+    trained = _subprocess_cli(
+        "train.py", "--config", str(good), cwd=tmp_path, tracking_uri=tracking_server
+    )
     assert trained.returncode == 0, trained.stderr
     assert f"MLflow at {tracking_server}" in trained.stderr
-    promoted = cli("promote_model.py", "--config", str(good), cwd=tmp_path,
-                    tracking_uri=tracking_server)
+    promoted = cli(
+        "promote_model.py", "--config", str(good), cwd=tmp_path, tracking_uri=tracking_server
+    )
     assert promoted.returncode == 0, promoted.stderr
     assert client.get_model_version_by_alias(name, "production").version == "1"
     card = (tmp_path / "MODEL_CARD.md").read_text()
@@ -88,33 +96,70 @@ def test_train_promote_gate_rollback(tracking_server: str, tmp_path: Path, cli) 
 
     # v2: a much weaker model; the gate refuses it against production and says why.
     weak = tmp_path / "weak.yaml"
-    weak.write_text(good.read_text().replace("n_estimators: 30", "n_estimators: 1")
-                    .replace("max_depth: 8", "max_depth: 1"))
-    assert cli("train.py", "--config", str(weak), cwd=tmp_path,
-                tracking_uri=tracking_server).returncode == 0
-    refused = cli("promote_model.py", "--config", str(weak), cwd=tmp_path,
-                   tracking_uri=tracking_server)
+    weak.write_text(
+        good.read_text()
+        .replace("n_estimators: 30", "n_estimators: 1")
+        .replace("max_depth: 8", "max_depth: 1")
+    )
+    assert (
+        cli(
+            "train.py", "--config", str(weak), cwd=tmp_path, tracking_uri=tracking_server
+        ).returncode
+        == 0
+    )
+    refused = cli(
+        "promote_model.py", "--config", str(weak), cwd=tmp_path, tracking_uri=tracking_server
+    )
     assert refused.returncode == 1
     assert "gate failed" in refused.stderr and "below production v1" in refused.stderr
     assert client.get_model_version_by_alias(name, "production").version == "1"
 
     # staging works the same way; the gate still measures against production.
-    staged = cli("promote_model.py", "--config", str(good), "--version", "1", "--alias", "staging",
-                  cwd=tmp_path, tracking_uri=tracking_server)
+    staged = cli(
+        "promote_model.py",
+        "--config",
+        str(good),
+        "--version",
+        "1",
+        "--alias",
+        "staging",
+        cwd=tmp_path,
+        tracking_uri=tracking_server,
+    )
     assert staged.returncode == 0, staged.stderr
     assert client.get_model_version_by_alias(name, "staging").version == "1"
 
     # v3: as good as v1; promoted, v1 archived; then rolled back to v1.
-    assert cli("train.py", "--config", str(good), cwd=tmp_path,
-                tracking_uri=tracking_server).returncode == 0
-    assert cli("promote_model.py", "--config", str(good), "--version", "3", cwd=tmp_path,
-                tracking_uri=tracking_server).returncode == 0
+    assert (
+        cli(
+            "train.py", "--config", str(good), cwd=tmp_path, tracking_uri=tracking_server
+        ).returncode
+        == 0
+    )
+    assert (
+        cli(
+            "promote_model.py",
+            "--config",
+            str(good),
+            "--version",
+            "3",
+            cwd=tmp_path,
+            tracking_uri=tracking_server,
+        ).returncode
+        == 0
+    )
     assert client.get_model_version_by_alias(name, "production").version == "3"
     assert client.get_model_version(name, "1").tags.get("archived") == "true"
     assert "v3" in (tmp_path / "MODEL_CARD.md").read_text().splitlines()[0]
 
-    rolled = cli("promote_model.py", "--config", str(good), "--rollback", cwd=tmp_path,
-                  tracking_uri=tracking_server)
+    rolled = cli(
+        "promote_model.py",
+        "--config",
+        str(good),
+        "--rollback",
+        cwd=tmp_path,
+        tracking_uri=tracking_server,
+    )
     assert rolled.returncode == 0, rolled.stderr
     assert "v3 -> v1" in rolled.stdout
     assert client.get_model_version_by_alias(name, "production").version == "1"
@@ -123,8 +168,14 @@ def test_train_promote_gate_rollback(tracking_server: str, tmp_path: Path, cli) 
     assert "v1" in (tmp_path / "MODEL_CARD.md").read_text().splitlines()[0]
 
     # Nothing older to return to: a clear error, exit 2.
-    again = cli("promote_model.py", "--config", str(good), "--rollback", cwd=tmp_path,
-                 tracking_uri=tracking_server)
+    again = cli(
+        "promote_model.py",
+        "--config",
+        str(good),
+        "--rollback",
+        cwd=tmp_path,
+        tracking_uri=tracking_server,
+    )
     assert again.returncode == 2
     assert "no version that held 'production' before v1" in again.stderr
 
@@ -132,21 +183,39 @@ def test_train_promote_gate_rollback(tracking_server: str, tmp_path: Path, cli) 
 def test_gate_floor_and_dry_run(tracking_server: str, tmp_path: Path, cli) -> None:
     generate_customers(1500, seed=22).to_csv(tmp_path / "churn_train.csv", index=False)
     strict = write_config(tmp_path, gate={"min_val_auc": 0.999})
-    assert cli("train.py", "--config", str(strict), cwd=tmp_path,
-                tracking_uri=tracking_server).returncode == 0
-    result = cli("promote_model.py", "--config", str(strict), cwd=tmp_path,
-                  tracking_uri=tracking_server)
+    assert (
+        cli(
+            "train.py", "--config", str(strict), cwd=tmp_path, tracking_uri=tracking_server
+        ).returncode
+        == 0
+    )
+    result = cli(
+        "promote_model.py", "--config", str(strict), cwd=tmp_path, tracking_uri=tracking_server
+    )
     assert result.returncode == 1
     assert "is below the minimum 0.9990" in result.stderr
     client = MlflowClient(tracking_uri=tracking_server)
     assert not client.get_registered_model("churn-classifier").aliases
 
     lenient = write_config(tmp_path, gate={"min_val_auc": 0.5})
-    dry = cli("promote_model.py", "--config", str(lenient), "--dry-run", cwd=tmp_path,
-               tracking_uri=tracking_server)
+    dry = cli(
+        "promote_model.py",
+        "--config",
+        str(lenient),
+        "--dry-run",
+        cwd=tmp_path,
+        tracking_uri=tracking_server,
+    )
     assert dry.returncode == 0 and "dry run" in dry.stdout
     assert not client.get_registered_model("churn-classifier").aliases
 
-    missing = cli("promote_model.py", "--config", str(lenient), "--version", "42",
-                   cwd=tmp_path, tracking_uri=tracking_server)
+    missing = cli(
+        "promote_model.py",
+        "--config",
+        str(lenient),
+        "--version",
+        "42",
+        cwd=tmp_path,
+        tracking_uri=tracking_server,
+    )
     assert missing.returncode == 2 and "has no version 42" in missing.stderr

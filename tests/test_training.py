@@ -27,8 +27,12 @@ from churn.training import evaluate, split
 from tests.conftest import ROOT, TrainedModel, write_config
 
 CUSTOMER = {
-    "tenure": 3.0, "monthly_charges": 95.0, "total_charges": 285.0, "num_products": 1.0,
-    "contract_type": "Month-to-month", "payment_method": "Electronic check",
+    "tenure": 3.0,
+    "monthly_charges": 95.0,
+    "total_charges": 285.0,
+    "num_products": 1.0,
+    "contract_type": "Month-to-month",
+    "payment_method": "Electronic check",
     "internet_service": "Fiber optic",
 }
 
@@ -71,8 +75,9 @@ def test_onnx_and_sklearn_agree(trained_model: TrainedModel) -> None:
     assert np.max(np.abs(onnx_p - sk_p)) < 0.01
 
 
-def test_tampered_bundle_is_refused_before_unpickling(trained_model: TrainedModel,
-                                                      tmp_path: Path) -> None:
+def test_tampered_bundle_is_refused_before_unpickling(
+    trained_model: TrainedModel, tmp_path: Path
+) -> None:
     copy = tmp_path / "bundle"
     copy.mkdir()
     for f in trained_model.bundle_dir.iterdir():
@@ -94,17 +99,32 @@ def test_mlflow_run_has_everything(trained_model: TrainedModel) -> None:
     client = MlflowClient(tracking_uri=trained_model.tracking_uri)
     run = client.get_run(trained_model.result.run_id)
     metrics = run.data.metrics
-    for key in ("val_auc", "val_pr_auc", "val_precision", "val_recall", "val_f1",
-                "val_log_loss", "val_brier"):
+    for key in (
+        "val_auc",
+        "val_pr_auc",
+        "val_precision",
+        "val_recall",
+        "val_f1",
+        "val_log_loss",
+        "val_brier",
+    ):
         assert key in metrics
     assert run.data.params["model.n_estimators"] == "30"
     assert run.data.tags.get("git_commit")
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id, "plots")}
-    assert artifacts == {f"plots/{n}" for n in (
-        "roc_curve.png", "precision_recall_curve.png", "calibration_curve.png",
-        "confusion_matrix.png", "feature_importance.png")}
+    assert artifacts == {
+        f"plots/{n}"
+        for n in (
+            "roc_curve.png",
+            "precision_recall_curve.png",
+            "calibration_curve.png",
+            "confusion_matrix.png",
+            "feature_importance.png",
+        )
+    }
     assert [a.path for a in client.list_artifacts(run.info.run_id, "config")] == [
-        "config/config.yaml"]
+        "config/config.yaml"
+    ]
     bundle_files = {a.path for a in client.list_artifacts(run.info.run_id, "bundle")}
     assert {"bundle/model.pkl", "bundle/metadata.json"} <= bundle_files
     assert run.inputs.dataset_inputs, "the training data set is logged as a run input"
@@ -142,8 +162,9 @@ def test_longer_tenure_does_not_raise_risk(trained_model: TrainedModel) -> None:
     rows = pd.DataFrame([{**CUSTOMER, "tenure": t, "total_charges": 95.0 * t} for t in (1, 24, 60)])
     p = pipeline.predict_proba(rows)[:, 1]
     assert p[0] >= p[1] >= p[2]
-    contracts = pd.DataFrame([{**CUSTOMER, "contract_type": c}
-                              for c in ("Month-to-month", "Two year")])
+    contracts = pd.DataFrame(
+        [{**CUSTOMER, "contract_type": c} for c in ("Month-to-month", "Two year")]
+    )
     q = pipeline.predict_proba(contracts)[:, 1]
     assert q[0] > q[1]
 
@@ -159,9 +180,12 @@ def test_default_model_is_near_bayes_optimal(tmp_path: Path) -> None:
     data = load_training_data(config)
     parts = split(data, config)
     pipeline = build_pipeline(config).fit(parts.X_train, parts.y_train)
-    auc = evaluate(parts.y_val.to_numpy(), pipeline.predict_proba(parts.X_val)[:, 1], 0.5)["val_auc"]
-    _, val_idx = train_test_split(np.arange(len(frame)), test_size=0.2, random_state=42,
-                                  stratify=frame["churned"])
+    auc = evaluate(parts.y_val.to_numpy(), pipeline.predict_proba(parts.X_val)[:, 1], 0.5)[
+        "val_auc"
+    ]
+    _, val_idx = train_test_split(
+        np.arange(len(frame)), test_size=0.2, random_state=42, stratify=frame["churned"]
+    )
     bayes = bayes_optimal_auc(truth[val_idx], frame["churned"].to_numpy()[val_idx])
     assert auc >= config.gate.min_val_auc
     assert auc >= bayes - 0.02, f"val AUC {auc:.4f} vs Bayes-optimal {bayes:.4f}"
@@ -169,9 +193,14 @@ def test_default_model_is_near_bayes_optimal(tmp_path: Path) -> None:
 
 def _run_train(config_path: Path, cwd: Path) -> subprocess.CompletedProcess[str]:
     env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
-    return subprocess.run([sys.executable, str(ROOT / "train.py"), "--config", str(config_path)],
-                          cwd=cwd, env={**env, "PYTHONPATH": str(ROOT)}, capture_output=True,
-                          text=True, timeout=300)
+    return subprocess.run(
+        [sys.executable, str(ROOT / "train.py"), "--config", str(config_path)],
+        cwd=cwd,
+        env={**env, "PYTHONPATH": str(ROOT)},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
 
 
 def test_cli_bad_config_exits_2_and_logs_nothing(tmp_path: Path) -> None:
