@@ -96,6 +96,30 @@ drift: $(BIN)/.installed ## Drift check: prediction log of the last 24h vs the b
 bench: $(BIN)/.installed ## Benchmarks (bench/RESULTS.md); not part of make test
 	$(PY) -m bench.run $(BENCH_ARGS)
 
+.PHONY: base-image
+base-image: ## Build (once, then cached) the debootstrap base image for podman builds
+	scripts/build_base_image.sh
+
+.PHONY: image
+image: $(BIN)/.installed ## Build the API image with podman (needs artifacts/ from make train)
+	scripts/build_image.sh api
+
+.PHONY: images
+images: $(BIN)/.installed ## Build the API, trainer and MLflow images with podman
+	scripts/build_image.sh all
+
+.PHONY: image-run
+image-run: $(BIN)/.installed ## Run the API image's own command via chroot (root; no container runtime)
+	$(PY) scripts/run_image_chroot.py localhost/churn-api:latest --env PORT=$(PORT)
+
+.PHONY: smoke
+smoke: $(BIN)/.installed ## Smoke-test a running API: make smoke URL=http://localhost:8000
+	$(PY) scripts/smoke_test.py --url $(or $(URL),http://localhost:$(PORT))
+
+.PHONY: compose-config
+compose-config: ## Validate docker-compose.yml (needs a .env; see .env.example)
+	docker-compose --env-file $(or $(wildcard .env),.env.example) config --quiet
+
 .PHONY: clean
 clean: ## Remove caches, the embedded MLflow store and exported artifacts (keeps .venv)
 	rm -rf .pytest_cache .mypy_cache .ruff_cache .coverage htmlcov .cache reports mlruns mlartifacts
