@@ -8,13 +8,13 @@ the file and column.
 from __future__ import annotations
 
 import difflib
-import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
+from churn.bundle import sha256_file
 from churn.config import Config
 
 _TRUE = {"1", "1.0", "true", "yes", "y", "t"}
@@ -32,15 +32,6 @@ class TrainingData:
     path: Path
     digest: str
     dropped_unlabelled: int
-
-
-def file_digest(path: Path) -> str:
-    """SHA-256 of a file, streamed."""
-    sha = hashlib.sha256()
-    with path.open("rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            sha.update(chunk)
-    return sha.hexdigest()
 
 
 def read_table(path: Path) -> pd.DataFrame:
@@ -143,6 +134,6 @@ def load_training_data(config: Config) -> TrainingData:
         features=features.reset_index(drop=True),
         target=target.reset_index(drop=True),
         path=path,
-        digest=file_digest(path),
+        digest=sha256_file(path),
         dropped_unlabelled=int((~labelled).sum()),
     )
