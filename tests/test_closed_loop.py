@@ -1,0 +1,514 @@
+"""The closed loop: drift + labels -> retrain -> gate -> promote -> the API follows.
+
+Decision tests run the real CLI against a copy of the session's MLflow store and a SQLite
+prediction log written directly (no server). The end-to-end test drives a real `mlflow
+server`, a real uvicorn API following @production, drifted traffic with feedback, and the
+closed loop as a subprocess, and watches the running API switch to the new version.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+from sqlalchemy import insert
+
+from churn.bundle import load_bundle
+from churn.config import load_config
+from churn.data import prepare_features
+from churn.datagen import generate_customers, generate_drifted
+from churn.prediction_log import (
+    PredictionBatch,
+    create_tables,
+    feedback,
+    make_engine,
+    predictions,
+)
+from monitoring import closed_loop
+from tests._tools import free_port
+from tests.api_support import wait_until
+from tests.conftest import ROOT, TrainedModel, write_config
+from tests.mlflow_server import mlflow_server, wait_http
+
+FEATURES = [
+    "tenure",
+    "monthly_charges",
+    "total_charges",
+    "num_products",
+    "contract_type",
+    "payment_method",
+    "internet_service",
+]
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def write_log(
+    database_url: str,
+    customers: pd.DataFrame,
+    version: str,
+    probabilities: np.ndarray,
+    labelled: int,
+) -> None:
+    """Log `customers` as served by `version`; the first `labelled` rows get their outcome."""
+    engine = make_engine(database_url)
+    try:
+        create_tables(engine)
+        values = customers[FEATURES].astype(object).where(customers[FEATURES].notna(), None)
+        ids = [uuid.uuid4().hex for _ in range(len(customers))]
+        batch = PredictionBatch(
+            ids=ids,
+            created_at=time.time(),
+            model_version=version,
+            columns={name: values[name].tolist() for name in FEATURES},
+            probabilities=probabilities.tolist(),
+            tiers=["LOW"] * len(customers),
+        )
+        outcomes = customers["churned"].astype(int).tolist()
+        now = datetime.now(UTC)
+        with engine.begin() as conn:
+            conn.execute(insert(predictions), batch.rows())
+            if labelled:
+                conn.execute(
+                    insert(feedback),
+                    [
+                        {"prediction_id": pid, "outcome": outcome, "received_at": now}
+                        for pid, outcome in list(zip(ids, outcomes, strict=True))[:labelled]
+                    ],
+                )
+    finally:
+        engine.dispose()
+
+
+@pytest.fixture
+def registry(
+    trained_model: TrainedModel, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[str]:
+    """A private copy of the session's MLflow store with @production on the trained model."""
+    import mlflow
+
+    from churn.registry import client
+
+    previous = mlflow.get_tracking_uri()
+
+    db = Path(trained_model.tracking_uri.removeprefix("sqlite:///"))
+    uri = f"sqlite:///{shutil.copy(db, tmp_path / 'mlflow.db')}"
+    client(uri).set_registered_model_alias(
+        trained_model.result.model_name, "production", trained_model.result.model_version
+    )
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    yield uri
+    mlflow.set_tracking_uri(previous)  # the registry client set it process-wide
+
+
+def served(trained_model: TrainedModel, customers: pd.DataFrame) -> np.ndarray:
+    """The trained model's probabilities, as the API would have logged them."""
+    bundle = load_bundle(trained_model.bundle_dir)
+    schema = bundle.schema
+    frame = prepare_features(customers, schema.numeric, schema.categorical)
+    return np.round(bundle.pipeline.predict_proba(frame)[:, 1], 4)
+
+
+def run_cli(trained_model: TrainedModel, log_url: str, *extra: str) -> int:
+    """Run the closed loop in-process (its lines go to capsys); return its exit code."""
+    return closed_loop.main(
+        [
+            "--config",
+            str(trained_model.config_path),
+            "--since",
+            "1h",
+            "--database-url",
+            log_url,
+            *extra,
+        ]
+    )
+
+
+def versions(uri: str, name: str) -> list[str]:
+    from churn.registry import client
+
+    return sorted(v.version for v in client(uri).search_model_versions(f"name='{name}'"))
+
+
+# --------------------------------------------------------------------------- decisions
+
+
+def test_no_drift_means_no_retrain(
+    trained_model: TrainedModel,
+    registry: str,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    customers = generate_customers(600, seed=3)
+    log_url = f"sqlite:///{tmp_path / 'log.db'}"
+    version = trained_model.result.model_version
+    write_log(log_url, customers, version, served(trained_model, customers), labelled=600)
+    before = versions(registry, trained_model.result.model_name)
+    report = tmp_path / "cycle.json"
+
+    code = run_cli(trained_model, log_url, "--min-labelled", "100", "--json", str(report))
+
+    assert code == closed_loop.EXIT_OK
+    out = capsys.readouterr().out
+    assert "no feature drift" in out
+    assert "nothing to do" in out
+    result = json.loads(report.read_text())
+    assert result["action"] == "none"
+    assert result["current_rows"] == 600
+    assert result["candidate_version"] is None
+    assert versions(registry, trained_model.result.model_name) == before
+    assert not list(trained_model.config.data.train_path.parent.glob("retrain-*.csv"))
+
+
+def test_drift_with_too_few_labels_waits(
+    trained_model: TrainedModel,
+    registry: str,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    customers = generate_drifted("month_to_month_shift", 600, seed=5)
+    log_url = f"sqlite:///{tmp_path / 'log.db'}"
+    version = trained_model.result.model_version
+    write_log(log_url, customers, version, served(trained_model, customers), labelled=40)
+    before = versions(registry, trained_model.result.model_name)
+    report = tmp_path / "cycle.json"
+
+    code = run_cli(trained_model, log_url, "--min-labelled", "300", "--json", str(report))
+
+    assert code == closed_loop.EXIT_OK
+    out = capsys.readouterr().out
+    assert "only 40 labelled rows (< 300)" in out
+    result = json.loads(report.read_text())
+    assert result["action"] == "wait"
+    assert "contract_type" in result["drifted"]
+    assert versions(registry, trained_model.result.model_name) == before
+
+
+def test_dry_run_decides_to_retrain_but_trains_nothing(
+    trained_model: TrainedModel,
+    registry: str,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    customers = generate_drifted("month_to_month_shift", 600, seed=5)
+    log_url = f"sqlite:///{tmp_path / 'log.db'}"
+    version = trained_model.result.model_version
+    write_log(log_url, customers, version, served(trained_model, customers), labelled=600)
+    before = versions(registry, trained_model.result.model_name)
+    report = tmp_path / "cycle.json"
+
+    code = run_cli(
+        trained_model, log_url, "--min-labelled", "300", "--dry-run", "--json", str(report)
+    )
+
+    assert code == closed_loop.EXIT_OK
+    assert "dry run: would retrain" in capsys.readouterr().out
+    assert json.loads(report.read_text())["action"] == "retrain"
+    assert versions(registry, trained_model.result.model_name) == before
+
+
+def test_rows_served_by_another_version_are_not_judged(
+    trained_model: TrainedModel,
+    registry: str,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Traffic a previous model served (and a retrain may already have used) is left out."""
+    customers = generate_drifted("month_to_month_shift", 600, seed=5)
+    log_url = f"sqlite:///{tmp_path / 'log.db'}"
+    write_log(log_url, customers, "999", served(trained_model, customers), labelled=600)
+
+    code = run_cli(trained_model, log_url, "--min-labelled", "100")
+
+    assert code == closed_loop.EXIT_OK
+    out = capsys.readouterr().out
+    assert "(0 current rows)" in out
+    assert "nothing to do" in out
+
+
+def test_gate_refusal_exits_1_and_keeps_production(
+    trained_model: TrainedModel,
+    registry: str,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    raw = yaml.safe_load(trained_model.config_path.read_text())
+    train_path = shutil.copy(trained_model.config.data.train_path, tmp_path / "train.csv")
+    raw["data"]["train_path"] = str(train_path)
+    raw["export"]["artifacts_dir"] = str(tmp_path / "artifacts")
+    raw["gate"]["min_val_auc"] = 0.999  # no model of this data can reach it
+    config_path = tmp_path / "config.yaml"
+    config_path.write_text(yaml.safe_dump(raw))
+    customers = generate_drifted("month_to_month_shift", 600, seed=5)
+    log_url = f"sqlite:///{tmp_path / 'log.db'}"
+    version = trained_model.result.model_version
+    write_log(log_url, customers, version, served(trained_model, customers), labelled=600)
+    report = tmp_path / "cycle.json"
+
+    args = ["--config", str(config_path), "--since", "1h", "--database-url", log_url]
+    code = closed_loop.main([*args, "--min-labelled", "300", "--json", str(report)])
+
+    assert code == closed_loop.EXIT_GATE_REFUSED
+    out = capsys.readouterr().out
+    assert "gate failed, production stays v" in out
+    assert "is below the minimum 0.9990" in out
+    result = json.loads(report.read_text())
+    assert result["candidate_version"] is not None
+    assert result["promoted"] is False
+    from churn.registry import client, version_by_alias
+
+    assert version_by_alias(client(registry), trained_model.result.model_name, "production") == (
+        version
+    )
+    assert not (tmp_path / "artifacts").exists()  # a refused bundle is not published
+
+
+def test_missing_production_alias_is_an_error(
+    trained_model: TrainedModel,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    db = Path(trained_model.tracking_uri.removeprefix("sqlite:///"))
+    uri = f"sqlite:///{shutil.copy(db, tmp_path / 'mlflow.db')}"
+    from churn.registry import client
+
+    client(uri).delete_registered_model_alias(trained_model.result.model_name, "production")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+
+    code = run_cli(trained_model, f"sqlite:///{tmp_path / 'log.db'}")
+
+    assert code == closed_loop.EXIT_ERROR
+    err = capsys.readouterr().err
+    assert "no 'production' alias" in err
+    assert "promote_model.py" in err
+
+
+def test_retraining_set_is_training_data_plus_labelled_rows(
+    trained_model: TrainedModel, tmp_path: Path
+) -> None:
+    train_path = tmp_path / "churn_train.csv"
+    generate_customers(200, seed=1).to_csv(train_path, index=False)
+    config = trained_model.config.model_copy(
+        update={"data": trained_model.config.data.model_copy(update={"train_path": train_path})}
+    )
+    log = generate_drifted("month_to_month_shift", 50, seed=2).rename(columns={"churned": "_"})
+    log["outcome"] = [1.0, np.nan] * 25
+    rows = closed_loop.labelled_rows(log, FEATURES, "churned")
+    assert len(rows) == 25
+    assert set(rows["churned"]) == {1}
+
+    path = closed_loop.write_retraining_set(config, rows, datetime(2030, 1, 2, 3, 4, 5, tzinfo=UTC))
+
+    assert path == tmp_path / "retrain-20300102T030405Z.csv"
+    combined = pd.read_csv(path)
+    assert len(combined) == 225
+    assert list(combined.columns) == list(pd.read_csv(train_path).columns)
+    assert combined["churned"].tail(25).eq(1).all()
+    assert not list(tmp_path.glob("*.tmp"))
+
+
+# --------------------------------------------------------------------------- end to end
+
+
+def start_api(env: dict[str, str], log_path: Path) -> tuple[subprocess.Popen[bytes], str]:
+    """uvicorn app.main:app with one worker; returns the process and its base URL."""
+    port = free_port()
+    with log_path.open("wb") as log:
+        process = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "uvicorn",
+                "app.main:app",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+                "--workers",
+                "1",
+            ],
+            cwd=ROOT,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_http(f"{url}/ready", timeout=120, process=process)
+    except (TimeoutError, RuntimeError) as exc:
+        stop(process)
+        raise AssertionError(f"API did not start: {exc}\n{log_path.read_text()[-3000:]}") from exc
+    return process, url
+
+
+def stop(process: subprocess.Popen[bytes]) -> None:
+    process.terminate()
+    try:
+        process.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
+def as_request(row: pd.Series) -> dict[str, Any]:
+    """A JSON body for /predict from a generated customer."""
+    body: dict[str, Any] = {}
+    for name in FEATURES:
+        value = row[name]
+        if isinstance(value, str):
+            body[name] = value
+        else:
+            body[name] = int(value) if name == "num_products" else float(value)
+    return body
+
+
+class Prober:
+    """Calls /predict in a thread until stopped; records every status and served version."""
+
+    def __init__(self, url: str, customer: dict[str, Any]) -> None:
+        self.url, self.customer = url, customer
+        self.statuses: list[int | str] = []
+        self.versions: list[str] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self) -> Prober:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=30)
+
+    def _run(self) -> None:
+        with httpx.Client(base_url=self.url, timeout=30) as client:
+            while not self._stop.is_set():
+                try:
+                    response = client.post("/predict", json=self.customer)
+                except httpx.HTTPError as exc:
+                    self.statuses.append(type(exc).__name__)
+                else:
+                    self.statuses.append(response.status_code)
+                    if response.status_code == 200:
+                        self.versions.append(response.json()["model_version"])
+                self._stop.wait(0.1)
+
+
+@pytest.mark.integration
+@pytest.mark.slow
+def test_drift_retrains_promotes_and_the_api_follows(tmp_path: Path) -> None:
+    import mlflow
+
+    from churn.promotion import promote
+    from churn.training import train
+
+    previous_uri = mlflow.get_tracking_uri()
+    with mlflow_server(f"sqlite:///{tmp_path / 'server.db'}", tmp_path) as tracking_uri:
+        # v1: 3,000 customers, 30 trees. The gate is relaxed: the gate itself is tested in
+        # test_mlflow_integration; here it must not decide the fate of the loop.
+        generate_customers(3000, seed=11).to_csv(tmp_path / "churn_train.csv", index=False)
+        config_path = write_config(
+            tmp_path,
+            mlflow={"tracking_uri": tracking_uri},
+            gate={"min_val_auc": 0.75, "max_auc_drop": 0.05},
+        )
+        config = load_config(config_path)
+        env_backup = os.environ.pop("MLFLOW_TRACKING_URI", None)
+        try:
+            v1 = train(config, config_path=config_path)
+            assert promote(config, version=v1.model_version).changed
+        finally:
+            mlflow.set_tracking_uri(previous_uri)
+            if env_backup is not None:
+                os.environ["MLFLOW_TRACKING_URI"] = env_backup
+        assert v1.model_version == "1"
+
+        log_url = f"sqlite:///{tmp_path / 'prediction_log.db'}"
+        env = {
+            **os.environ,
+            "MODEL_URI": f"models:/{config.mlflow.model_name}@production",
+            "MLFLOW_TRACKING_URI": tracking_uri,
+            "MODEL_WATCH_INTERVAL": "1",
+            "MODEL_REQUIRED": "true",
+            "DATABASE_URL": log_url,
+            "PREDICTION_LOG_FLUSH_INTERVAL": "0.1",
+            "LOG_LEVEL": "WARNING",
+            "ENVIRONMENT": "test",
+        }
+        env.pop("PROMETHEUS_MULTIPROC_DIR", None)
+        api, url = start_api(env, tmp_path / "uvicorn.log")
+        try:
+            # Drifted traffic (half of the longer contracts moved to month-to-month), each
+            # prediction followed by its true outcome.
+            traffic = generate_drifted("month_to_month_shift", 520, seed=21).dropna()
+            with httpx.Client(base_url=url, timeout=30) as client:
+                for _, row in traffic.iterrows():
+                    answer = client.post("/predict", json=as_request(row))
+                    assert answer.status_code == 200, answer.text
+                    assert answer.json()["model_version"] == "1"
+                    sent = {
+                        "prediction_id": answer.json()["prediction_id"],
+                        "outcome": bool(row["churned"]),
+                    }
+                    assert client.post("/feedback", json=sent).status_code == 200
+
+            with Prober(url, as_request(traffic.iloc[0])) as prober:
+                loop = subprocess.run(
+                    [
+                        sys.executable,
+                        "-m",
+                        "monitoring.closed_loop",
+                        "--config",
+                        str(config_path),
+                        "--since",
+                        "1h",
+                        "--database-url",
+                        log_url,
+                        "--min-labelled",
+                        "400",
+                        "--json",
+                        str(tmp_path / "cycle.json"),
+                    ],
+                    cwd=ROOT,
+                    env={**env, "MLFLOW_TRACKING_URI": tracking_uri},
+                    capture_output=True,
+                    text=True,
+                    timeout=600,
+                )
+                output = loop.stdout + loop.stderr
+                assert loop.returncode == closed_loop.EXIT_OK, output
+                assert "drift in" in output and "contract_type" in output
+                assert "retrained churn-classifier v2" in output
+                assert "promoted churn-classifier v2 to @production (was v1)" in output
+                assert wait_until(lambda: "2" in prober.versions, timeout=120, step=0.2), (
+                    f"the API never answered with v2; served {sorted(set(prober.versions))}"
+                )
+            assert prober.statuses
+            assert set(prober.statuses) == {200}, prober.statuses
+            cycle = json.loads((tmp_path / "cycle.json").read_text())
+            assert cycle["action"] == "retrain"
+            assert cycle["promoted"] is True
+            assert cycle["labelled"] == len(traffic)
+            retrain_csv = Path(cycle["retrain_data"])
+            assert len(pd.read_csv(retrain_csv)) == 3000 + len(traffic)
+            with httpx.Client(base_url=url, timeout=30) as client:
+                assert client.get("/model").json()["model_version"] == "2"
+        finally:
+            stop(api)
