@@ -1,0 +1,122 @@
+"""The benchmark suite runs end to end (bench/): a tiny smoke configuration, no speed asserted.
+
+Every server (this service, mlflow models serve, the blog-style baseline, the ceiling) is
+started for real on the session's small model, loaded with wrk for a second, and stopped;
+the JSON must have every section with finite numbers and RESULTS.md must render from it.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from bench import run as bench_run
+from tests._tools import require_binary
+from tests.conftest import TrainedModel
+
+pytestmark = [pytest.mark.slow, pytest.mark.integration]
+
+
+def _numbers(node: Any, path: str = "") -> list[tuple[str, float]]:
+    if isinstance(node, bool):
+        return []
+    if isinstance(node, int | float):
+        return [(path, float(node))]
+    if isinstance(node, dict):
+        return [x for k, v in node.items() for x in _numbers(v, f"{path}.{k}")]
+    if isinstance(node, list):
+        return [x for i, v in enumerate(node) for x in _numbers(v, f"{path}[{i}]")]
+    return []
+
+
+@pytest.fixture(scope="module")
+def smoke(trained_model: TrainedModel, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One --quick run into a temp dir; returns that dir (latest.json, PNG, RESULTS.md)."""
+    require_binary("wrk")
+    out = tmp_path_factory.mktemp("bench")
+    code = bench_run.main(
+        [
+            "--quick",
+            "--bundle",
+            str(trained_model.bundle_dir),
+            "--tracking-uri",
+            trained_model.tracking_uri,
+            "--config",
+            str(trained_model.config_path),
+            "--train-rows",
+            "600",
+            "--out",
+            str(out),
+            "--md",
+            str(out / "RESULTS.md"),
+        ]
+    )
+    assert code == 0
+    return out
+
+
+def test_every_section_is_measured_with_finite_numbers(smoke: Path) -> None:
+    results = json.loads((smoke / "latest.json").read_text())
+    servers = results["http"]["servers"]
+    assert set(servers) == {"service", "mlflow", "blog", "ceiling"}
+    for name, server in servers.items():
+        assert server["predict"]["requests"] > 0, name
+        assert server["startup_s"] > 0 and server["memory"]["worker_mb"] > 0, name
+        assert "health_under_load" in server, name
+    assert set(servers["service"]["batch"]) == {"100", "1000"}
+    assert set(servers["mlflow"]["batch"]) == {"100", "1000"}
+    assert set(results["inprocess"]["timings"]) == {"onnx", "sklearn"}
+    assert results["inprocess"]["parity"]["rows"] > 0
+    assert results["training"]["rows"] == 600 and results["training"]["train_s"] > 0
+    assert set(results["drift"]) == {"5000", "20000"}
+    assert {"predict_rps_service_over_ceiling", "predict_rps_service_over_mlflow"} <= set(
+        results["ratios"]
+    )
+    assert len(results["targets"]) == 7
+    assert {t["mark"] for t in results["targets"]} <= {"pass", "short", "n/a"}
+    numbers = _numbers(results)
+    assert numbers, "no figures at all"
+    bad = [path for path, value in numbers if not math.isfinite(value)]
+    assert not bad, f"non-finite figures: {bad}"
+
+
+def test_the_service_answers_without_errors(smoke: Path) -> None:
+    """A benchmark of a service that answers 4xx/5xx would measure error pages."""
+    service = json.loads((smoke / "latest.json").read_text())["http"]["servers"]["service"]
+    assert service["predict"]["errors"] == 0
+    assert all(b["errors"] == 0 for b in service["batch"].values())
+
+
+def test_results_md_renders_every_section_and_the_plot(smoke: Path) -> None:
+    text = (smoke / "RESULTS.md").read_text()
+    for heading in (
+        "## Targets",
+        "## 1. `/predict`",
+        "## 2. `/health`",
+        "## 3. Batches",
+        "## 4. In-process inference",
+        "## 5. Training, drift check, start-up, memory",
+    ):
+        assert heading in text
+    assert "smoke run" in text
+    assert "![throughput and p99 per server](throughput.png)" in text
+    assert (smoke / "throughput.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_report_rerenders_from_the_json(smoke: Path, tmp_path: Path) -> None:
+    from bench import report
+
+    results = json.loads((smoke / "latest.json").read_text())
+    md = tmp_path / "RESULTS.md"
+    report.main([str(smoke / "latest.json"), "--md", str(md)])
+    assert md.read_text().startswith("# Benchmark results")
+    assert [t["mark"] for t in report.targets(results)] == [t["mark"] for t in results["targets"]]
+
+
+def test_unknown_skip_names_are_refused() -> None:
+    with pytest.raises(SystemExit, match="unknown"):
+        bench_run.main(["--quick", "--skip", "mlfow"])
