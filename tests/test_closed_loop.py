@@ -455,6 +455,7 @@ def test_drift_retrains_promotes_and_the_api_follows(tmp_path: Path) -> None:
         env.pop("PROMETHEUS_MULTIPROC_DIR", None)
         api, url = start_api(env, tmp_path / "uvicorn.log")
         try:
+            assert httpx.get(f"{url}/model", timeout=10).json()["run_id"] == v1.run_id
             # Drifted traffic (half of the longer contracts moved to month-to-month), each
             # prediction followed by its true outcome.
             traffic = generate_drifted("month_to_month_shift", 520, seed=21).dropna()

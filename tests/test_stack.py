@@ -109,6 +109,12 @@ def running_api(workdir: Path, tracking_uri: str, log_url: str) -> Iterator[str]
     try:
         try:
             wait_http(f"{url}/ready", SERVICE_TIMEOUT_S, process)
+            # Both workers, not just the first: every request below may land on either.
+            wait_for(
+                lambda: log_path.read_text().count("Application startup complete") >= 2,
+                "both API workers to finish loading the model",
+                SERVICE_TIMEOUT_S,
+            )
         except (TimeoutError, RuntimeError) as exc:
             raise AssertionError(f"API not ready: {exc}\n{log_path.read_text()[-4000:]}") from exc
         yield url
@@ -195,7 +201,17 @@ def alert_states(base_url: str, name: str) -> list[dict[str, Any]]:
 # --------------------------------------------------------------------------- tests
 
 
+def production_run_id(tracking_uri: str) -> str:
+    from churn.registry import client
+
+    return str(client(tracking_uri).get_model_version_by_alias(MODEL_NAME, "production").run_id)
+
+
 def test_predictions_reach_prometheus_and_the_log(stack: Stack) -> None:
+    # The API under test serves the trainer's production model (and is not some other
+    # process that happens to answer on the port).
+    served = httpx.get(f"{stack.api}/model", timeout=10).json()
+    assert served["run_id"] == production_run_id(stack.tracking_uri)
     wait_for_series(stack.prometheus, 'up{job="churn-api"} == 1', METRIC_TIMEOUT_S)
     wait_for_series(stack.prometheus, 'up{job="pushgateway"} == 1', METRIC_TIMEOUT_S)
     before = served_predictions(stack.api)
