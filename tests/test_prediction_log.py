@@ -17,6 +17,7 @@ from churn.prediction_log import (
     PredictionBatch,
     PredictionLogWriter,
     create_tables,
+    features_json,
     make_engine,
     read_predictions,
     record_feedback,
@@ -183,3 +184,18 @@ def test_feedback_needs_the_log(trained_model: TrainedModel, tmp_path: Path) -> 
         response = client.post("/feedback", json={"prediction_id": pid, "outcome": True})
         assert response.status_code == 503
         assert "PREDICTION_LOG_ENABLED" in json.dumps(response.json())
+
+
+def test_features_json_is_what_json_dumps_writes() -> None:
+    columns = {
+        "tenure": [1, 2, 3],
+        "charges": [1.5, 1e300, 0.1],
+        "mixed": [1, 2.5, None],
+        "odd": [float("nan"), 1.0, 2.0],
+        'na"me%s': ["é", 'a"b\\', "\n"],
+    }
+    rows = [
+        dict(zip(columns, values, strict=True)) for values in zip(*columns.values(), strict=True)
+    ]
+    assert features_json(columns) == [json.dumps(r, separators=(",", ":")) for r in rows]
+    assert features_json({}) == []
