@@ -15,6 +15,7 @@ from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
 from app.api import admin_router, router
+from app.fastpath import PredictFastPath
 from app.logging import configure_logging
 from app.metrics import Metrics, mark_process_dead
 from app.middleware import RequestMiddleware
@@ -94,6 +95,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(router)
     if settings.admin_enabled:
         app.include_router(admin_router)
+    # Innermost: inside CORS and the request middleware, so both apply to it unchanged.
+    app.add_middleware(PredictFastPath, state=app.state, routes=router.routes)
     if settings.cors_origins:
         app.add_middleware(
             CORSMiddleware,

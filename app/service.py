@@ -152,11 +152,12 @@ class ModelService:
         started = time.perf_counter()
         probabilities = await self.batcher.predict(model, rows)
         elapsed = time.perf_counter() - started
-        rounded = np.round(probabilities, 4).tolist()
+        rounded_array = np.round(probabilities, 4)
+        rounded = rounded_array.tolist()
         decisions = (probabilities >= model.thresholds.decision).tolist()
         tiers = model.tiers(probabilities).tolist()
         ids = new_ids(len(rows))
-        self.metrics.observe_predictions(rounded, decisions, tiers.count("HIGH"), elapsed)
+        self.metrics.observe_predictions(rounded_array, decisions, tiers.count("HIGH"), elapsed)
         self._log(model, rows, ids, rounded, tiers)
         version = model.version
         return [

@@ -1,0 +1,152 @@
+"""A pure-ASGI fast path for well-formed ``POST /predict`` and ``POST /predict/batch``.
+
+FastAPI's routing, dependency injection, body handling and response validation cost more
+CPU per request than the model call does. This layer, inside the request middleware (so the
+request id, body limit, metrics and access log apply unchanged) and inside CORS, answers a
+request itself only when the answer is certainly the one the FastAPI route would give: a
+model is loaded, the body is JSON, and the served model's request model (built from the
+bundle's schema) validates it with ``model_validate_json`` (pydantic-core, in Rust).
+
+Anything else (no model, another content type, malformed or invalid input, NaN or Infinity
+anywhere, an oversized batch) is handed to the FastAPI route with the body already read, so
+every error keeps exactly the status and body it has always had, and the route keeps
+documenting the endpoint in OpenAPI.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from pydantic import BaseModel, ValidationError
+from starlette.datastructures import State
+from starlette.requests import ClientDisconnect
+from starlette.routing import BaseRoute
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from app.model import ServedModel
+from app.service import ModelService
+
+# JSON constants the stdlib parser accepts and the route refuses (422); pydantic-core's JSON
+# parser accepts them too, so such bodies always take the route.
+_CONSTANTS = (b"NaN", b"Infinity")
+_JSON_HEADER = (b"content-type", b"application/json")
+
+
+def _is_json(scope: Scope) -> bool:
+    """The same test as app.body: application/json or any +json media type."""
+    for key, value in scope["headers"]:
+        if key == b"content-type":
+            mime = value.split(b";", 1)[0].strip().lower()
+            return mime == b"application/json" or mime.endswith(b"+json")
+    return False
+
+
+async def _read_body(receive: Receive) -> bytes:
+    """The whole request body (the middleware's receive enforces the size limit)."""
+    chunks: list[bytes] = []
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise ClientDisconnect
+        chunks.append(message.get("body", b""))
+        if not message.get("more_body", False):
+            return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+
+def _replay(body: bytes, receive: Receive) -> Receive:
+    """A receive that hands `body` to the route once, then waits on the real one."""
+    pending = True
+
+    async def replayed() -> Message:
+        nonlocal pending
+        if pending:
+            pending = False
+            return {"type": "http.request", "body": body, "more_body": False}
+        return await receive()
+
+    return replayed
+
+
+def encode(content: Any) -> bytes:
+    """JSON exactly as FastAPI's JSONResponse renders it (compact, UTF-8, no NaN)."""
+    return json.dumps(
+        content, ensure_ascii=False, allow_nan=False, indent=None, separators=(",", ":")
+    ).encode()
+
+
+class PredictFastPath:
+    """Serves valid /predict and /predict/batch requests; everything else goes to `app`."""
+
+    def __init__(self, app: ASGIApp, state: State, routes: list[BaseRoute]) -> None:
+        self.app = app
+        self.state = state
+        self.routes = routes
+        self._handlers = {"/predict": self._single, "/predict/batch": self._batch}
+        self._route_of: dict[str, BaseRoute] | None = None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if (
+            scope["type"] != "http"
+            or scope["method"] != "POST"
+            or scope["path"] not in self._handlers
+        ):
+            await self.app(scope, receive, send)
+            return
+        service: ModelService | None = getattr(self.state, "service", None)
+        model = service.model if service is not None else None
+        if model is None or not _is_json(scope):
+            await self.app(scope, receive, send)  # the route answers 503 or 415
+            return
+        assert service is not None
+        body = await _read_body(receive)
+        content = None
+        if body and not any(c in body for c in _CONSTANTS):
+            content = await self._handlers[scope["path"]](service, model, body)
+        if content is None:
+            await self.app(scope, _replay(body, receive), send)
+            return
+        scope["route"] = self._route(scope["path"])  # the metrics label, as routing sets it
+        scope.setdefault("state", {})["model_version"] = model.version
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 200,
+                "headers": [(b"content-length", str(len(content)).encode()), _JSON_HEADER],
+            }
+        )
+        await send({"type": "http.response.body", "body": content})
+
+    def _route(self, path: str) -> BaseRoute | None:
+        if self._route_of is None:
+            self._route_of = {
+                route.path: route  # type: ignore[attr-defined]
+                for route in self.routes
+                if getattr(route, "path", None) in self._handlers
+                and "POST" in (getattr(route, "methods", None) or ())
+            }
+        return self._route_of.get(path)
+
+    @staticmethod
+    def _validated(model_type: type[BaseModel], body: bytes) -> BaseModel | None:
+        try:
+            return model_type.model_validate_json(body)
+        except ValidationError:
+            return None
+
+    async def _single(self, service: ModelService, model: ServedModel, body: bytes) -> bytes | None:
+        customer = self._validated(model.customer_model, body)
+        if customer is None:
+            return None
+        predictions = await service.predict(model, service.rows_of(model, [customer]))
+        return encode(predictions[0])
+
+    async def _batch(self, service: ModelService, model: ServedModel, body: bytes) -> bytes | None:
+        batch = self._validated(model.batch_model, body)
+        if batch is None:
+            return None
+        items = batch.customers  # type: ignore[attr-defined]
+        predictions = await service.predict(model, service.rows_of(model, items))
+        return encode(
+            {"model_version": model.version, "count": len(predictions), "predictions": predictions}
+        )
