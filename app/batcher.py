@@ -1,8 +1,10 @@
 """Micro-batching: one inference thread serves every request, one model call per wake-up.
 
-Handlers on the event loop put their rows on a queue and await a future; the thread takes
-everything pending, runs a single predictor call for all of it, and resolves the futures
-with one ``loop.call_soon_threadsafe``. The event loop never does model work (so /health
+Handlers on the event loop add their rows to the current loop iteration's jobs and await a
+future; at the end of the iteration those jobs go to the thread in one queue put (one
+wake-up, however many requests). The thread takes everything pending, runs a single
+predictor call for all of it, and resolves the futures with one
+``loop.call_soon_threadsafe``. The event loop never does model work (so /health
 stays fast under load), there is no thread-pool hand-off per request, and under load the
 per-call overhead of the model runtime is paid once for many requests.
 """
@@ -12,8 +14,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import queue
 import threading
-from collections import deque
 from collections.abc import Sequence
 from typing import Any, Protocol
 
@@ -51,8 +53,10 @@ class MicroBatcher:
 
     def __init__(self, max_rows: int = 4096) -> None:
         self.max_rows = max_rows
-        self._jobs: deque[_Job] = deque()
-        self._wake = threading.Event()
+        # Jobs of the current event-loop iteration, handed over together at its end: one
+        # wake-up of the thread per iteration instead of one per request.
+        self._pending: list[_Job] = []
+        self._jobs: queue.SimpleQueue[list[_Job] | None] = queue.SimpleQueue()
         self._stopped = False
         self._thread = threading.Thread(target=self._run, name="inference", daemon=True)
         self.calls = 0
@@ -64,7 +68,7 @@ class MicroBatcher:
     def stop(self, timeout: float = 5.0) -> None:
         """Finish pending jobs, then end the thread."""
         self._stopped = True
-        self._wake.set()
+        self._jobs.put(None)
         if self._thread.is_alive():
             self._thread.join(timeout)
 
@@ -74,27 +78,43 @@ class MicroBatcher:
             raise RuntimeError("the inference thread is stopped (the server is shutting down)")
         loop = asyncio.get_running_loop()
         future: asyncio.Future[np.ndarray] = loop.create_future()
-        self._jobs.append(_Job(model, rows, future, loop))
-        self._wake.set()
+        self._pending.append(_Job(model, rows, future, loop))
+        if len(self._pending) == 1:
+            loop.call_soon(self._hand_over)
         return await future
 
-    def _drain(self) -> list[_Job]:
-        jobs: list[_Job] = []
-        rows = 0
-        while self._jobs and rows < self.max_rows:
-            job = self._jobs.popleft()
-            jobs.append(job)
-            rows += len(job.rows)
-        return jobs
+    def _hand_over(self) -> None:
+        jobs, self._pending = self._pending, []
+        self._jobs.put(jobs)
+
+    def _drain(self, first: list[_Job]) -> tuple[list[_Job], bool]:
+        """`first` and whatever else is queued, up to max_rows; True when told to stop."""
+        jobs = first
+        rows = sum(len(job.rows) for job in jobs)
+        while rows < self.max_rows:
+            try:
+                more = self._jobs.get_nowait()
+            except queue.Empty:
+                break
+            if more is None:
+                return jobs, True
+            jobs = [*jobs, *more]
+            rows += sum(len(job.rows) for job in more)
+        return jobs, False
 
     def _run(self) -> None:
+        stopping = False
         while True:
-            self._wake.wait()
-            self._wake.clear()
-            while self._jobs:
-                self._process(self._drain())
-            if self._stopped and not self._jobs:
+            try:
+                first = self._jobs.get(block=not stopping)
+            except queue.Empty:  # stopping and everything pending is done
                 return
+            if first is None:
+                stopping = True
+                continue
+            jobs, stop = self._drain(first)
+            stopping = stopping or stop
+            self._process(jobs)
 
     def _process(self, jobs: list[_Job]) -> None:
         # Jobs queued around a hot reload may name different models: one call per model.

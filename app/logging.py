@@ -6,12 +6,13 @@ request is handled (service, handlers, library code) is tagged without passing i
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import sys
 import time
 from contextvars import ContextVar
-from typing import Any
+from typing import Any, TextIO
 
 request_id_var: ContextVar[str | None] = ContextVar("request_id", default=None)
 
@@ -45,9 +46,56 @@ def _iso(created: float) -> str:
     return f"{seconds}.{int(created % 1 * 1000):03d}Z"
 
 
+class LoopBatchingHandler(logging.StreamHandler):
+    """A StreamHandler that writes the lines of one event-loop iteration with one write.
+
+    Each write to stdout is a system call that releases the GIL; under load, one per access
+    line let the inference or prediction-log thread take the GIL, and the loop then waited to
+    get it back. Lines logged on a running loop are joined and written at the end of the
+    current iteration (``call_soon``); lines from other threads are written at once, after
+    anything pending, so the order is kept.
+    """
+
+    terminator = "\n"
+
+    def __init__(self, stream: TextIO | None = None) -> None:
+        super().__init__(stream)
+        self._pending: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            line = self.format(record)
+        except Exception:
+            self.handleError(record)
+            return
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            loop = None
+        self._pending.append(line)
+        if loop is None:
+            self._write_pending()
+        elif len(self._pending) == 1:
+            loop.call_soon(self.flush)
+
+    def _write_pending(self) -> None:
+        if self._pending:
+            text = self.terminator.join(self._pending) + self.terminator
+            self._pending.clear()
+            self.stream.write(text)
+            super().flush()
+
+    def flush(self) -> None:
+        self.acquire()
+        try:
+            self._write_pending()
+        finally:
+            self.release()
+
+
 def configure_logging(level: str) -> None:
     """Route the root, app and uvicorn loggers through one JSON handler on stdout."""
-    handler = logging.StreamHandler(sys.stdout)
+    handler = LoopBatchingHandler(sys.stdout)
     handler.setFormatter(JsonFormatter())
     root = logging.getLogger()
     root.handlers[:] = [handler]

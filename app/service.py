@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
-import os
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -21,6 +20,7 @@ from pydantic import BaseModel
 from sqlalchemy.exc import SQLAlchemyError
 
 from app.batcher import MicroBatcher, Row
+from app.ids import RandomHex
 from app.metrics import Metrics
 from app.model import ModelLoadError, ServedModel, load_model
 from app.settings import Settings
@@ -49,12 +49,6 @@ class ReloadResult:
     previous_version: str | None
 
 
-def new_ids(n: int) -> list[str]:
-    """n random 128-bit ids as 32 hex characters (one syscall for the whole batch)."""
-    raw = os.urandom(16 * n).hex()
-    return [raw[i : i + 32] for i in range(0, 32 * n, 32)]
-
-
 class ModelService:
     """Everything the handlers need, created once per app in the lifespan."""
 
@@ -70,6 +64,7 @@ class ModelService:
         self.log_writer = log_writer
         self.loader = loader
         self.batcher = MicroBatcher()
+        self._ids = RandomHex()
         self.model: ServedModel | None = None
         self.last_error: str | None = None
         self._reload_lock = asyncio.Lock()
@@ -156,7 +151,7 @@ class ModelService:
         rounded = rounded_array.tolist()
         decisions = (probabilities >= model.thresholds.decision).tolist()
         tiers = model.tiers(probabilities).tolist()
-        ids = new_ids(len(rows))
+        ids = self._ids.ids(len(rows))
         self.metrics.observe_predictions(rounded_array, decisions, tiers.count("HIGH"), elapsed)
         self._log(model, rows, ids, rounded, tiers)
         version = model.version

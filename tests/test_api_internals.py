@@ -1,0 +1,77 @@
+"""Serving internals that the API's speed rests on: bulk random ids, batched log writes,
+the micro-batcher's hand-over."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+import logging
+
+import numpy as np
+
+from app.batcher import MicroBatcher, Row
+from app.ids import RandomHex
+from app.logging import JsonFormatter, LoopBatchingHandler
+
+
+def test_random_hex_ids_are_unique_hex_across_refills() -> None:
+    source = RandomHex(chunk_bytes=64)  # refills every four 32-character ids
+    ids = [i for _ in range(50) for i in source.ids(3)] + [source.take(16) for _ in range(20)]
+    assert len(set(ids)) == len(ids)
+    assert all(len(i) in (16, 32) and int(i, 16) >= 0 for i in ids)
+    assert len(source.take(1000)) == 1000  # more than one pool at once
+
+
+def _handler() -> tuple[LoopBatchingHandler, io.StringIO, logging.Logger]:
+    stream = io.StringIO()
+    handler = LoopBatchingHandler(stream)
+    handler.setFormatter(JsonFormatter())
+    log = logging.getLogger(f"test.batching.{id(stream)}")
+    log.handlers[:] = [handler]
+    log.propagate = False
+    log.setLevel(logging.INFO)
+    return handler, stream, log
+
+
+def test_log_lines_of_one_loop_iteration_are_written_together_in_order() -> None:
+    _, stream, log = _handler()
+
+    async def burst() -> str:
+        for i in range(5):
+            log.info("line %d", i, extra={"n": i})
+        written_during = stream.getvalue()
+        await asyncio.sleep(0)  # the end of the iteration: the flush runs
+        return written_during
+
+    assert asyncio.run(burst()) == ""
+    lines = stream.getvalue().splitlines()
+    assert [json.loads(line)["n"] for line in lines] == [0, 1, 2, 3, 4]
+    log.info("outside a loop")  # written at once
+    assert json.loads(stream.getvalue().splitlines()[-1])["message"] == "outside a loop"
+
+
+class _Doubler:
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def predict_rows(self, rows: list[Row]) -> np.ndarray:
+        self.calls += 1
+        return np.asarray([2.0 * r[0] for r in rows])
+
+
+def test_requests_of_one_iteration_share_one_model_call() -> None:
+    batcher = MicroBatcher()
+    batcher.start()
+    model = _Doubler()
+
+    async def many() -> list[np.ndarray]:
+        return await asyncio.gather(*(batcher.predict(model, [(i,), (i + 1,)]) for i in range(20)))
+
+    try:
+        results = asyncio.run(many())
+    finally:
+        batcher.stop()
+    assert [r.tolist() for r in results] == [[2.0 * i, 2.0 * (i + 1)] for i in range(20)]
+    assert model.calls == 1
+    assert batcher.rows == 40
