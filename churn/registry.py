@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
 import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,12 +31,35 @@ class VersionInfo:
 
 
 def client(tracking_uri: str) -> Any:
-    import mlflow
+    """A client bound to one store; no process-wide MLflow state is touched."""
     from mlflow.tracking import MlflowClient
 
+    return MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+
+
+@contextlib.contextmanager
+def tracking_to(tracking_uri: str) -> Iterator[None]:
+    """Point MLflow's fluent API (start_run, log_model) at a store, then put things back.
+
+    `mlflow.set_tracking_uri` also exports MLFLOW_TRACKING_URI to the environment, which
+    would otherwise outlive the call and silently redirect every later caller in the process.
+    """
+    import mlflow
+
+    saved_env = os.environ.get("MLFLOW_TRACKING_URI")
+    saved_tracking = mlflow.get_tracking_uri()
+    saved_registry = mlflow.get_registry_uri()
     mlflow.set_tracking_uri(tracking_uri)
     mlflow.set_registry_uri(tracking_uri)
-    return MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+    try:
+        yield
+    finally:
+        mlflow.set_tracking_uri(saved_tracking)
+        mlflow.set_registry_uri(saved_registry)
+        if saved_env is None:
+            os.environ.pop("MLFLOW_TRACKING_URI", None)
+        else:
+            os.environ["MLFLOW_TRACKING_URI"] = saved_env
 
 
 def describe(mlflow_client: Any, name: str, version: str | int) -> VersionInfo:

@@ -5,12 +5,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import platform
 import subprocess
 import sys
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from importlib import metadata as importlib_metadata
@@ -37,7 +38,7 @@ from churn.data import TrainingData, load_training_data
 from churn.onnx_export import OnnxExport, export_onnx
 from churn.pipeline import build_pipeline, inference_ready
 from churn.profile import build_reference_profile
-from churn.registry import BUNDLE_ARTIFACT_PATH
+from churn.registry import BUNDLE_ARTIFACT_PATH, tracking_to
 from churn.schema import FeatureSchema
 
 Progress = Callable[[str], None]
@@ -205,6 +206,15 @@ def _say(progress: Progress | None, message: str) -> None:
         progress(message)
 
 
+@contextlib.contextmanager
+def _start_run(experiment_name: str) -> Iterator[Any]:
+    import mlflow
+
+    mlflow.set_experiment(experiment_name)
+    with mlflow.start_run() as run:
+        yield run
+
+
 def train(
     config: Config, config_path: Path | None = None, progress: Progress | None = None
 ) -> TrainResult:
@@ -248,10 +258,11 @@ def train(
     _say(
         progress, f"log       MLflow at {tracking_uri}, experiment {config.mlflow.experiment_name}"
     )
-    mlflow.set_tracking_uri(tracking_uri)
-    mlflow.set_registry_uri(tracking_uri)
-    mlflow.set_experiment(config.mlflow.experiment_name)
-    with mlflow.start_run() as run, warnings.catch_warnings():
+    with (
+        tracking_to(tracking_uri),
+        _start_run(config.mlflow.experiment_name) as run,
+        warnings.catch_warnings(),
+    ):
         # MLflow's hints about integer columns and ambiguous local sources are noise here:
         # the signature is inferred from real validation rows and the source is a local file.
         warnings.filterwarnings("ignore", category=UserWarning, module=r"mlflow\..*")

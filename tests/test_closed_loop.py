@@ -16,7 +16,6 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -97,15 +96,9 @@ def write_log(
 
 
 @pytest.fixture
-def registry(
-    trained_model: TrainedModel, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> Iterator[str]:
+def registry(trained_model: TrainedModel, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
     """A private copy of the session's MLflow store with @production on the trained model."""
-    import mlflow
-
     from churn.registry import client
-
-    previous = mlflow.get_tracking_uri()
 
     db = Path(trained_model.tracking_uri.removeprefix("sqlite:///"))
     uri = f"sqlite:///{shutil.copy(db, tmp_path / 'mlflow.db')}"
@@ -113,8 +106,7 @@ def registry(
         trained_model.result.model_name, "production", trained_model.result.model_version
     )
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
-    yield uri
-    mlflow.set_tracking_uri(previous)  # the registry client set it process-wide
+    return uri
 
 
 def served(trained_model: TrainedModel, customers: pd.DataFrame) -> np.ndarray:
@@ -414,12 +406,10 @@ class Prober:
 @pytest.mark.integration
 @pytest.mark.slow
 def test_drift_retrains_promotes_and_the_api_follows(tmp_path: Path) -> None:
-    import mlflow
 
     from churn.promotion import promote
     from churn.training import train
 
-    previous_uri = mlflow.get_tracking_uri()
     with mlflow_server(f"sqlite:///{tmp_path / 'server.db'}", tmp_path) as tracking_uri:
         # v1: 3,000 customers, 30 trees. The gate is relaxed: the gate itself is tested in
         # test_mlflow_integration; here it must not decide the fate of the loop.
@@ -435,7 +425,6 @@ def test_drift_retrains_promotes_and_the_api_follows(tmp_path: Path) -> None:
             v1 = train(config, config_path=config_path)
             assert promote(config, version=v1.model_version).changed
         finally:
-            mlflow.set_tracking_uri(previous_uri)
             if env_backup is not None:
                 os.environ["MLFLOW_TRACKING_URI"] = env_backup
         assert v1.model_version == "1"

@@ -74,7 +74,7 @@ def _subprocess_cli(
 def test_train_promote_gate_rollback(tracking_server: str, tmp_path: Path, cli) -> None:
     generate_customers(2500, seed=21).to_csv(tmp_path / "churn_train.csv", index=False)
     good = write_config(tmp_path, gate={"min_val_auc": 0.8, "max_auc_drop": 0.0})
-    client = MlflowClient(tracking_uri=tracking_server)
+    client = MlflowClient(tracking_uri=tracking_server, registry_uri=tracking_server)
     name = "churn-classifier"
 
     # v1: trained against the server (env wins over the config's sqlite URI), promoted.
@@ -87,7 +87,7 @@ def test_train_promote_gate_rollback(tracking_server: str, tmp_path: Path, cli) 
         "promote_model.py", "--config", str(good), cwd=tmp_path, tracking_uri=tracking_server
     )
     assert promoted.returncode == 0, promoted.stderr
-    assert client.get_model_version_by_alias(name, "production").version == "1"
+    assert str(client.get_model_version_by_alias(name, "production").version) == "1"
     card = (tmp_path / "MODEL_CARD.md").read_text()
     assert "# Model card: churn-classifier v1" in card
     auc = client.get_run(client.get_model_version(name, "1").run_id).data.metrics["val_auc"]
@@ -112,7 +112,7 @@ def test_train_promote_gate_rollback(tracking_server: str, tmp_path: Path, cli) 
     )
     assert refused.returncode == 1
     assert "gate failed" in refused.stderr and "below production v1" in refused.stderr
-    assert client.get_model_version_by_alias(name, "production").version == "1"
+    assert str(client.get_model_version_by_alias(name, "production").version) == "1"
 
     # staging works the same way; the gate still measures against production.
     staged = cli(
@@ -127,7 +127,7 @@ def test_train_promote_gate_rollback(tracking_server: str, tmp_path: Path, cli) 
         tracking_uri=tracking_server,
     )
     assert staged.returncode == 0, staged.stderr
-    assert client.get_model_version_by_alias(name, "staging").version == "1"
+    assert str(client.get_model_version_by_alias(name, "staging").version) == "1"
 
     # v3: as good as v1; promoted, v1 archived; then rolled back to v1.
     assert (
@@ -148,7 +148,7 @@ def test_train_promote_gate_rollback(tracking_server: str, tmp_path: Path, cli) 
         ).returncode
         == 0
     )
-    assert client.get_model_version_by_alias(name, "production").version == "3"
+    assert str(client.get_model_version_by_alias(name, "production").version) == "3"
     assert client.get_model_version(name, "1").tags.get("archived") == "true"
     assert "v3" in (tmp_path / "MODEL_CARD.md").read_text().splitlines()[0]
 
@@ -162,7 +162,7 @@ def test_train_promote_gate_rollback(tracking_server: str, tmp_path: Path, cli) 
     )
     assert rolled.returncode == 0, rolled.stderr
     assert "v3 -> v1" in rolled.stdout
-    assert client.get_model_version_by_alias(name, "production").version == "1"
+    assert str(client.get_model_version_by_alias(name, "production").version) == "1"
     assert "archived" not in client.get_model_version(name, "1").tags
     assert client.get_model_version(name, "3").tags.get("archived") == "true"
     assert "v1" in (tmp_path / "MODEL_CARD.md").read_text().splitlines()[0]
@@ -194,7 +194,7 @@ def test_gate_floor_and_dry_run(tracking_server: str, tmp_path: Path, cli) -> No
     )
     assert result.returncode == 1
     assert "is below the minimum 0.9990" in result.stderr
-    client = MlflowClient(tracking_uri=tracking_server)
+    client = MlflowClient(tracking_uri=tracking_server, registry_uri=tracking_server)
     assert not client.get_registered_model("churn-classifier").aliases
 
     lenient = write_config(tmp_path, gate={"min_val_auc": 0.5})

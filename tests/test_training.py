@@ -96,7 +96,9 @@ def test_tampered_bundle_is_refused_before_unpickling(
 
 
 def test_mlflow_run_has_everything(trained_model: TrainedModel) -> None:
-    client = MlflowClient(tracking_uri=trained_model.tracking_uri)
+    client = MlflowClient(
+        tracking_uri=trained_model.tracking_uri, registry_uri=trained_model.tracking_uri
+    )
     run = client.get_run(trained_model.result.run_id)
     metrics = run.data.metrics
     for key in (
