@@ -19,17 +19,16 @@ import threading
 from collections.abc import Sequence
 from typing import Any, Protocol
 
-import numpy as np
-
 logger = logging.getLogger("app.batcher")
 
 Row = Sequence[Any]
 
 
 class RowPredictor(Protocol):
-    """What the batcher needs from a model: probabilities for rows in feature order."""
+    """What the batcher needs from a model: answers for rows in feature order, as anything
+    that slices by position (an array, app.model.Answers), one slice per request."""
 
-    def predict_rows(self, rows: list[Row]) -> np.ndarray: ...
+    def predict_rows(self, rows: list[Row]) -> Any: ...
 
 
 class _Job:
@@ -39,7 +38,7 @@ class _Job:
         self,
         model: RowPredictor,
         rows: list[Row],
-        future: asyncio.Future[np.ndarray],
+        future: asyncio.Future[Any],
         loop: asyncio.AbstractEventLoop,
     ) -> None:
         self.model = model
@@ -72,12 +71,12 @@ class MicroBatcher:
         if self._thread.is_alive():
             self._thread.join(timeout)
 
-    async def predict(self, model: RowPredictor, rows: list[Row]) -> np.ndarray:
+    async def predict(self, model: RowPredictor, rows: list[Row]) -> Any:
         """Probabilities for `rows` from `model`, computed on the inference thread."""
         if self._stopped:
             raise RuntimeError("the inference thread is stopped (the server is shutting down)")
         loop = asyncio.get_running_loop()
-        future: asyncio.Future[np.ndarray] = loop.create_future()
+        future: asyncio.Future[Any] = loop.create_future()
         self._pending.append(_Job(model, rows, future, loop))
         if len(self._pending) == 1:
             loop.call_soon(self._hand_over)
@@ -127,23 +126,23 @@ class MicroBatcher:
     def _run_group(self, jobs: list[_Job]) -> None:
         rows = jobs[0].rows if len(jobs) == 1 else [r for job in jobs for r in job.rows]
         try:
-            probabilities = jobs[0].model.predict_rows(rows)
+            answers = jobs[0].model.predict_rows(rows)
         except Exception as exc:  # the model failed: every waiting request gets the error
             logger.exception("inference failed for %d row(s)", len(rows))
             self._resolve([(job, None) for job in jobs], exc)
             return
         self.calls += 1
         self.rows += len(rows)
-        results: list[tuple[_Job, np.ndarray | None]] = []
+        results: list[tuple[_Job, Any]] = []
         start = 0
         for job in jobs:
             end = start + len(job.rows)
-            results.append((job, probabilities[start:end]))
+            results.append((job, answers[start:end]))
             start = end
         self._resolve(results, None)
 
     @staticmethod
-    def _resolve(results: list[tuple[_Job, np.ndarray | None]], error: Exception | None) -> None:
+    def _resolve(results: list[tuple[_Job, Any]], error: Exception | None) -> None:
         by_loop: dict[int, tuple[asyncio.AbstractEventLoop, list[Any]]] = {}
         for job, value in results:
             by_loop.setdefault(id(job.loop), (job.loop, []))[1].append((job.future, value))
@@ -153,14 +152,11 @@ class MicroBatcher:
                 loop.call_soon_threadsafe(_set_results, items, error)
 
 
-def _set_results(
-    items: list[tuple[asyncio.Future[np.ndarray], np.ndarray | None]], error: Exception | None
-) -> None:
+def _set_results(items: list[tuple[asyncio.Future[Any], Any]], error: Exception | None) -> None:
     for future, value in items:
         if future.done():  # the client went away and the handler was cancelled
             continue
         if error is not None:
             future.set_exception(error)
         else:
-            assert value is not None
             future.set_result(value)

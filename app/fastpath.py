@@ -24,7 +24,7 @@ from starlette.requests import ClientDisconnect
 from starlette.routing import BaseRoute
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from app.model import ServedModel
+from app.model import Answers, ServedModel
 from app.service import ModelService
 
 # JSON constants the stdlib parser accepts and the route refuses (422); pydantic-core's JSON
@@ -68,11 +68,55 @@ def _replay(body: bytes, receive: Receive) -> Receive:
     return replayed
 
 
-def encode(content: Any) -> bytes:
-    """JSON exactly as FastAPI's JSONResponse renders it (compact, UTF-8, no NaN)."""
-    return json.dumps(
-        content, ensure_ascii=False, allow_nan=False, indent=None, separators=(",", ":")
-    ).encode()
+def _json(value: Any) -> str:
+    """JSON as FastAPI's JSONResponse renders it (compact, UTF-8, no NaN)."""
+    return json.dumps(value, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
+
+
+class ResponseEncoder:
+    """PredictionResponse JSON from a per-model template: the same bytes ``_json`` gives for
+    the route's dict, without walking a dict per prediction. Probabilities are finite (the
+    model is checked at load) and rounded, so ``float.__repr__`` is their JSON; tiers and ids
+    are plain ASCII."""
+
+    _BOOL = ("false", "true")
+
+    def __init__(self, model_version: str) -> None:
+        self.version_json = _json(model_version)
+        self._prediction = (
+            '{"churn_probability":%r,"churn_prediction":%s,"risk_tier":"%s","model_version":'
+            + self.version_json.replace("%", "%%")
+            + ',"prediction_id":"%s"}'
+        )
+
+    def predictions(self, answers: Answers, ids: list[str]) -> list[str]:
+        template, flag = self._prediction, self._BOOL
+        return [
+            template % (p, flag[d], t, i)
+            for p, d, t, i in zip(
+                answers.probabilities, answers.decisions, answers.tiers, ids, strict=True
+            )
+        ]
+
+    def single(self, answers: Answers, ids: list[str]) -> bytes:
+        return self.predictions(answers, ids)[0].encode()
+
+    def batch(self, answers: Answers, ids: list[str]) -> bytes:
+        items = ",".join(self.predictions(answers, ids))
+        head = f'{{"model_version":{self.version_json},"count":{len(ids)},"predictions":['
+        return f"{head}{items}]}}".encode()
+
+
+async def send_answer(send: Send, content: bytes) -> None:
+    """A 200 JSON response with the headers FastAPI's JSONResponse sends."""
+    await send(
+        {
+            "type": "http.response.start",
+            "status": 200,
+            "headers": [(b"content-length", str(len(content)).encode()), _JSON_HEADER],
+        }
+    )
+    await send({"type": "http.response.body", "body": content})
 
 
 class PredictFastPath:
@@ -84,6 +128,7 @@ class PredictFastPath:
         self.routes = routes
         self._handlers = {"/predict": self._single, "/predict/batch": self._batch}
         self._route_of: dict[str, BaseRoute] | None = None
+        self._encoders: dict[str, ResponseEncoder] = {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if (
@@ -108,14 +153,7 @@ class PredictFastPath:
             return
         scope["route"] = self._route(scope["path"])  # the metrics label, as routing sets it
         scope.setdefault("state", {})["model_version"] = model.version
-        await send(
-            {
-                "type": "http.response.start",
-                "status": 200,
-                "headers": [(b"content-length", str(len(content)).encode()), _JSON_HEADER],
-            }
-        )
-        await send({"type": "http.response.body", "body": content})
+        await send_answer(send, content)
 
     def _route(self, path: str) -> BaseRoute | None:
         if self._route_of is None:
@@ -138,15 +176,19 @@ class PredictFastPath:
         customer = self._validated(model.customer_model, body)
         if customer is None:
             return None
-        predictions = await service.predict(model, service.rows_of(model, [customer]))
-        return encode(predictions[0])
+        answers, ids = await service.answer(model, service.rows_of(model, [customer]))
+        return self._encoder(model).single(answers, ids)
 
     async def _batch(self, service: ModelService, model: ServedModel, body: bytes) -> bytes | None:
         batch = self._validated(model.batch_model, body)
         if batch is None:
             return None
         items = batch.customers  # type: ignore[attr-defined]
-        predictions = await service.predict(model, service.rows_of(model, items))
-        return encode(
-            {"model_version": model.version, "count": len(predictions), "predictions": predictions}
-        )
+        answers, ids = await service.answer(model, service.rows_of(model, items))
+        return self._encoder(model).batch(answers, ids)
+
+    def _encoder(self, model: ServedModel) -> ResponseEncoder:
+        encoder = self._encoders.get(model.version)
+        if encoder is None:
+            encoder = self._encoders[model.version] = ResponseEncoder(model.version)
+        return encoder

@@ -41,9 +41,17 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(event, default=str, separators=(",", ":"))
 
 
+# (second, its ISO text): formatted once a second rather than once a line.
+_last_second: tuple[int, str] = (-1, "")
+
+
 def _iso(created: float) -> str:
-    seconds = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(created))
-    return f"{seconds}.{int(created % 1 * 1000):03d}Z"
+    global _last_second
+    second = int(created)
+    cached = _last_second
+    if cached[0] != second:
+        cached = _last_second = (second, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second)))
+    return f"{cached[1]}.{int(created % 1 * 1000):03d}Z"
 
 
 class LoopBatchingHandler(logging.StreamHandler):

@@ -41,6 +41,22 @@ class Thresholds:
 
 
 @dataclass(frozen=True)
+class Answers:
+    """Answers for consecutive rows as plain lists, computed once per model call (vectorised
+    over every request of a micro-batch) and sliced per request."""
+
+    probabilities: list[float]  # rounded to 4 places
+    decisions: list[bool]
+    tiers: list[str]
+
+    def __len__(self) -> int:
+        return len(self.probabilities)
+
+    def __getitem__(self, part: slice) -> Answers:
+        return Answers(self.probabilities[part], self.decisions[part], self.tiers[part])
+
+
+@dataclass(frozen=True)
 class ServedModel:
     name: str
     version: str
@@ -61,10 +77,15 @@ class ServedModel:
     def labels(self) -> tuple[str, str, str, str]:
         return (self.name, self.version, self.run_id, self.backend)
 
-    def predict_rows(self, rows: list[Row]) -> np.ndarray:
-        """Probabilities for rows in feature order (runs on the inference thread)."""
+    def predict_rows(self, rows: list[Row]) -> Answers:
+        """Answers for rows in feature order (runs on the inference thread)."""
         columns = dict(zip(self.schema.names, zip(*rows, strict=True), strict=True))
-        return self.predictor.predict_proba(columns)
+        probabilities = self.predictor.predict_proba(columns)
+        return Answers(
+            probabilities=np.round(probabilities, 4).tolist(),
+            decisions=(probabilities >= self.thresholds.decision).tolist(),
+            tiers=self.tiers(probabilities).tolist(),
+        )
 
     def tiers(self, probabilities: np.ndarray) -> np.ndarray:
         return risk_tiers(probabilities, self.thresholds.high, self.thresholds.medium)

@@ -15,14 +15,13 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
 from pydantic import BaseModel
 from sqlalchemy.exc import SQLAlchemyError
 
 from app.batcher import MicroBatcher, Row
 from app.ids import RandomHex
 from app.metrics import Metrics
-from app.model import ModelLoadError, ServedModel, load_model
+from app.model import Answers, ModelLoadError, ServedModel, load_model
 from app.settings import Settings
 from churn.prediction_log import (
     PredictionBatch,
@@ -142,18 +141,22 @@ class ModelService:
                 self.metrics.unknown_category.labels(name).inc(unknown)
         return rows
 
+    async def answer(self, model: ServedModel, rows: list[Row]) -> tuple[Answers, list[str]]:
+        """Answers and new prediction ids for `rows`, in order; logged and counted."""
+        started = time.perf_counter()
+        answers: Answers = await self.batcher.predict(model, rows)
+        elapsed = time.perf_counter() - started
+        ids = self._ids.ids(len(rows))
+        tiers = answers.tiers
+        self.metrics.observe_predictions(
+            answers.probabilities, answers.decisions, tiers.count("HIGH"), elapsed
+        )
+        self._log(model, rows, ids, answers.probabilities, tiers)
+        return answers, ids
+
     async def predict(self, model: ServedModel, rows: list[Row]) -> list[dict[str, Any]]:
         """One response dict per row, in order; logged and counted."""
-        started = time.perf_counter()
-        probabilities = await self.batcher.predict(model, rows)
-        elapsed = time.perf_counter() - started
-        rounded_array = np.round(probabilities, 4)
-        rounded = rounded_array.tolist()
-        decisions = (probabilities >= model.thresholds.decision).tolist()
-        tiers = model.tiers(probabilities).tolist()
-        ids = self._ids.ids(len(rows))
-        self.metrics.observe_predictions(rounded_array, decisions, tiers.count("HIGH"), elapsed)
-        self._log(model, rows, ids, rounded, tiers)
+        answers, ids = await self.answer(model, rows)
         version = model.version
         return [
             {
@@ -163,7 +166,9 @@ class ModelService:
                 "model_version": version,
                 "prediction_id": i,
             }
-            for p, d, t, i in zip(rounded, decisions, tiers, ids, strict=True)
+            for p, d, t, i in zip(
+                answers.probabilities, answers.decisions, answers.tiers, ids, strict=True
+            )
         ]
 
     def _log(

@@ -37,16 +37,20 @@ def client(trained_model: TrainedModel, tmp_path_factory: pytest.TempPathFactory
 
 @pytest.fixture
 def fast_answers(monkeypatch: pytest.MonkeyPatch) -> list[Any]:
-    """Every body the fast path encodes (the routes never call it)."""
+    """Every body the fast path sends (the routes never call it)."""
     seen: list[Any] = []
-    encode = app.fastpath.encode
+    send_answer = app.fastpath.send_answer
 
-    def spy(content: Any) -> bytes:
+    async def spy(send: Any, content: bytes) -> None:
         seen.append(content)
-        return encode(content)
+        await send_answer(send, content)
 
-    monkeypatch.setattr(app.fastpath, "encode", spy)
+    monkeypatch.setattr(app.fastpath, "send_answer", spy)
     return seen
+
+
+def _compact(response: Any) -> str:
+    return json.dumps(response.json(), ensure_ascii=False, separators=(",", ":"))
 
 
 def _without_id(answer: dict[str, Any]) -> dict[str, Any]:
@@ -63,6 +67,7 @@ def test_single_answer_is_the_routes_answer(client: TestClient, fast_answers: li
     assert _without_id(fast.json()) == _without_id(routed.json())
     assert len(fast.json()["prediction_id"]) == 32
     assert fast.json()["prediction_id"] != routed.json()["prediction_id"]
+    assert fast.text == _compact(fast)  # the bytes FastAPI's JSONResponse would send
 
 
 def test_batch_answer_is_the_routes_answer(client: TestClient, fast_answers: list[Any]) -> None:
@@ -75,6 +80,8 @@ def test_batch_answer_is_the_routes_answer(client: TestClient, fast_answers: lis
     assert fast.status_code == routed.status_code == 200
     fast_body, routed_json = fast.json(), routed.json()
     assert fast_body["count"] == routed_json["count"] == 3
+    assert fast.text == _compact(fast)
+    assert list(fast_body) == list(routed_json)
     assert [_without_id(p) for p in fast_body["predictions"]] == [
         _without_id(p) for p in routed_json["predictions"]
     ]
