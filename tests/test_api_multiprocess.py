@@ -3,24 +3,21 @@
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
 
-from tests._tools import free_port
-from tests.api_support import CUSTOMER, metric_value, wait_until
-from tests.conftest import ROOT, TrainedModel
+from tests.api_support import CUSTOMER, metric_value
+from tests.conftest import TrainedModel
+from tests.processes import api_server
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 
 @pytest.fixture
 def server(trained_model: TrainedModel, tmp_path: Path) -> Iterator[str]:
-    port = free_port()
     metrics_dir = tmp_path / "prometheus"
     metrics_dir.mkdir()
     env = {
@@ -32,45 +29,8 @@ def server(trained_model: TrainedModel, tmp_path: Path) -> Iterator[str]:
         "LOG_LEVEL": "WARNING",
         "ENVIRONMENT": "test",
     }
-    log = (tmp_path / "uvicorn.log").open("wb")
-    process = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "uvicorn",
-            "app.main:app",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--workers",
-            "2",
-        ],
-        cwd=ROOT,
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-
-        def both_ready() -> bool:
-            try:
-                return httpx.get(f"{url}/ready", timeout=1).status_code == 200
-            except httpx.HTTPError:
-                return process.poll() is not None
-
-        assert wait_until(both_ready, timeout=60), (tmp_path / "uvicorn.log").read_text()
-        assert process.poll() is None, (tmp_path / "uvicorn.log").read_text()
+    with api_server(env, tmp_path / "uvicorn.log", workers=2) as url:
         yield url
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-        log.close()
 
 
 def test_counts_add_up_across_workers(server: str) -> None:

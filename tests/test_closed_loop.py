@@ -39,10 +39,10 @@ from churn.prediction_log import (
     predictions,
 )
 from monitoring import closed_loop
-from tests._tools import free_port
 from tests.api_support import wait_until
 from tests.conftest import ROOT, TrainedModel, write_config
-from tests.mlflow_server import mlflow_server, wait_http
+from tests.mlflow_server import mlflow_server
+from tests.processes import api_server
 
 FEATURES = [
     "tenure",
@@ -319,46 +319,6 @@ def test_retraining_set_is_training_data_plus_labelled_rows(
 # --------------------------------------------------------------------------- end to end
 
 
-def start_api(env: dict[str, str], log_path: Path) -> tuple[subprocess.Popen[bytes], str]:
-    """uvicorn app.main:app with one worker; returns the process and its base URL."""
-    port = free_port()
-    with log_path.open("wb") as log:
-        process = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "uvicorn",
-                "app.main:app",
-                "--host",
-                "127.0.0.1",
-                "--port",
-                str(port),
-                "--workers",
-                "1",
-            ],
-            cwd=ROOT,
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        wait_http(f"{url}/ready", timeout=120, process=process)
-    except (TimeoutError, RuntimeError) as exc:
-        stop(process)
-        raise AssertionError(f"API did not start: {exc}\n{log_path.read_text()[-3000:]}") from exc
-    return process, url
-
-
-def stop(process: subprocess.Popen[bytes]) -> None:
-    process.terminate()
-    try:
-        process.wait(timeout=20)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait()
-
-
 def as_request(row: pd.Series) -> dict[str, Any]:
     """A JSON body for /predict from a generated customer."""
     body: dict[str, Any] = {}
@@ -442,8 +402,7 @@ def test_drift_retrains_promotes_and_the_api_follows(tmp_path: Path) -> None:
             "ENVIRONMENT": "test",
         }
         env.pop("PROMETHEUS_MULTIPROC_DIR", None)
-        api, url = start_api(env, tmp_path / "uvicorn.log")
-        try:
+        with api_server(env, tmp_path / "uvicorn.log") as url:
             assert httpx.get(f"{url}/model", timeout=10).json()["run_id"] == v1.run_id
             # Drifted traffic (half of the longer contracts moved to month-to-month), each
             # prediction followed by its true outcome.
@@ -500,5 +459,3 @@ def test_drift_retrains_promotes_and_the_api_follows(tmp_path: Path) -> None:
             assert len(pd.read_csv(retrain_csv)) == 3000 + len(traffic)
             with httpx.Client(base_url=url, timeout=30) as client:
                 assert client.get("/model").json()["model_version"] == "2"
-        finally:
-            stop(api)

@@ -26,7 +26,8 @@ import pytest
 
 from tests._tools import free_port, require_binary
 from tests.conftest import ROOT, write_config
-from tests.mlflow_server import mlflow_server, postgres_database, wait_http
+from tests.mlflow_server import mlflow_server, postgres_database
+from tests.processes import api_server
 from tests.prometheus_fixture import (
     instant_query,
     localized_config,
@@ -80,7 +81,6 @@ def train_and_promote(workdir: Path, tracking_uri: str) -> None:
 @contextlib.contextmanager
 def running_api(workdir: Path, tracking_uri: str, log_url: str) -> Iterator[str]:
     """The compose api service: 2 workers following @production, logging to Postgres."""
-    port = free_port()
     metrics_dir = workdir / "prometheus-multiproc"
     metrics_dir.mkdir()
     env = {
@@ -95,31 +95,8 @@ def running_api(workdir: Path, tracking_uri: str, log_url: str) -> Iterator[str]
         "LOG_LEVEL": "WARNING",
         "ENVIRONMENT": "test",
     }
-    log_path = workdir / "uvicorn.log"
-    argv = [sys.executable, "-m", "uvicorn", "app.main:app", "--host", "127.0.0.1"]
-    with log_path.open("wb") as log:
-        process = subprocess.Popen(
-            [*argv, "--port", str(port), "--workers", "2"],
-            cwd=ROOT,
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        try:
-            wait_http(f"{url}/ready", SERVICE_TIMEOUT_S, process)
-            # Both workers, not just the first: every request below may land on either.
-            wait_for(
-                lambda: log_path.read_text().count("Application startup complete") >= 2,
-                "both API workers to finish loading the model",
-                SERVICE_TIMEOUT_S,
-            )
-        except (TimeoutError, RuntimeError) as exc:
-            raise AssertionError(f"API not ready: {exc}\n{log_path.read_text()[-4000:]}") from exc
+    with api_server(env, workdir / "uvicorn.log", workers=2, timeout=SERVICE_TIMEOUT_S) as url:
         yield url
-    finally:
-        stop_process(process, timeout=20)
 
 
 @pytest.fixture(scope="module")
