@@ -34,6 +34,7 @@ from prometheus_client import (
 )
 
 from tests._tools import free_port, require_binary
+from tests.metric_contract import API_HISTOGRAMS, CONTRACT_METRICS
 from tests.prometheus_fixture import (
     MONITORING_DIR,
     has_series,
@@ -52,32 +53,7 @@ DATASOURCES = GRAFANA_DIR / "datasources" / "datasource.yml"
 PROVIDERS = GRAFANA_DIR / "dashboards" / "dashboards.yml"
 RULE_PATHS = [MONITORING_DIR / "alerts.yml", *sorted((MONITORING_DIR / "rules").glob("*.yml"))]
 
-# The metric contract shared with the API (app/) and the drift job (monitoring/).
-HISTOGRAMS = {
-    "prediction_latency_seconds",
-    "prediction_probability",
-    "http_request_duration_seconds",
-}
-CONTRACT_METRICS = HISTOGRAMS | {
-    "predictions_total",
-    "high_risk_predictions_total",
-    "http_requests_total",
-    "model_info",
-    "prediction_log_dropped_total",
-    "unknown_category_total",
-    "model_reloads_total",
-    "drift_feature_p_value",
-    "drift_feature_effect_size",
-    "drift_feature_drifted",
-    "drift_detected",
-    "drift_prediction_drifted",
-    "drift_prediction_p_value",
-    "drift_last_run_timestamp_seconds",
-    "live_auc",
-    "live_precision",
-    "live_recall",
-    "live_labelled_samples",
-}
+HISTOGRAMS = API_HISTOGRAMS
 PROMETHEUS_BUILTINS = {"up", "ALERTS", "ALERTS_FOR_STATE"}
 
 REQUIRED_TITLES = {

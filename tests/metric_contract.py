@@ -1,0 +1,36 @@
+"""The metric names the API and the drift job emit, as the dashboards and alerts expect them.
+
+Written once here; tests of the emitters and of the consumers (dashboard, rules) check against it.
+"""
+
+from __future__ import annotations
+
+API_HISTOGRAMS = frozenset(
+    {"prediction_latency_seconds", "prediction_probability", "http_request_duration_seconds"}
+)
+API_METRICS = API_HISTOGRAMS | {
+    "predictions_total",
+    "high_risk_predictions_total",
+    "http_requests_total",
+    "model_info",
+    "prediction_log_dropped_total",
+    "unknown_category_total",
+    "model_reloads_total",
+}
+# Pushed by `monitoring.drift_detector --pushgateway` (job drift_monitor).
+DRIFT_METRICS = frozenset(
+    {
+        "drift_feature_p_value",
+        "drift_feature_effect_size",
+        "drift_feature_drifted",
+        "drift_detected",
+        "drift_prediction_drifted",
+        "drift_prediction_p_value",
+        "drift_last_run_timestamp_seconds",
+        "live_auc",
+        "live_precision",
+        "live_recall",
+        "live_labelled_samples",
+    }
+)
+CONTRACT_METRICS = API_METRICS | DRIFT_METRICS
