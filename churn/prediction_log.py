@@ -12,12 +12,14 @@ SQLite by default, PostgreSQL when the URL says so; features are JSON, portable 
 
 from __future__ import annotations
 
+import functools
+import itertools
 import json
 import logging
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -198,19 +200,53 @@ class PredictionBatch:
         ]
 
     def prepared_rows(self, dialect: Dialect) -> list[tuple[Any, ...]]:
-        """Rows for the writer's insert, in `INSERT_COLUMNS` order: features as JSON text and
-        the timestamp converted once for the whole batch."""
-        created: Any = datetime.fromtimestamp(self.created_at, UTC)
-        convert = predictions.c.created_at.type.dialect_impl(dialect).bind_processor(dialect)
-        if convert is not None:
-            created = convert(created)
-        version = self.model_version
-        return [
-            (pid, created, version, text, float(p), tier)
-            for pid, text, p, tier in zip(
-                self.ids, features_json(self.columns), self.probabilities, self.tiers, strict=True
-            )
-        ]
+        """Rows for the writer's insert (see `prepared_rows`)."""
+        return prepared_rows([self], dialect)
+
+
+def prepared_rows(batches: Sequence[PredictionBatch], dialect: Dialect) -> list[tuple[Any, ...]]:
+    """Rows for the writer's insert, in `INSERT_COLUMNS` order: features as JSON text (encoded
+    column-wise over consecutive batches with the same features) and each batch's timestamp
+    converted once."""
+    convert = predictions.c.created_at.type.dialect_impl(dialect).bind_processor(dialect)
+    rows: list[tuple[Any, ...]] = []
+    start = 0
+    while start < len(batches):
+        names = list(batches[start].columns)
+        end = start + 1
+        while end < len(batches) and list(batches[end].columns) == names:
+            end += 1
+        run = batches[start:end]
+        columns = {n: [v for b in run for v in b.columns[n]] for n in names}
+        created: list[Any] = []
+        for b in run:
+            stamp: Any = datetime.fromtimestamp(b.created_at, UTC)
+            created += [convert(stamp) if convert is not None else stamp] * len(b)
+        rows += zip(
+            [pid for b in run for pid in b.ids],
+            created,
+            [b.model_version for b in run for _ in range(len(b))],
+            features_json(columns) if names else ["{}"] * len(created),
+            [float(p) for b in run for p in b.probabilities],
+            [t for b in run for t in b.tiers],
+            strict=True,
+        )
+        start = end
+    return rows
+
+
+def _in_groups(batches: list[PredictionBatch], rows: int) -> Iterator[list[PredictionBatch]]:
+    """Consecutive batches, about `rows` rows a group (a larger batch is a group alone)."""
+    group: list[PredictionBatch] = []
+    size = 0
+    for batch in batches:
+        group.append(batch)
+        size += len(batch)
+        if size >= rows:
+            yield group
+            group, size = [], 0
+    if group:
+        yield group
 
 
 _NOT_JSON_FLOATS = frozenset({"nan", "inf", "-inf"})
@@ -230,7 +266,7 @@ def _encode_column(values: Sequence[Any]) -> list[str]:
     return [json.dumps(v) for v in values]
 
 
-def features_json(columns: dict[str, Sequence[Any]]) -> list[str]:
+def features_json(columns: Mapping[str, Sequence[Any]]) -> list[str]:
     """One JSON object per row (feature name -> value, in column order), built column-wise."""
     names = list(columns)
     if not names:
@@ -252,6 +288,18 @@ class _Backoff:
 
     def reset(self) -> None:
         self.current = 0.0
+
+
+# 6 columns x 100 rows = 600 parameters, under SQLite's oldest limit of 999 per statement.
+ROWS_PER_STATEMENT = 100
+
+
+@functools.cache
+def _multi_row_insert(dialect: Dialect, rows: int) -> str:
+    """INSERT INTO predictions (...) VALUES (?, ...), (?, ...), ... for `rows` rows."""
+    single = str(insert(_predictions_prepared).compile(dialect=dialect))
+    head, _, values = single.partition(" VALUES ")
+    return f"{head} VALUES {', '.join([values] * rows)}"
 
 
 class PredictionLogWriter:
@@ -371,30 +419,43 @@ class PredictionLogWriter:
         self._tables_ready = True
         return True
 
-    def _write(self, rows: list[tuple[Any, ...]]) -> None:
-        """One executemany for everything taken (rows from `PredictionBatch.prepared_rows`).
+    def _write(self, batches: list[PredictionBatch]) -> None:
+        """Everything taken, in one transaction.
 
-        SQLite gets the tuples as they are; other stores go through SQLAlchemy Core, whose
-        multi-row VALUES is what makes PostgreSQL fast (the driver's executemany is not).
+        SQLite gets multi-row INSERTs of `ROWS_PER_STATEMENT` rows, each prepared just before
+        it is sent: the driver's executemany released and retook the GIL for every row, and
+        preparing 500 rows at once held it for milliseconds, both of which stalled the event
+        loop (the /predict p99). Other stores go through SQLAlchemy Core, whose multi-row
+        VALUES is what makes PostgreSQL fast.
         """
         if not self._tables_ready:
             create_tables(self.engine)
             self._tables_ready = True
         try:
             with self.engine.begin() as conn:
-                if conn.dialect.paramstyle == "qmark":
-                    sql = str(insert(_predictions_prepared).compile(dialect=conn.dialect))
-                    conn.exec_driver_sql(sql, rows)
+                dialect = conn.dialect
+                if dialect.paramstyle == "qmark":
+                    for group in _in_groups(batches, ROWS_PER_STATEMENT):
+                        rows = prepared_rows(group, dialect)
+                        for start in range(0, len(rows), ROWS_PER_STATEMENT):
+                            chunk = rows[start : start + ROWS_PER_STATEMENT]
+                            conn.exec_driver_sql(
+                                _multi_row_insert(dialect, len(chunk)),
+                                tuple(itertools.chain.from_iterable(chunk)),
+                            )
                 else:
                     names = INSERT_COLUMNS
-                    records = [dict(zip(names, row, strict=True)) for row in rows]
+                    records = [
+                        dict(zip(names, row, strict=True))
+                        for row in prepared_rows(batches, dialect)
+                    ]
                     conn.execute(insert(_predictions_prepared), records)
         except SQLAlchemyError:
             self._tables_ready = False  # the store may have been recreated: check again
             raise
 
     def _run(self) -> None:
-        held: list[tuple[Any, ...]] = []  # a batch that failed and is being retried
+        held: list[PredictionBatch] = []  # batches whose write failed and is being retried
         held_ids: list[str] = []
         while True:
             stopping = self._stopping.is_set()
@@ -406,8 +467,7 @@ class PredictionLogWriter:
                     self._wake.wait(self.flush_interval)
                     self._wake.clear()
                     continue
-                dialect = self.engine.dialect
-                held = [row for b in batches for row in b.prepared_rows(dialect)]
+                held = batches
                 held_ids = [pid for b in batches for pid in b.ids]
             try:
                 self._write(held)
@@ -416,7 +476,7 @@ class PredictionLogWriter:
                 self.healthy = False
                 self.last_error = f"{type(exc).__name__}: {str(exc).splitlines()[0][:300]}"
                 if _is_data_error(exc) or stopping:
-                    self._dropped("write_error" if not stopping else "shutdown", len(held))
+                    self._dropped("write_error" if not stopping else "shutdown", len(held_ids))
                     self._forget(held_ids)
                     held, held_ids = [], []
                     continue
@@ -429,7 +489,7 @@ class PredictionLogWriter:
                 logger.info("prediction log store is back; writing resumed")
             self.healthy = True
             self._backoff.reset()
-            self.written += len(held)
+            self.written += len(held_ids)
             self._forget(held_ids)
             held, held_ids = [], []
 
