@@ -9,6 +9,7 @@ release per thousands of ids; the ids stay unpredictable.
 from __future__ import annotations
 
 import os
+import time
 
 CHUNK_BYTES = 65_536
 
@@ -37,3 +38,12 @@ class RandomHex:
         """n ids of `chars` hex characters (default 128 bits, like a UUID4's randomness)."""
         raw = self.take(n * chars)
         return [raw[i : i + chars] for i in range(0, n * chars, chars)]
+
+    def ordered_ids(self, n: int) -> list[str]:
+        """n ids of 32 hex characters that sort by creation time, like a UUIDv7: 12 for the
+        Unix time in milliseconds, then 20 random (80 bits). Prediction ids are the log's
+        primary key; random ones put every insert on a random page of its index, which at a
+        few hundred thousand rows tripled the writer's cost per row."""
+        prefix = f"{time.time_ns() // 1_000_000:012x}"
+        raw = self.take(20 * n)
+        return [prefix + raw[i : i + 20] for i in range(0, 20 * n, 20)]

@@ -76,6 +76,17 @@ class LoopBatchingHandler(logging.StreamHandler):
         except Exception:
             self.handleError(record)
             return
+        self._add(line)
+
+    def write_line(self, line: str) -> None:
+        """A line formatted by the caller, under the handler's lock like any record."""
+        self.acquire()
+        try:
+            self._add(line)
+        finally:
+            self.release()
+
+    def _add(self, line: str) -> None:
         try:
             loop = asyncio.get_running_loop()
         except RuntimeError:
@@ -99,6 +110,65 @@ class LoopBatchingHandler(logging.StreamHandler):
             self._write_pending()
         finally:
             self.release()
+
+
+def _direct_handler(logger: logging.Logger, level: int) -> LoopBatchingHandler | None:
+    """The app's JSON handler when it is the only place `logger`'s lines go, with nothing
+    (filters, other handlers) that a hand-built line would skip; else None."""
+    if logger.handlers or logger.filters or not logger.propagate:
+        return None
+    parent = logger.parent
+    while parent is not None and not parent.handlers:
+        if parent.filters or not parent.propagate:
+            return None
+        parent = parent.parent
+    if parent is None or parent.filters or parent.parent is not None:
+        return None  # only the root's handler: a handler in between might format otherwise
+    handlers = parent.handlers
+    if len(handlers) != 1:
+        return None
+    handler = handlers[0]
+    if (
+        type(handler) is not LoopBatchingHandler
+        or type(handler.formatter) is not JsonFormatter
+        or handler.filters
+        or level < handler.level
+    ):
+        return None
+    return handler
+
+
+class StructuredLogger:
+    """Lines with fixed fields for a hot path (the access log), written exactly as
+    JsonFormatter would write them, without building a LogRecord when the app's JSON handler
+    is where they go; through logging as usual otherwise (tests, other configurations)."""
+
+    def __init__(self, logger: logging.Logger) -> None:
+        self.logger = logger
+
+    def enabled(self, level: int) -> bool:
+        return self.logger.isEnabledFor(level)
+
+    def log(self, level: int, message: str, fields: dict[str, Any]) -> None:
+        """One line: time, level, logger, message, request_id (from the context), `fields`."""
+        handler = _direct_handler(self.logger, level)
+        if handler is None:
+            log = self.logger
+            log.handle(
+                log.makeRecord(log.name, level, __file__, 0, message, (), None, extra=fields)
+            )
+            return
+        event: dict[str, Any] = {
+            "time": _iso(time.time()),
+            "level": logging.getLevelName(level),
+            "logger": self.logger.name,
+            "message": message,
+        }
+        request_id = request_id_var.get()
+        if request_id is not None:
+            event["request_id"] = request_id
+        event.update(fields)
+        handler.write_line(json.dumps(event, default=str, separators=(",", ":")))
 
 
 def configure_logging(level: str) -> None:

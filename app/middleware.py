@@ -17,10 +17,10 @@ from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.ids import RandomHex
-from app.logging import request_id_var
+from app.logging import StructuredLogger, request_id_var
 from app.metrics import Metrics
 
-access_log = logging.getLogger("app.access")
+access_log = StructuredLogger(logging.getLogger("app.access"))
 
 _VALID_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
 # Probes and scrapes: no request metrics, access lines only at DEBUG.
@@ -131,7 +131,7 @@ class RequestMiddleware:
             state["status"] = 499  # the client went away mid-request: nothing to answer
         except Exception:
             # A bug, not a client mistake: log it with the request id and answer JSON.
-            access_log.exception("unhandled error", extra={"path": scope.get("path")})
+            access_log.logger.exception("unhandled error", extra={"path": scope.get("path")})
             if state["started"]:
                 raise
             state["status"] = 500
@@ -151,24 +151,15 @@ class RequestMiddleware:
         if not quiet:
             self.metrics.observe_request(scope["method"], path, status, elapsed)
         level = logging.DEBUG if quiet and status < 400 else logging.INFO
-        if access_log.isEnabledFor(level):
-            # makeRecord + handle: what Logger.log does, minus the caller lookup (a stack walk
-            # per request for fields the JSON line does not carry).
-            access_log.handle(
-                access_log.makeRecord(
-                    access_log.name,
-                    level,
-                    __file__,
-                    0,
-                    "request",
-                    (),
-                    None,
-                    extra={
-                        "method": scope["method"],
-                        "route": path,
-                        "status": status,
-                        "latency_ms": round(elapsed * 1000, 3),
-                        "model_version": scope["state"].get("model_version"),
-                    },
-                )
+        if access_log.enabled(level):
+            access_log.log(
+                level,
+                "request",
+                {
+                    "method": scope["method"],
+                    "route": path,
+                    "status": status,
+                    "latency_ms": round(elapsed * 1000, 3),
+                    "model_version": scope["state"].get("model_version"),
+                },
             )

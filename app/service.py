@@ -146,7 +146,7 @@ class ModelService:
         started = time.perf_counter()
         answers: Answers = await self.batcher.predict(model, rows)
         elapsed = time.perf_counter() - started
-        ids = self._ids.ids(len(rows))
+        ids = self._ids.ordered_ids(len(rows))
         tiers = answers.tiers
         self.metrics.observe_predictions(
             answers.probabilities, answers.decisions, tiers.count("HIGH"), elapsed

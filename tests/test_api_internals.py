@@ -7,12 +7,19 @@ import asyncio
 import io
 import json
 import logging
+import time
 
 import numpy as np
 
 from app.batcher import MicroBatcher, Row
 from app.ids import RandomHex
-from app.logging import JsonFormatter, LoopBatchingHandler
+from app.logging import (
+    JsonFormatter,
+    LoopBatchingHandler,
+    StructuredLogger,
+    configure_logging,
+    request_id_var,
+)
 
 
 def test_random_hex_ids_are_unique_hex_across_refills() -> None:
@@ -21,6 +28,16 @@ def test_random_hex_ids_are_unique_hex_across_refills() -> None:
     assert len(set(ids)) == len(ids)
     assert all(len(i) in (16, 32) and int(i, 16) >= 0 for i in ids)
     assert len(source.take(1000)) == 1000  # more than one pool at once
+
+
+def test_ordered_ids_sort_by_time_and_stay_unique() -> None:
+    source = RandomHex(chunk_bytes=64)
+    first = source.ordered_ids(50)
+    time.sleep(0.002)
+    later = source.ordered_ids(3)
+    assert len(set(first + later)) == 53
+    assert all(len(i) == 32 and int(i, 16) >= 0 and i == i.lower() for i in first + later)
+    assert max(first) < min(later)
 
 
 def _handler() -> tuple[LoopBatchingHandler, io.StringIO, logging.Logger]:
@@ -75,3 +92,30 @@ def test_requests_of_one_iteration_share_one_model_call() -> None:
     assert [r.tolist() for r in results] == [[2.0 * i, 2.0 * (i + 1)] for i in range(20)]
     assert model.calls == 1
     assert batcher.rows == 40
+
+
+def test_access_lines_written_directly_match_the_formatter() -> None:
+    root = logging.getLogger()
+    saved = root.handlers[:], root.level
+    fields = {"method": "POST", "route": "/predict", "status": 200, "latency_ms": 1.5}
+    try:
+        configure_logging("INFO")
+        stream = io.StringIO()
+        handler = root.handlers[0]
+        assert isinstance(handler, LoopBatchingHandler)
+        handler.setStream(stream)
+        access = StructuredLogger(logging.getLogger("app.access"))
+        token = request_id_var.set("req-7")
+        try:
+            access.log(logging.INFO, "request", {**fields, "model_version": "2"})
+            handler.addFilter(lambda record: True)  # a filter: the direct path must step aside
+            access.log(logging.INFO, "request", {**fields, "model_version": "2"})
+        finally:
+            request_id_var.reset(token)
+        direct, through_logging = (json.loads(line) for line in stream.getvalue().splitlines())
+    finally:
+        root.handlers[:], root.level = saved[0], saved[1]
+    assert direct.pop("time") and through_logging.pop("time")
+    assert list(direct.items()) == list(through_logging.items())
+    assert direct["request_id"] == "req-7"
+    assert direct["logger"] == "app.access"
