@@ -78,6 +78,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
                 await watcher
         logger.info("shutting down: flushing the prediction log")
         await asyncio.to_thread(service.stop)
+        app.state.metrics.flush()
         mark_process_dead()
 
 

@@ -8,7 +8,9 @@ can build many apps in one process.
 
 from __future__ import annotations
 
+import asyncio
 import os
+import threading
 from collections.abc import Sequence
 from typing import Any
 
@@ -130,19 +132,22 @@ class Metrics:
             False: self.predictions.labels("no_churn"),
         }
         self._http: dict[tuple[str, str, int], tuple[Any, Any]] = {}
+        self._lock = threading.Lock()
+        self._flush_scheduled = False
+        self._pending_http: dict[tuple[str, str, int], list[float]] = {}
+        self._pending_counts = [0, 0, 0]  # churn, no churn, high risk
+        self._pending_probabilities: list[float] = []
+        self._pending_latencies: list[float] = []
 
     def observe_request(self, method: str, route: str, status: int, seconds: float) -> None:
-        """Count one HTTP request (label children cached: no label lookup per request)."""
-        key = (method, route, status)
-        children = self._http.get(key)
-        if children is None:
-            children = (
-                self.requests.labels(method, route, str(status)),
-                self.duration.labels(method, route, str(status)),
-            )
-            self._http[key] = children
-        children[0].inc()
-        children[1].observe(seconds)
+        """Count one HTTP request (applied with the rest of this loop iteration's)."""
+        with self._lock:
+            pending = self._pending_http.get((method, route, status))
+            if pending is None:
+                self._pending_http[(method, route, status)] = [seconds]
+            else:
+                pending.append(seconds)
+        self._schedule()
 
     def observe_predictions(
         self,
@@ -151,15 +156,66 @@ class Metrics:
         high_risk: int,
         seconds: float,
     ) -> None:
+        """Count one call's predictions (applied with the rest of this loop iteration's)."""
         churn = sum(decisions)
+        with self._lock:
+            counts = self._pending_counts
+            counts[0] += churn
+            counts[1] += len(decisions) - churn
+            counts[2] += high_risk
+            self._pending_probabilities.extend(probabilities)
+            self._pending_latencies.append(seconds)
+        self._schedule()
+
+    def _schedule(self) -> None:
+        """Apply pending observations at the end of the current loop iteration (at once when
+        there is no running loop). In multiprocess mode every increment is a locked write to
+        the worker's mmap file; summed per iteration they cost a few writes, not a few per
+        request."""
+        if self._flush_scheduled:
+            return
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            self.flush()
+            return
+        self._flush_scheduled = True
+        loop.call_soon(self.flush)
+
+    def flush(self) -> None:
+        """Apply every pending observation to the metrics."""
+        with self._lock:
+            self._flush_scheduled = False
+            http, self._pending_http = self._pending_http, {}
+            (churn, no_churn, high_risk), self._pending_counts = self._pending_counts, [0, 0, 0]
+            probabilities, self._pending_probabilities = self._pending_probabilities, []
+            latencies, self._pending_latencies = self._pending_latencies, []
+        for key, durations in http.items():
+            counter, histogram = self._http_children(*key)
+            counter.inc(len(durations))
+            observe_many(histogram, durations)
         if churn:
             self.outcome[True].inc(churn)
-        if len(decisions) - churn:
-            self.outcome[False].inc(len(decisions) - churn)
+        if no_churn:
+            self.outcome[False].inc(no_churn)
         if high_risk:
             self.high_risk.inc(high_risk)
-        observe_many(self.probability, probabilities)
-        self.latency.observe(seconds)
+        if probabilities:
+            observe_many(self.probability, probabilities)
+        if latencies:
+            observe_many(self.latency, latencies)
+
+    def _http_children(self, method: str, route: str, status: int) -> tuple[Any, Any]:
+        """The labelled counter and histogram of one (method, route, status), cached."""
+        key = (method, route, status)
+        children = self._http.get(key)
+        if children is None:
+            children = (
+                self.requests.labels(method, route, str(status)),
+                self.duration.labels(method, route, str(status)),
+            )
+            self._http[key] = children
+        return children
 
     def set_model(
         self,
@@ -175,6 +231,7 @@ class Metrics:
 
     def render(self) -> tuple[bytes, str]:
         """The exposition text: summed across workers in multiprocess mode."""
+        self.flush()
         if multiprocess_dir() is None:
             return generate_latest(self.registry), CONTENT_TYPE_LATEST
         registry = CollectorRegistry()

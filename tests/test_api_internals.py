@@ -10,6 +10,7 @@ import logging
 import time
 
 import numpy as np
+from prometheus_client import generate_latest
 
 from app.batcher import MicroBatcher, Row
 from app.ids import RandomHex
@@ -20,6 +21,8 @@ from app.logging import (
     configure_logging,
     request_id_var,
 )
+from app.metrics import Metrics
+from tests.api_support import metric_value
 
 
 def test_random_hex_ids_are_unique_hex_across_refills() -> None:
@@ -119,3 +122,28 @@ def test_access_lines_written_directly_match_the_formatter() -> None:
     assert list(direct.items()) == list(through_logging.items())
     assert direct["request_id"] == "req-7"
     assert direct["logger"] == "app.access"
+
+
+def test_metrics_of_one_loop_iteration_are_applied_together() -> None:
+    metrics = Metrics()
+
+    def count(name: str, **labels: str) -> float:
+        return metric_value(generate_latest(metrics.registry).decode(), name, **labels)
+
+    async def burst() -> float:
+        for i in range(20):
+            metrics.observe_request("POST", "/predict", 200, 0.001 * i)
+            metrics.observe_predictions([0.1, 0.9], [False, True], 1, 0.002)
+        before_flush = count("predictions_total")
+        await asyncio.sleep(0)
+        return before_flush
+
+    assert asyncio.run(burst()) == 0
+    assert count("http_requests_total", route="/predict", status="200") == 20
+    assert count("http_request_duration_seconds_count", route="/predict") == 20
+    assert count("predictions_total", outcome="churn") == 20
+    assert count("high_risk_predictions_total") == 20
+    assert count("prediction_probability_count") == 40
+    assert count("prediction_latency_seconds_count") == 20
+    metrics.observe_request("GET", "/model", 200, 0.01)  # no running loop: applied at once
+    assert count("http_requests_total", route="/model") == 1
