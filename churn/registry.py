@@ -14,6 +14,7 @@ from churn.bundle import METADATA_FILE, ModelBundle, load_bundle
 
 BUNDLE_ARTIFACT_PATH = "bundle"
 ARCHIVED_TAG = "archived"
+_URI_VARIABLES = ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")
 
 
 class RegistryError(RuntimeError):
@@ -41,25 +42,26 @@ def client(tracking_uri: str) -> Any:
 def tracking_to(tracking_uri: str) -> Iterator[None]:
     """Point MLflow's fluent API (start_run, log_model) at a store, then put things back.
 
-    `mlflow.set_tracking_uri` also exports MLFLOW_TRACKING_URI to the environment, which
-    would otherwise outlive the call and silently redirect every later caller in the process.
+    `mlflow.set_tracking_uri` / `set_registry_uri` also export MLFLOW_TRACKING_URI and
+    MLFLOW_REGISTRY_URI to the environment, which would otherwise outlive the call and silently
+    redirect every later caller in the process and every subprocess it starts.
     """
     import mlflow
 
-    saved_env = os.environ.get("MLFLOW_TRACKING_URI")
-    saved_tracking = mlflow.get_tracking_uri()
-    saved_registry = mlflow.get_registry_uri()
+    saved_env = {name: os.environ.get(name) for name in _URI_VARIABLES}
     mlflow.set_tracking_uri(tracking_uri)
     mlflow.set_registry_uri(tracking_uri)
     try:
         yield
     finally:
-        mlflow.set_tracking_uri(saved_tracking)
-        mlflow.set_registry_uri(saved_registry)
-        if saved_env is None:
-            os.environ.pop("MLFLOW_TRACKING_URI", None)
-        else:
-            os.environ["MLFLOW_TRACKING_URI"] = saved_env
+        # None (untyped in MLflow, supported) means "resolve from the environment" again.
+        mlflow.set_tracking_uri(None)  # type: ignore[arg-type]
+        mlflow.set_registry_uri(None)  # type: ignore[arg-type]
+        for name, value in saved_env.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
 
 
 def describe(mlflow_client: Any, name: str, version: str | int) -> VersionInfo:
