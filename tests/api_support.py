@@ -3,26 +3,20 @@
 from __future__ import annotations
 
 import contextlib
-import os
 import select
 import shutil
 import socket
 import threading
 import time
-import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import pytest
-
 from app.settings import Settings
-from tests._tools import free_port, missing
+from tests._tools import free_port
+from tests.mlflow_server import postgres_database as _postgres_database
 
 ADMIN_TOKEN = "test-admin-token"
-POSTGRES_ADMIN_URL = os.environ.get(
-    "TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres"
-)
 
 CUSTOMER: dict[str, Any] = {
     "tenure": 12,
@@ -80,24 +74,8 @@ def metric_value(text: str, name: str, **labels: str) -> float:
 # ---------------------------------------------------------------------------- PostgreSQL
 
 
-@contextlib.contextmanager
-def postgres_database() -> Iterator[str]:
-    """A fresh database `churn_test_<random>` on the local server, dropped afterwards."""
-    psycopg2 = pytest.importorskip("psycopg2")
-    name = f"churn_test_{uuid.uuid4().hex[:10]}"
-    try:
-        admin = psycopg2.connect(POSTGRES_ADMIN_URL, connect_timeout=3)
-    except psycopg2.OperationalError as exc:
-        missing(f"PostgreSQL is not reachable at {POSTGRES_ADMIN_URL}: {exc}")
-    admin.autocommit = True
-    try:
-        with admin.cursor() as cur:
-            cur.execute(f'CREATE DATABASE "{name}"')
-        yield POSTGRES_ADMIN_URL.rsplit("/", 1)[0] + f"/{name}"
-    finally:
-        with admin.cursor() as cur:
-            cur.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        admin.close()
+# One helper for every test that needs a throwaway database (re-exported here).
+postgres_database = _postgres_database
 
 
 # ---------------------------------------------------------------------------- TCP proxy

@@ -12,9 +12,9 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
-from tests._tools import free_port
+from tests._tools import free_port, missing
 
-PG_ADMIN_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
+PG_ADMIN_URL = os.environ.get("TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
 
 
 @contextlib.contextmanager
@@ -23,12 +23,17 @@ def postgres_database(prefix: str = "churn_test") -> Iterator[str]:
     import psycopg2
 
     name = f"{prefix}_{uuid.uuid4().hex[:10]}"
-    conn = psycopg2.connect(PG_ADMIN_URL)
+    try:
+        conn = psycopg2.connect(PG_ADMIN_URL, connect_timeout=3)
+    except psycopg2.OperationalError as exc:
+        missing(f"PostgreSQL is not reachable at {PG_ADMIN_URL}: {exc}")
+        raise
     conn.autocommit = True
     try:
         with conn.cursor() as cur:
             cur.execute(f'CREATE DATABASE "{name}"')
-        yield f"postgresql+psycopg2://postgres@127.0.0.1:5432/{name}"
+        server = PG_ADMIN_URL.removeprefix("postgresql://").rsplit("/", 1)[0]
+        yield f"postgresql+psycopg2://{server}/{name}"
     finally:
         with conn.cursor() as cur:
             cur.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
