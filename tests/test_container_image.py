@@ -29,6 +29,7 @@ import httpx
 import pytest
 
 from tests._tools import free_port, missing, require_binary
+from tests.api_support import CUSTOMER
 
 pytestmark = [pytest.mark.container, pytest.mark.slow]
 
@@ -41,15 +42,6 @@ START_TIMEOUT_S = 180.0  # a hang guard, not a speed assertion
 # file went in (it roughly doubles the image).
 TRAINING_ONLY_PACKAGES = ("skl2onnx", "matplotlib", "pyarrow", "onnx/")
 API_IMAGE_MAX_MB = 900
-SAMPLE_CUSTOMER = {
-    "tenure": 24,
-    "monthly_charges": 70.5,
-    "total_charges": 1692.0,
-    "num_products": 2,
-    "contract_type": "Month-to-month",
-    "payment_method": "Electronic check",
-    "internet_service": "Fiber optic",
-}
 
 
 @dataclass(frozen=True)
@@ -293,7 +285,7 @@ def test_api_serves_health_ready_and_predictions(api: RunningImage) -> None:
     assert health.status_code == 200
     assert health.json()["status"] == "healthy"
     assert httpx.get(api.url + "/ready", timeout=5).status_code == 200
-    response = httpx.post(api.url + "/predict", json=SAMPLE_CUSTOMER, timeout=10)
+    response = httpx.post(api.url + "/predict", json=CUSTOMER, timeout=10)
     assert response.status_code == 200, response.text
     assert 0.0 <= response.json()["churn_probability"] <= 1.0
     metrics = httpx.get(api.url + "/metrics", timeout=5)
@@ -308,7 +300,7 @@ def test_api_processes_are_not_root(api: RunningImage) -> None:
 
 
 def test_api_uses_prometheus_multiprocess_dir(api: RunningImage) -> None:
-    httpx.post(api.url + "/predict", json=SAMPLE_CUSTOMER, timeout=10)
+    httpx.post(api.url + "/predict", json=CUSTOMER, timeout=10)
     metric_files = list(Path(f"/proc/{api.pid}/root/tmp/prometheus").glob("*.db"))
     assert metric_files, "no multiprocess metric files: workers would report separate counters"
 
