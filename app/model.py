@@ -8,6 +8,7 @@ started with and never sees half of each.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,7 +20,7 @@ from app.batcher import Row
 from app.schemas import build_batch_model, build_customer_model
 from app.settings import Settings
 from churn.bundle import BundleError, ModelBundle, load_bundle
-from churn.inference import OnnxPredictor, Predictor, SklearnPredictor, make_predictor
+from churn.inference import Predictor, SklearnPredictor, make_predictor
 from churn.risk import risk_tiers
 from churn.schema import FeatureSchema
 
@@ -161,40 +162,70 @@ def sample_rows(bundle: ModelBundle, n: int = PARITY_ROWS, seed: int = 0) -> dic
     return columns
 
 
+def _candidates(bundle: ModelBundle, preference: str) -> list[tuple[str, Callable[[], Predictor]]]:
+    """Faster predictors to try before sklearn, in the order INFERENCE_BACKEND asks for."""
+
+    def forest() -> Predictor:
+        from churn.forest import ForestPredictor, UnsupportedModel  # numba: only when wanted
+
+        try:
+            return ForestPredictor(bundle.schema, bundle.pipeline)
+        except UnsupportedModel as exc:
+            raise UnsupportedBackend(str(exc)) from None
+
+    def onnx() -> Predictor:
+        if bundle.onnx_bytes is None:
+            raise UnsupportedBackend("the bundle has no ONNX export")
+        return make_predictor(bundle, prefer_onnx=True)
+
+    order = {"auto": ("forest", "onnx"), "forest": ("forest", "onnx"), "onnx": ("onnx", "forest")}
+    makers = {"forest": forest, "onnx": onnx}
+    return [(name, makers[name]) for name in order.get(preference, ())]
+
+
+class UnsupportedBackend(RuntimeError):
+    """A backend does not apply to this bundle (not an error: the next one is tried)."""
+
+
 def _verified_predictor(
     bundle: ModelBundle, settings: Settings, thresholds: Thresholds
 ) -> tuple[Predictor, str]:
-    """ONNX if it gives the sklearn pipeline's tiers and decisions on sample rows, else sklearn."""
+    """The first faster predictor (compiled forest, ONNX) that gives the sklearn pipeline's
+    tiers and decisions on sample rows; sklearn itself when none does."""
     sklearn = SklearnPredictor(bundle.schema, bundle.pipeline)
     rows = sample_rows(bundle)
     expected = sklearn.predict_proba(rows)
     _check_probabilities(expected, bundle)
     if settings.inference_backend == "sklearn":
         return sklearn, "INFERENCE_BACKEND=sklearn"
-    if bundle.onnx_bytes is None:
-        return sklearn, "the bundle has no ONNX export"
-    try:
-        onnx = make_predictor(bundle, prefer_onnx=True)
-        assert isinstance(onnx, OnnxPredictor)
-        got = onnx.predict_proba(rows)
-    except Exception as exc:  # a broken export must not stop serving: sklearn is there
-        reason = f"ONNX export unusable ({type(exc).__name__}: {exc}); serving sklearn"
-        logger.warning(reason, extra={"model_version": bundle.version})
-        return sklearn, reason
-    same_tiers = np.array_equal(
-        risk_tiers(expected, thresholds.high, thresholds.medium),
-        risk_tiers(got, thresholds.high, thresholds.medium),
-    )
-    same_decisions = np.array_equal(expected >= thresholds.decision, got >= thresholds.decision)
-    if not (same_tiers and same_decisions):
-        reason = (
-            f"ONNX and sklearn disagree on risk tier or decision for some of "
-            f"{len(expected)} sample rows; serving sklearn"
+    refused: list[str] = []
+    for name, make in _candidates(bundle, settings.inference_backend):
+        try:
+            candidate = make()
+            got = candidate.predict_proba(rows)
+        except UnsupportedBackend as exc:
+            refused.append(f"{name}: {exc}")
+            continue
+        except Exception as exc:  # a broken backend must not stop serving: sklearn is there
+            refused.append(f"{name} unusable ({type(exc).__name__}: {exc})")
+            logger.warning(refused[-1], extra={"model_version": bundle.version})
+            continue
+        same_tiers = np.array_equal(
+            risk_tiers(expected, thresholds.high, thresholds.medium),
+            risk_tiers(got, thresholds.high, thresholds.medium),
         )
-        logger.warning(reason, extra={"model_version": bundle.version})
-        return sklearn, reason
-    diff = float(np.max(np.abs(expected - got)))
-    return onnx, f"ONNX agrees with sklearn on {len(expected)} sample rows (max diff {diff:.2g})"
+        same_decisions = np.array_equal(expected >= thresholds.decision, got >= thresholds.decision)
+        if not (same_tiers and same_decisions):
+            refused.append(
+                f"{name} and sklearn disagree on risk tier or decision for some of "
+                f"{len(expected)} sample rows"
+            )
+            logger.warning(refused[-1], extra={"model_version": bundle.version})
+            continue
+        diff = float(np.max(np.abs(expected - got)))
+        agrees = f"{name} agrees with sklearn on {len(expected)} sample rows (max diff {diff:.2g})"
+        return candidate, "; ".join([*refused, agrees])
+    return sklearn, "; ".join([*refused, "serving sklearn"])
 
 
 def _check_probabilities(values: np.ndarray, bundle: ModelBundle) -> None:

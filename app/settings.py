@@ -26,8 +26,11 @@ class Settings(BaseSettings):
     mlflow_tracking_uri: str | None = None
     model_watch_interval: float = Field(default=0.0, ge=0.0, description="0 disables the watcher")
     model_required: bool = False
-    # auto: ONNX when the bundle has a verified export; sklearn: always the pipeline.
-    inference_backend: Literal["auto", "onnx", "sklearn"] = "auto"
+    # auto: the compiled forest (churn.forest) when the pipeline is one it covers, else ONNX
+    # when the bundle has an export, else sklearn; each checked against sklearn at load.
+    # forest / onnx: prefer that one (falling back in the same order); sklearn: always the
+    # pipeline.
+    inference_backend: Literal["auto", "forest", "onnx", "sklearn"] = "auto"
 
     database_url: str = "sqlite:///prediction_log.db"
     prediction_log_enabled: bool = True

@@ -1,4 +1,5 @@
-"""In-process sections: ONNX Runtime vs the sklearn pipeline, training time, drift check time."""
+"""In-process sections: compiled forest and ONNX Runtime vs the sklearn pipeline, training time,
+drift check time."""
 
 from __future__ import annotations
 
@@ -17,8 +18,10 @@ import numpy as np
 import pandas as pd
 import yaml
 
+from bench.http import say as http_say
 from churn.bundle import ModelBundle
 from churn.datagen import generate_customers
+from churn.forest import ForestPredictor, UnsupportedModel
 from churn.inference import OnnxPredictor, Predictor, SklearnPredictor, frame_to_columns
 from churn.risk import risk_tiers
 
@@ -47,13 +50,19 @@ def _timed(call: Callable[[], object], repeats: int) -> dict[str, float]:
 def inference(
     bundle: ModelBundle, sizes: tuple[int, ...], repeats: dict[int, int], parity_rows: int
 ) -> dict[str, Any]:
-    """Seconds per call for each batch size on both backends, and their agreement."""
+    """Seconds per call for each batch size on every backend, and each one's agreement with
+    the sklearn pipeline."""
     if bundle.onnx_bytes is None:
         raise ValueError(f"{bundle.directory}: the bundle has no ONNX export to compare")
     schema = bundle.schema
-    onnx = OnnxPredictor(schema, bundle.onnx_bytes, threads=1)
     sklearn = SklearnPredictor(schema, bundle.pipeline)
-    backends: dict[str, Predictor] = {"onnx": onnx, "sklearn": sklearn}
+    fast: dict[str, Predictor] = {}
+    try:
+        fast["forest"] = ForestPredictor(schema, bundle.pipeline)
+    except UnsupportedModel as exc:
+        http_say(f"compiled forest not measured: {exc}")
+    fast["onnx"] = OnnxPredictor(schema, bundle.onnx_bytes, threads=1)
+    backends: dict[str, Predictor] = {**fast, "sklearn": sklearn}
     timings: dict[str, dict[str, Any]] = {name: {} for name in backends}
     for size in sizes:
         columns = frame_to_columns(customers(size), schema)
@@ -65,16 +74,16 @@ def inference(
         "onnx_threads": 1,
         "sklearn_n_jobs": getattr(bundle.pipeline[-1], "n_jobs", None),
         "timings": timings,
-        "parity": parity(bundle, onnx, sklearn, parity_rows),
+        "parity": {name: parity(bundle, p, sklearn, parity_rows) for name, p in fast.items()},
     }
 
 
 def parity(
-    bundle: ModelBundle, onnx: OnnxPredictor, sklearn: SklearnPredictor, rows: int
+    bundle: ModelBundle, predictor: Predictor, sklearn: SklearnPredictor, rows: int
 ) -> dict[str, Any]:
-    """max |Δp| and tier/decision agreement of ONNX vs sklearn on generated customers."""
+    """max |Δp| and tier/decision agreement of a backend vs sklearn on generated customers."""
     columns = frame_to_columns(customers(rows, seed=5), bundle.schema)
-    expected, got = sklearn.predict_proba(columns), onnx.predict_proba(columns)
+    expected, got = sklearn.predict_proba(columns), predictor.predict_proba(columns)
     risk = bundle.metadata.get("risk") or {"high": 0.75, "medium": 0.45, "decision_threshold": 0.5}
     same_tier = risk_tiers(expected, risk["high"], risk["medium"]) == risk_tiers(
         got, risk["high"], risk["medium"]

@@ -61,19 +61,36 @@ def ratios(results: dict[str, Any]) -> dict[str, Any]:
                 out[f"batch_{size}_rows_per_s_service_over_mlflow"] = _div(
                     figures["rows_per_s"], mlflow_batch[size]["rows_per_s"]
                 )
-            in_process = results.get("inprocess", {}).get("timings", {}).get("onnx", {}).get(size)
+            served = served_backend(results)
+            in_process = _get(results, "inprocess", "timings", served, size)
             if in_process:
-                out[f"batch_{size}_rows_per_s_http_over_inprocess_onnx"] = _div(
+                out[f"batch_{size}_rows_per_s_http_over_inprocess_{served}"] = _div(
                     figures["rows_per_s"], in_process["rows_per_s"]
                 )
     timings = results.get("inprocess", {}).get("timings", {})
-    for size, onnx in timings.get("onnx", {}).items():
-        sklearn = timings.get("sklearn", {}).get(size)
-        if sklearn:
-            out[f"inprocess_{size}_sklearn_over_onnx_time"] = _div(
-                sklearn["median_ms"], onnx["median_ms"]
+    for backend in FAST_BACKENDS:
+        for size, fast in timings.get(backend, {}).items():
+            sklearn = timings.get("sklearn", {}).get(size)
+            if sklearn:
+                out[f"inprocess_{size}_sklearn_over_{backend}_time"] = _div(
+                    sklearn["median_ms"], fast["median_ms"]
+                )
+    for size, forest in timings.get("forest", {}).items():
+        onnx = timings.get("onnx", {}).get(size)
+        if onnx:
+            out[f"inprocess_{size}_onnx_over_forest_time"] = _div(
+                onnx["median_ms"], forest["median_ms"]
             )
     return out
+
+
+FAST_BACKENDS = ("forest", "onnx")
+
+
+def served_backend(results: dict[str, Any]) -> str:
+    """The backend the service picks by default: the compiled forest when it was measured."""
+    timings = _get(results, "inprocess", "timings") or {}
+    return next((b for b in FAST_BACKENDS if b in timings), "onnx")
 
 
 Check = Callable[[dict[str, Any]], tuple[float | None, str]]
@@ -269,8 +286,8 @@ def _batch_table(results: dict[str, Any]) -> list[str]:
     return lines
 
 
-def _speedup(timings: dict[str, Any], size: str) -> float | None:
-    return _div(timings["sklearn"][size]["median_ms"], timings["onnx"][size]["median_ms"])
+def _speedup(timings: dict[str, Any], backend: str, size: str) -> float | None:
+    return _div(timings["sklearn"][size]["median_ms"], timings[backend][size]["median_ms"])
 
 
 def _inprocess_table(results: dict[str, Any]) -> list[str]:
@@ -286,24 +303,34 @@ def _inprocess_table(results: dict[str, Any]) -> list[str]:
             f"{_f(by_size[s]['median_ms'], 3)} ({_f(by_size[s]['rows_per_s'], 0)})" for s in sizes
         )
         lines.append(f"| {backend} | {cells} |")
-    speedups = ", ".join(
-        f"{int(s):,} row(s): ONNX {_ratio(_speedup(timings, s))} faster"
+    speedups = "; ".join(
+        f"{int(s):,} row(s): "
+        + ", ".join(
+            f"{b} {_ratio(_speedup(timings, b, s))}" for b in FAST_BACKENDS if b in timings
+        )
+        + " faster than sklearn"
         for s in sizes
-        if "sklearn" in timings and "onnx" in timings
+        if "sklearn" in timings
     )
-    par = inproc.get("parity") or {}
     lines += [
         "",
-        f"Median of repeated calls; ONNX Runtime with {inproc.get('onnx_threads')} intra-op "
-        f"thread, sklearn forest n_jobs={inproc.get('sklearn_n_jobs')}. {speedups}.",
+        "Median of repeated calls, one thread each: the compiled forest (`churn/forest.py`, "
+        f"numba), ONNX Runtime with {inproc.get('onnx_threads')} intra-op thread, the sklearn "
+        f"pipeline with n_jobs={inproc.get('sklearn_n_jobs')}. {speedups}.",
         "",
-        f"Parity on {par.get('rows', 0):,} generated customers: max |Δp| "
-        f"{par.get('max_abs_diff', float('nan')):.2e}, mean |Δp| "
-        f"{par.get('mean_abs_diff', float('nan')):.2e}; identical risk tiers "
-        f"{par.get('tiers_identical', 0):,} of {par.get('rows', 0):,} "
-        f"({100 * par.get('tier_agreement', 0):.3f} %), identical decisions "
-        f"{100 * par.get('decision_agreement', 0):.3f} %.",
     ]
+    parities = inproc.get("parity") or {}
+    if "rows" in parities:  # results written before the forest backend: ONNX only
+        parities = {"onnx": parities}
+    for backend, par in parities.items():
+        lines.append(
+            f"- {backend} vs sklearn on {par.get('rows', 0):,} generated customers: max |Δp| "
+            f"{par.get('max_abs_diff', float('nan')):.2e}, mean |Δp| "
+            f"{par.get('mean_abs_diff', float('nan')):.2e}; identical risk tiers "
+            f"{par.get('tiers_identical', 0):,} of {par.get('rows', 0):,} "
+            f"({100 * par.get('tier_agreement', 0):.3f} %), identical decisions "
+            f"{100 * par.get('decision_agreement', 0):.3f} %."
+        )
     return lines
 
 
@@ -382,7 +409,7 @@ def render(results: dict[str, Any], plot_path: Path | None, md_dir: Path) -> str
         "",
         *_batch_table(results),
         "",
-        "## 4. In-process inference: ONNX Runtime vs the sklearn pipeline",
+        "## 4. In-process inference: compiled forest and ONNX Runtime vs the sklearn pipeline",
         "",
         *_inprocess_table(results),
         "",
@@ -418,13 +445,14 @@ def _budget_notes(results: dict[str, Any]) -> list[str]:
                 f"else) uses {1000 * floor:.0f} µs; the service used {1000 * spent:.0f} µs "
                 "(model call, micro-batch hand-off, metrics, access log, prediction log)."
             )
-    onnx = _get(results, "inprocess", "timings", "onnx", "1000")
+    served = served_backend(results)
+    model = _get(results, "inprocess", "timings", served, "1000")
     batch = _get(results, "http", "servers", "service", "batch", "1000")
-    if onnx and batch:
+    if model and batch:
         notes.append(
-            f"- Batches: the model alone, in process on one ONNX Runtime thread, computes "
-            f"{onnx['rows_per_s']:,.0f} rows/s at 1,000 rows per call "
-            f"({1e6 / onnx['rows_per_s']:.1f} µs per row for this forest); over HTTP the "
+            f"- Batches: the model alone, in process on one thread ({served} backend, as "
+            f"served), computes {model['rows_per_s']:,.0f} rows/s at 1,000 rows per call "
+            f"({1e6 / model['rows_per_s']:.1f} µs per row for this forest); over HTTP the "
             f"service reached {batch['rows_per_s']:,.0f} rows/s, with JSON parsing, "
             "validation, the response and the prediction log on top, on the same core."
         )

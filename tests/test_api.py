@@ -139,7 +139,7 @@ def test_metrics_exposition(client: TestClient) -> None:
     assert metric_value(text, "prediction_latency_seconds_count") >= 2
     assert metric_value(text, "http_requests_total", route="/predict", status="200") >= 2
     assert metric_value(text, "http_request_duration_seconds_count", route="/predict") >= 2
-    assert metric_value(text, "model_info", backend="onnx") == 1
+    assert metric_value(text, "model_info", backend="forest") == 1
     for name in (
         "high_risk_predictions_total",
         "prediction_log_dropped_total",

@@ -152,19 +152,18 @@ def test_model_required_refuses_to_start(tmp_path: Path) -> None:
         pass
 
 
-def test_sklearn_backend_serves_the_same_tiers(bundle: Path, tmp_path: Path) -> None:
+def test_every_backend_serves_the_same_tiers(bundle: Path, tmp_path: Path) -> None:
     customers = [{**CUSTOMER, "tenure": t} for t in range(0, 72, 4)]
     answers = {}
-    for backend in ("auto", "sklearn"):
+    for backend, served in (("auto", "forest"), ("onnx", "onnx"), ("sklearn", "sklearn")):
         settings = make_settings(bundle, tmp_path / backend, inference_backend=backend)
         (tmp_path / backend).mkdir()
         with TestClient(create_app(settings)) as client:
-            assert client.get("/model").json()["backend"] == (
-                "onnx" if backend == "auto" else "sklearn"
-            )
+            model = client.get("/model").json()
+            assert model["backend"] == served, model["backend_reason"]
             body = client.post("/predict/batch", json={"customers": customers}).json()
             answers[backend] = [p["risk_tier"] for p in body["predictions"]]
-    assert answers["auto"] == answers["sklearn"]
+    assert answers["auto"] == answers["onnx"] == answers["sklearn"]
 
 
 def test_registry_watcher_follows_the_production_alias(
