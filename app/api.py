@@ -100,7 +100,7 @@ async def predict(service: ServiceDep, request: Request) -> dict[str, Any]:
     """Churn probability, decision and risk tier for one customer."""
     model = _model_or_503(service, request)
     customer = validate(model.customer_model, await read_json(request))
-    rows = service.rows_of(model, [customer])
+    rows = service.rows_of(model, [customer.__dict__])
     return (await service.predict(model, rows))[0]
 
 
@@ -121,7 +121,7 @@ async def predict_batch(service: ServiceDep, request: Request) -> dict[str, Any]
         )
     batch = validate(model.batch_model, payload)
     items = batch.customers  # type: ignore[attr-defined]
-    predictions = await service.predict(model, service.rows_of(model, items))
+    predictions = await service.predict(model, service.rows_of(model, [c.__dict__ for c in items]))
     return {"model_version": model.version, "count": len(predictions), "predictions": predictions}
 
 

@@ -39,11 +39,8 @@ class RandomHex:
         raw = self.take(n * chars)
         return [raw[i : i + chars] for i in range(0, n * chars, chars)]
 
-    def ordered_ids(self, n: int) -> list[str]:
-        """n ids of 32 hex characters that sort by creation time, like a UUIDv7: 12 for the
-        Unix time in milliseconds, then 20 random (80 bits). Prediction ids are the log's
-        primary key; random ones put every insert on a random page of its index, which at a
-        few hundred thousand rows tripled the writer's cost per row."""
-        prefix = f"{time.time_ns() // 1_000_000:012x}"
-        raw = self.take(20 * n)
-        return [prefix + raw[i : i + 20] for i in range(0, 20 * n, 20)]
+    def batch_id(self) -> str:
+        """A prediction batch id (churn.prediction_log): 12 hex digits of Unix time in
+        milliseconds, then 16 random (64 bits), so ids sort by creation time like a UUIDv7's
+        and the log's primary-key index is appended to, not written at random pages."""
+        return f"{time.time_ns() // 1_000_000:012x}{self.take(16)}"

@@ -14,10 +14,15 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from pydantic import BaseModel
+from pydantic import BaseModel, TypeAdapter
 
 from app.batcher import Row
-from app.schemas import build_batch_model, build_customer_model
+from app.schemas import (
+    build_batch_model,
+    build_batch_validator,
+    build_customer_model,
+    build_customer_validator,
+)
 from app.settings import Settings
 from churn.bundle import BundleError, ModelBundle, load_bundle
 from churn.inference import Predictor, SklearnPredictor, make_predictor
@@ -70,6 +75,9 @@ class ServedModel:
     thresholds: Thresholds
     customer_model: type[BaseModel]
     batch_model: type[BaseModel]
+    # the same requests as plain dicts, for the fast path (app.schemas)
+    customer_validator: TypeAdapter[Any]
+    batch_validator: TypeAdapter[Any]
     backend_reason: str = ""
     # feature -> categories seen in training, for free-text features only
     known_categories: dict[str, frozenset[str]] = field(default_factory=dict)
@@ -265,5 +273,7 @@ def load_model(settings: Settings) -> ServedModel:
         thresholds=thresholds,
         customer_model=customer,
         batch_model=build_batch_model(customer, settings.max_batch_size, schema),
+        customer_validator=build_customer_validator(schema),
+        batch_validator=build_batch_validator(schema, settings.max_batch_size),
         known_categories=known,
     )

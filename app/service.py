@@ -11,11 +11,10 @@ import asyncio
 import gc
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from pydantic import BaseModel
 from sqlalchemy.exc import SQLAlchemyError
 
 from app.batcher import MicroBatcher, Row
@@ -27,7 +26,9 @@ from churn.prediction_log import (
     PredictionBatch,
     PredictionLogWriter,
     prediction_exists,
+    prediction_ids,
     record_feedback,
+    split_prediction_id,
 )
 
 logger = logging.getLogger("app.service")
@@ -132,11 +133,12 @@ class ModelService:
 
     # ------------------------------------------------------------------ prediction
 
-    def rows_of(self, model: ServedModel, customers: list[BaseModel]) -> list[Row]:
-        """Feature values in schema order; counts categories unseen in training."""
-        rows: list[Row] = [tuple(c.__dict__.values()) for c in customers]
+    def rows_of(self, model: ServedModel, customers: Sequence[Mapping[str, Any]]) -> list[Row]:
+        """Feature values in schema order from validated customers (dicts, or a model's
+        ``__dict__``, both in schema order); counts categories unseen in training."""
+        rows: list[Row] = [tuple(c.values()) for c in customers]
         for name, known in model.known_categories.items():
-            unknown = sum(1 for c in customers if getattr(c, name) not in known)
+            unknown = sum(1 for c in customers if c[name] not in known)
             if unknown:
                 self.metrics.unknown_category.labels(name).inc(unknown)
         return rows
@@ -146,12 +148,13 @@ class ModelService:
         started = time.perf_counter()
         answers: Answers = await self.batcher.predict(model, rows)
         elapsed = time.perf_counter() - started
-        ids = self._ids.ordered_ids(len(rows))
+        batch_id = self._ids.batch_id()
+        ids = prediction_ids(batch_id, len(rows))
         tiers = answers.tiers
         self.metrics.observe_predictions(
             answers.probabilities, answers.decisions, tiers.count("HIGH"), elapsed
         )
-        self._log(model, rows, ids, answers.probabilities, tiers)
+        self._log(model, rows, batch_id, answers.probabilities, tiers)
         return answers, ids
 
     async def predict(self, model: ServedModel, rows: list[Row]) -> list[dict[str, Any]]:
@@ -175,7 +178,7 @@ class ModelService:
         self,
         model: ServedModel,
         rows: list[Row],
-        ids: list[str],
+        batch_id: str,
         probabilities: list[float],
         tiers: list[str],
     ) -> None:
@@ -186,7 +189,7 @@ class ModelService:
         )
         self.log_writer.enqueue(
             PredictionBatch(
-                ids=ids,
+                batch_id=batch_id,
                 created_at=time.time(),
                 model_version=model.version,
                 columns=columns,
@@ -209,7 +212,7 @@ class ModelService:
             known = writer.is_pending(prediction_id) or await asyncio.to_thread(
                 prediction_exists, writer.engine, prediction_id
             )
-            if not known and _looks_like_id(prediction_id):
+            if not known and split_prediction_id(prediction_id) is not None:
                 # Another worker may still hold it in its queue: wait for one flush.
                 await asyncio.sleep(2 * self.settings.prediction_log_flush_interval)
                 known = writer.is_pending(prediction_id) or await asyncio.to_thread(
@@ -231,7 +234,3 @@ class UnknownPredictionError(LookupError):
 
 class FeedbackUnavailableError(RuntimeError):
     """Feedback cannot be stored right now (log disabled or store down)."""
-
-
-def _looks_like_id(value: str) -> bool:
-    return len(value) == 32 and all(c in "0123456789abcdef" for c in value)

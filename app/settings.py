@@ -12,6 +12,8 @@ from typing import Annotated, Literal
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from churn.prediction_log import MAX_BATCH_ROWS
+
 Environment = Literal["development", "test", "staging", "production"]
 
 
@@ -41,7 +43,8 @@ class Settings(BaseSettings):
     admin_token: SecretStr | None = None
     cors_origins: Annotated[list[str], NoDecode] = Field(default_factory=list)
     max_body_bytes: int = Field(default=1_048_576, ge=1024)
-    max_batch_size: int = Field(default=1000, ge=1)
+    # a batch is one prediction-log row; its ids number its predictions in 4 hex digits
+    max_batch_size: int = Field(default=1000, ge=1, le=MAX_BATCH_ROWS)
 
     # Default: the bundle metadata's "risk" section.
     risk_high: float | None = Field(default=None, gt=0.0, le=1.0)

@@ -1,116 +1,102 @@
 """The prediction log: every served prediction in a SQL store, written off the request path.
 
-The API hands batches of predictions to a :class:`PredictionLogWriter`, whose single thread
-writes them in bulk. Enqueueing is O(1) and never blocks: when the bounded queue is full the
-records are dropped and counted, so a slow or absent store never slows serving. Failed writes
-are retried with exponential backoff, so writing resumes by itself when the store is back.
+One row per request (a batch of predictions), its features, probabilities and risk tiers
+stored column-wise as JSON. The log's cost then grows with requests, not rows: a 1,000-row
+batch is one insert of a few JSON arrays, where a row per prediction cost about 20 µs of
+CPU each in Python and SQLite (20 ms per 1,000-row call, more than the model), and the
+writer fell behind and dropped records under batch traffic.
 
-Feedback (the true outcome of a prediction) joins the log by ``prediction_id``;
-:func:`read_predictions` returns both as one DataFrame for the drift and live-accuracy jobs.
-SQLite by default, PostgreSQL when the URL says so; features are JSON, portable across both.
+A prediction's id is its batch id (12 hex digits of Unix milliseconds, then 16 random) plus
+its position in the batch (4 hex digits): ids sort by time, name their batch, and need no
+index of their own. Feedback (the true outcome) is stored per prediction id with its batch
+id; :func:`read_predictions` expands batches to one row per prediction, joined with
+feedback, for the drift and live-accuracy jobs.
+
+The API hands batches to a :class:`PredictionLogWriter`, whose single thread writes them in
+bulk. Enqueueing is O(1) and never blocks: when the bounded queue is full the records are
+dropped and counted, so a slow or absent store never slows serving. Failed writes are
+retried with exponential backoff, so writing resumes by itself when the store is back.
+SQLite by default, PostgreSQL when the URL says so; the JSON is portable across both.
 """
 
 from __future__ import annotations
 
-import functools
-import itertools
-import json
 import logging
-import os
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
 import numpy as np
 import pandas as pd
+from pydantic_core import to_json
 from sqlalchemy import (
     JSON,
     Column,
     DateTime,
     Engine,
-    Float,
     Integer,
     MetaData,
     String,
     Table,
-    TypeDecorator,
     create_engine,
     delete,
     event,
     insert,
     select,
 )
-from sqlalchemy.engine import Dialect
 from sqlalchemy.exc import SQLAlchemyError
 
 logger = logging.getLogger("churn.prediction_log")
 
+BATCH_ID_CHARS = 28  # 12 hex: Unix time in ms, 16 hex: random
+INDEX_CHARS = 4  # position in the batch, hex
+MAX_BATCH_ROWS = 16**INDEX_CHARS  # 65,536 predictions per request at most
+_SUFFIXES = [f"{i:0{INDEX_CHARS}x}" for i in range(MAX_BATCH_ROWS)]
+_HEX = frozenset("0123456789abcdef")
+
 metadata = MetaData()
 
-predictions = Table(
-    "predictions",
+prediction_batches = Table(
+    "prediction_batches",
     metadata,
-    Column("prediction_id", String(64), primary_key=True),
+    Column("batch_id", String(BATCH_ID_CHARS), primary_key=True),
     Column("created_at", DateTime(timezone=True), nullable=False, index=True),
     Column("model_version", String(64), nullable=False),
-    Column("features", JSON, nullable=False),
-    Column("probability", Float, nullable=False),
-    Column("risk_tier", String(16), nullable=False),
+    Column("rows", Integer, nullable=False),
+    # {"feature": [value per prediction], ...}
+    Column("features", JSON(none_as_null=True), nullable=False),
+    Column("probabilities", JSON, nullable=False),
+    Column("risk_tiers", JSON, nullable=False),
 )
 
-
-class _PreparedJSON(TypeDecorator[str]):
-    """The JSON column, bound from text the writer has already serialised (no per-row dumps)."""
-
-    impl = JSON
-    cache_ok = True
-
-    def bind_processor(self, dialect: Dialect) -> None:
-        return None
-
-
-class _PreparedDateTime(TypeDecorator[Any]):
-    """The timestamp column, bound from a value converted once per batch, not once per row."""
-
-    impl = DateTime
-    cache_ok = True
-
-    def bind_processor(self, dialect: Dialect) -> None:
-        return None
-
-
-# What the writer inserts into: the same table, with the two columns whose per-row conversion
-# by SQLAlchemy cost more than the database write itself (features JSON, the timestamp).
-_predictions_prepared = Table(
-    "predictions",
-    MetaData(),
-    *(
-        Column(
-            c.name,
-            _PreparedJSON()
-            if c.name == "features"
-            else _PreparedDateTime(timezone=True)
-            if c.name == "created_at"
-            else c.type,
-        )
-        for c in predictions.columns
-    ),
-)
-
-INSERT_COLUMNS = tuple(c.name for c in _predictions_prepared.columns)
 feedback = Table(
     "feedback",
     metadata,
     Column("prediction_id", String(64), primary_key=True),
+    Column("batch_id", String(BATCH_ID_CHARS), nullable=False, index=True),
     Column("outcome", Integer, nullable=False),
     Column("received_at", DateTime(timezone=True), nullable=False),
 )
 
 DropCallback = Callable[[str, int], None]
+
+
+def prediction_ids(batch_id: str, rows: int) -> list[str]:
+    """The ids of a batch's predictions, in order."""
+    if not 0 < rows <= MAX_BATCH_ROWS:
+        raise ValueError(f"a batch holds 1 to {MAX_BATCH_ROWS:,} predictions, not {rows:,}")
+    return [batch_id + suffix for suffix in _SUFFIXES[:rows]]
+
+
+def split_prediction_id(prediction_id: str) -> tuple[str, int] | None:
+    """(batch id, position) of a well-formed prediction id; None for anything else."""
+    if len(prediction_id) != BATCH_ID_CHARS + INDEX_CHARS or not _HEX.issuperset(prediction_id):
+        return None
+    return prediction_id[:BATCH_ID_CHARS], int(prediction_id[BATCH_ID_CHARS:], 16)
 
 
 class PredictionLogError(RuntimeError):
@@ -126,11 +112,19 @@ def normalise_url(database_url: str) -> str:
     return database_url
 
 
+def _json_text(value: Any) -> str:
+    """JSON for the log's columns, in Rust (pydantic-core): a 1,000-row batch's arrays in a
+    quarter of json.dumps' time. NaN and infinities become null (valid JSON everywhere)."""
+    return to_json(value, inf_nan_mode="null").decode()
+
+
 def make_engine(database_url: str) -> Engine:
     """An engine with short timeouts: a store that hangs must not hold the writer forever."""
     database_url = normalise_url(database_url)
     if database_url.startswith("sqlite"):
-        engine = create_engine(database_url, connect_args={"timeout": 5})
+        engine = create_engine(
+            database_url, connect_args={"timeout": 5}, json_serializer=_json_text
+        )
         event.listen(engine, "connect", _sqlite_write_ahead_log)
         return engine
     connect_args: dict[str, Any] = {}
@@ -139,6 +133,7 @@ def make_engine(database_url: str) -> Engine:
     return create_engine(
         database_url,
         connect_args=connect_args,
+        json_serializer=_json_text,
         pool_pre_ping=True,
         pool_size=2,
         max_overflow=2,
@@ -170,111 +165,39 @@ def create_tables(engine: Engine) -> None:
 
 @dataclass
 class PredictionBatch:
-    """Predictions from one request, kept as columns until the writer thread expands them."""
+    """The predictions of one request, as columns (one row of ``prediction_batches``)."""
 
-    ids: Sequence[str]
-    created_at: float  # Unix time; converted to datetime in the writer thread
+    batch_id: str
+    created_at: float  # Unix time
     model_version: str
-    columns: dict[str, Sequence[Any]]
+    columns: Mapping[str, Sequence[Any]]
     probabilities: Sequence[float]
     tiers: Sequence[str]
 
     def __len__(self) -> int:
-        return len(self.ids)
+        return len(self.probabilities)
 
-    def rows(self) -> list[dict[str, Any]]:
-        created = datetime.fromtimestamp(self.created_at, UTC)
-        names = list(self.columns)
-        values = list(zip(*(self.columns[n] for n in names), strict=True))
-        return [
-            {
-                "prediction_id": pid,
-                "created_at": created,
-                "model_version": self.model_version,
-                "features": dict(zip(names, row, strict=True)),
-                "probability": float(p),
-                "risk_tier": tier,
-            }
-            for pid, row, p, tier in zip(
-                self.ids, values, self.probabilities, self.tiers, strict=True
-            )
-        ]
+    @property
+    def ids(self) -> list[str]:
+        return prediction_ids(self.batch_id, len(self))
 
-    def prepared_rows(self, dialect: Dialect) -> list[tuple[Any, ...]]:
-        """Rows for the writer's insert (see `prepared_rows`)."""
-        return prepared_rows([self], dialect)
+    def record(self) -> dict[str, Any]:
+        """The row to insert."""
+        return {
+            "batch_id": self.batch_id,
+            "created_at": datetime.fromtimestamp(self.created_at, UTC),
+            "model_version": self.model_version,
+            "rows": len(self),
+            "features": {name: list(values) for name, values in self.columns.items()},
+            "probabilities": [float(p) for p in self.probabilities],
+            "risk_tiers": list(self.tiers),
+        }
 
 
-def prepared_rows(batches: Sequence[PredictionBatch], dialect: Dialect) -> list[tuple[Any, ...]]:
-    """Rows for the writer's insert, in `INSERT_COLUMNS` order: features as JSON text (encoded
-    column-wise over consecutive batches with the same features) and each batch's timestamp
-    converted once."""
-    convert = predictions.c.created_at.type.dialect_impl(dialect).bind_processor(dialect)
-    rows: list[tuple[Any, ...]] = []
-    start = 0
-    while start < len(batches):
-        names = list(batches[start].columns)
-        end = start + 1
-        while end < len(batches) and list(batches[end].columns) == names:
-            end += 1
-        run = batches[start:end]
-        columns = {n: [v for b in run for v in b.columns[n]] for n in names}
-        created: list[Any] = []
-        for b in run:
-            stamp: Any = datetime.fromtimestamp(b.created_at, UTC)
-            created += [convert(stamp) if convert is not None else stamp] * len(b)
-        rows += zip(
-            [pid for b in run for pid in b.ids],
-            created,
-            [b.model_version for b in run for _ in range(len(b))],
-            features_json(columns) if names else ["{}"] * len(created),
-            [float(p) for b in run for p in b.probabilities],
-            [t for b in run for t in b.tiers],
-            strict=True,
-        )
-        start = end
-    return rows
-
-
-def _in_groups(batches: list[PredictionBatch], rows: int) -> Iterator[list[PredictionBatch]]:
-    """Consecutive batches, about `rows` rows a group (a larger batch is a group alone)."""
-    group: list[PredictionBatch] = []
-    size = 0
-    for batch in batches:
-        group.append(batch)
-        size += len(batch)
-        if size >= rows:
-            yield group
-            group, size = [], 0
-    if group:
-        yield group
-
-
-_NOT_JSON_FLOATS = frozenset({"nan", "inf", "-inf"})
-
-
-def _encode_column(values: Sequence[Any]) -> list[str]:
-    """Each value as JSON, as json.dumps would write it; one C-level map for the common types."""
-    kinds = set(map(type, values))
-    if kinds <= {str}:
-        return list(map(json.encoder.encode_basestring_ascii, values))
-    if kinds <= {int}:
-        return list(map(int.__repr__, values))
-    if kinds <= {float}:
-        encoded = list(map(float.__repr__, values))
-        if not _NOT_JSON_FLOATS.intersection(encoded):
-            return encoded
-    return [json.dumps(v) for v in values]
-
-
-def features_json(columns: Mapping[str, Sequence[Any]]) -> list[str]:
-    """One JSON object per row (feature name -> value, in column order), built column-wise."""
-    names = list(columns)
-    if not names:
-        return []
-    template = "{" + ",".join(json.dumps(n).replace("%", "%%") + ":%s" for n in names) + "}"
-    encoded = [_encode_column(columns[n]) for n in names]
-    return [template % values for values in zip(*encoded, strict=True)]
+def write_batches(engine: Engine, batches: Sequence[PredictionBatch]) -> None:
+    """Insert batches in one transaction (what the writer thread does)."""
+    with engine.begin() as conn:
+        conn.execute(insert(prediction_batches), [b.record() for b in batches])
 
 
 @dataclass
@@ -289,26 +212,6 @@ class _Backoff:
 
     def reset(self) -> None:
         self.current = 0.0
-
-
-# Small statements (6 columns x 25 rows = 150 parameters, under SQLite's oldest limit of
-# 999) with a yield of the CPU after each: the writer shares the core with the event loop,
-# and a 100-row statement was a millisecond the loop could not run (the /predict p99).
-ROWS_PER_STATEMENT = 25
-
-
-@functools.cache
-def _multi_row_insert(dialect: Dialect, rows: int) -> str:
-    """INSERT INTO predictions (...) VALUES (?, ...), (?, ...), ... for `rows` rows."""
-    single = str(insert(_predictions_prepared).compile(dialect=dialect))
-    head, _, values = single.partition(" VALUES ")
-    return f"{head} VALUES {', '.join([values] * rows)}"
-
-
-def _yield_cpu() -> None:
-    """Let the threads that answer requests run before the next statement (POSIX)."""
-    if hasattr(os, "sched_yield"):
-        os.sched_yield()
 
 
 class PredictionLogWriter:
@@ -334,7 +237,7 @@ class PredictionLogWriter:
         self._wake = threading.Event()
         self._stopping = threading.Event()
         self._backoff = _Backoff(maximum=max_backoff)
-        self._pending_ids: set[str] = set()
+        self._pending: dict[str, int] = {}  # batch id -> rows, queued or being written
         self._thread: threading.Thread | None = None
         self.written = 0
         self.healthy = True
@@ -358,7 +261,7 @@ class PredictionLogWriter:
                 full = False
                 self._queue.append(batch)
                 self._queued_rows += n
-                self._pending_ids.update(batch.ids)
+                self._pending[batch.batch_id] = n
         if full:
             self._dropped("queue_full", n)
             return False
@@ -368,7 +271,8 @@ class PredictionLogWriter:
 
     def is_pending(self, prediction_id: str) -> bool:
         """True while a prediction is queued here but not yet written."""
-        return prediction_id in self._pending_ids
+        where = split_prediction_id(prediction_id)
+        return where is not None and where[1] < self._pending.get(where[0], 0)
 
     @property
     def queued(self) -> int:
@@ -384,7 +288,7 @@ class PredictionLogWriter:
             left = self._queued_rows
             self._queue.clear()
             self._queued_rows = 0
-            self._pending_ids.clear()
+            self._pending.clear()
         if left:
             self._dropped("shutdown", left)
 
@@ -429,44 +333,18 @@ class PredictionLogWriter:
         return True
 
     def _write(self, batches: list[PredictionBatch]) -> None:
-        """Everything taken, in one transaction.
-
-        SQLite gets multi-row INSERTs of `ROWS_PER_STATEMENT` rows, each prepared just before
-        it is sent: the driver's executemany released and retook the GIL for every row, and
-        preparing 500 rows at once held it for milliseconds, both of which stalled the event
-        loop (the /predict p99). Other stores go through SQLAlchemy Core, whose multi-row
-        VALUES is what makes PostgreSQL fast.
-        """
+        """Everything taken, in one transaction: one row per request."""
         if not self._tables_ready:
             create_tables(self.engine)
             self._tables_ready = True
         try:
-            with self.engine.begin() as conn:
-                dialect = conn.dialect
-                if dialect.paramstyle == "qmark":
-                    for group in _in_groups(batches, ROWS_PER_STATEMENT):
-                        rows = prepared_rows(group, dialect)
-                        for start in range(0, len(rows), ROWS_PER_STATEMENT):
-                            chunk = rows[start : start + ROWS_PER_STATEMENT]
-                            conn.exec_driver_sql(
-                                _multi_row_insert(dialect, len(chunk)),
-                                tuple(itertools.chain.from_iterable(chunk)),
-                            )
-                            _yield_cpu()
-                else:
-                    names = INSERT_COLUMNS
-                    records = [
-                        dict(zip(names, row, strict=True))
-                        for row in prepared_rows(batches, dialect)
-                    ]
-                    conn.execute(insert(_predictions_prepared), records)
+            write_batches(self.engine, batches)
         except SQLAlchemyError:
             self._tables_ready = False  # the store may have been recreated: check again
             raise
 
     def _run(self) -> None:
         held: list[PredictionBatch] = []  # batches whose write failed and is being retried
-        held_ids: list[str] = []
         while True:
             stopping = self._stopping.is_set()
             if not held:
@@ -478,7 +356,6 @@ class PredictionLogWriter:
                     self._wake.clear()
                     continue
                 held = batches
-                held_ids = [pid for b in batches for pid in b.ids]
             try:
                 self._write(held)
             except SQLAlchemyError as exc:
@@ -486,9 +363,9 @@ class PredictionLogWriter:
                 self.healthy = False
                 self.last_error = f"{type(exc).__name__}: {str(exc).splitlines()[0][:300]}"
                 if _is_data_error(exc) or stopping:
-                    self._dropped("write_error" if not stopping else "shutdown", len(held_ids))
-                    self._forget(held_ids)
-                    held, held_ids = [], []
+                    self._dropped("write_error" if not stopping else "shutdown", _rows(held))
+                    self._forget(held)
+                    held = []
                     continue
                 logger.warning(
                     "prediction log write failed, retrying in %.1fs: %s", delay, self.last_error
@@ -499,13 +376,18 @@ class PredictionLogWriter:
                 logger.info("prediction log store is back; writing resumed")
             self.healthy = True
             self._backoff.reset()
-            self.written += len(held_ids)
-            self._forget(held_ids)
-            held, held_ids = [], []
+            self.written += _rows(held)
+            self._forget(held)
+            held = []
 
-    def _forget(self, ids: list[str]) -> None:
+    def _forget(self, batches: list[PredictionBatch]) -> None:
         with self._lock:
-            self._pending_ids.difference_update(ids)
+            for batch in batches:
+                self._pending.pop(batch.batch_id, None)
+
+
+def _rows(batches: list[PredictionBatch]) -> int:
+    return sum(len(b) for b in batches)
 
 
 def _is_data_error(exc: SQLAlchemyError) -> bool:
@@ -519,20 +401,30 @@ def _is_data_error(exc: SQLAlchemyError) -> bool:
 
 
 def prediction_exists(engine: Engine, prediction_id: str) -> bool:
+    where = split_prediction_id(prediction_id)
+    if where is None:
+        return False
+    batch_id, index = where
     with engine.connect() as conn:
-        row = conn.execute(
-            select(predictions.c.prediction_id).where(predictions.c.prediction_id == prediction_id)
-        ).first()
-    return row is not None
+        rows = conn.execute(
+            select(prediction_batches.c.rows).where(prediction_batches.c.batch_id == batch_id)
+        ).scalar()
+    return rows is not None and index < rows
 
 
 def record_feedback(engine: Engine, prediction_id: str, outcome: bool) -> None:
     """Store (or replace) the true outcome of a prediction."""
+    where = split_prediction_id(prediction_id)
+    if where is None:
+        raise ValueError(f"{prediction_id!r} is not a prediction id")
     with engine.begin() as conn:
         conn.execute(delete(feedback).where(feedback.c.prediction_id == prediction_id))
         conn.execute(
             insert(feedback).values(
-                prediction_id=prediction_id, outcome=int(outcome), received_at=datetime.now(UTC)
+                prediction_id=prediction_id,
+                batch_id=where[0],
+                outcome=int(outcome),
+                received_at=datetime.now(UTC),
             )
         )
 
@@ -542,70 +434,81 @@ TAIL_COLUMNS = ["probability", "risk_tier", "outcome"]
 
 
 def read_predictions(database_url: str, since: datetime | None = None) -> pd.DataFrame:
-    """The prediction log joined with feedback, one column per feature.
+    """The prediction log joined with feedback: one row per prediction, one column per feature.
 
     Columns: prediction_id, created_at (UTC), model_version, every feature seen in the stored
-    JSON (in first-seen order), probability, risk_tier, outcome (1.0/0.0, NaN without feedback).
+    batches (in first-seen order; missing where a batch lacks it), probability, risk_tier,
+    outcome (1.0/0.0, NaN without feedback). Ordered by time, then id.
     """
     engine = make_engine(database_url)
+    batches_q = select(prediction_batches).order_by(
+        prediction_batches.c.created_at, prediction_batches.c.batch_id
+    )
+    feedback_q = select(feedback.c.prediction_id, feedback.c.outcome).join(
+        prediction_batches, feedback.c.batch_id == prediction_batches.c.batch_id
+    )
+    if since is not None:
+        if since.tzinfo is None:
+            since = since.replace(tzinfo=UTC)
+        batches_q = batches_q.where(prediction_batches.c.created_at >= since)
+        feedback_q = feedback_q.where(prediction_batches.c.created_at >= since)
     try:
-        query = (
-            select(
-                predictions.c.prediction_id,
-                predictions.c.created_at,
-                predictions.c.model_version,
-                predictions.c.features,
-                predictions.c.probability,
-                predictions.c.risk_tier,
-                feedback.c.outcome,
-            )
-            .select_from(
-                predictions.outerjoin(
-                    feedback, feedback.c.prediction_id == predictions.c.prediction_id
-                )
-            )
-            .order_by(predictions.c.created_at, predictions.c.prediction_id)
-        )
-        if since is not None:
-            if since.tzinfo is None:
-                since = since.replace(tzinfo=UTC)
-            query = query.where(predictions.c.created_at >= since)
-        try:
-            with engine.connect() as conn:
-                rows = conn.execute(query).all()
-        except SQLAlchemyError as exc:
-            if "no such table" in str(exc) or "does not exist" in str(exc):
-                rows = []
-            else:
-                raise PredictionLogError(
-                    f"{engine.url.render_as_string(hide_password=True)}: cannot read the "
-                    f"prediction log ({type(exc).__name__}: {str(exc).splitlines()[0]})"
-                ) from None
+        with engine.connect() as conn:
+            batches = conn.execute(batches_q).all()
+            outcomes = {pid: outcome for pid, outcome in conn.execute(feedback_q)}
+    except SQLAlchemyError as exc:
+        if "no such table" in str(exc) or "does not exist" in str(exc):
+            batches, outcomes = [], {}
+        else:
+            raise PredictionLogError(
+                f"{engine.url.render_as_string(hide_password=True)}: cannot read the "
+                f"prediction log ({type(exc).__name__}: {str(exc).splitlines()[0]})"
+            ) from None
     finally:
         engine.dispose()
-    return _to_frame(rows)
+    return _to_frame(batches, outcomes)
 
 
-def _to_frame(rows: Sequence[Any]) -> pd.DataFrame:
-    features = pd.DataFrame.from_records([dict(r.features or {}) for r in rows])
+def _to_frame(batches: Sequence[Any], outcomes: Mapping[str, int]) -> pd.DataFrame:
+    ids: list[str] = []
+    created: list[datetime] = []
+    versions: list[str] = []
+    probabilities: list[float] = []
+    tiers: list[str] = []
+    features: dict[str, list[Any]] = {}
+    for b in batches:
+        n = b.rows
+        ids += prediction_ids(b.batch_id, n)
+        created += [_utc(b.created_at)] * n
+        versions += [b.model_version] * n
+        probabilities += b.probabilities
+        tiers += b.risk_tiers
+        for name, values in (b.features or {}).items():
+            if name in BASE_COLUMNS or name in TAIL_COLUMNS:
+                continue
+            # a feature first seen now is missing for every earlier row
+            column = features.setdefault(name, [None] * (len(ids) - n))
+            column += values
+        for column in features.values():
+            if len(column) < len(ids):  # a feature this batch lacks
+                column += [None] * (len(ids) - len(column))
     base = pd.DataFrame(
         {
-            "prediction_id": [r.prediction_id for r in rows],
-            "created_at": pd.to_datetime([_utc(r.created_at) for r in rows], utc=True),
-            "model_version": [r.model_version for r in rows],
+            "prediction_id": ids,
+            "created_at": pd.to_datetime(created, utc=True),
+            "model_version": versions,
         }
     )
     tail = pd.DataFrame(
         {
-            "probability": np.asarray([r.probability for r in rows], dtype=float),
-            "risk_tier": [r.risk_tier for r in rows],
-            "outcome": np.asarray(
-                [np.nan if r.outcome is None else float(r.outcome) for r in rows], dtype=float
-            ),
+            "probability": np.asarray(probabilities, dtype=float),
+            "risk_tier": tiers,
+            "outcome": np.asarray([outcomes.get(i, np.nan) for i in ids], dtype=float),
         }
     )
-    features = features.drop(columns=[c for c in features if c in BASE_COLUMNS + TAIL_COLUMNS])
-    return pd.concat([base, features.reset_index(drop=True), tail], axis=1)
+    # pandas infers each column: numbers with gaps become float with NaN, text stays object
+    middle = pd.DataFrame({name: pd.Series(values) for name, values in features.items()})
+    return pd.concat([base, middle], axis=1).join(tail) if len(middle.columns) else base.join(tail)
 
 
 def _utc(value: datetime) -> datetime:

@@ -10,7 +10,10 @@ from typing import Any
 import numpy as np
 import pytest
 from fastapi.testclient import TestClient
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry, Histogram
+from pydantic import ValidationError
 
 import app.fastpath
 from app.main import create_app
@@ -152,3 +155,46 @@ def test_observe_many_is_observe_per_value() -> None:
     assert got.keys() == expected.keys()
     for key, value in expected.items():
         assert got[key] == pytest.approx(value), key
+
+
+_VALUES = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(-10, 10_000),
+    st.floats(allow_nan=False, allow_infinity=False, width=32),
+    st.sampled_from(["Month-to-month", "One year", "DSL", "Fiber optic", "No", "x", "", "3"]),
+    st.lists(st.integers(0, 3), max_size=2),
+)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    changes=st.dictionaries(st.sampled_from([*CUSTOMER, "extra"]), _VALUES, max_size=4),
+    dropped=st.sets(st.sampled_from(list(CUSTOMER)), max_size=2),
+    batch_size=st.integers(0, 3),
+)
+def test_fast_validators_accept_exactly_what_the_request_models_accept(
+    client: TestClient, changes: dict[str, Any], dropped: set[str], batch_size: int
+) -> None:
+    """The fast path's TypedDict validators and the routes' models share their fields: the
+    same JSON passes or fails both, and what passes gives the same values in the same order."""
+    model = client.app.state.service.model
+    customer = {k: v for k, v in {**CUSTOMER, **changes}.items() if k not in dropped}
+    for validator, request_model, body in (
+        (model.customer_validator, model.customer_model, customer),
+        (model.batch_validator, model.batch_model, {"customers": [customer] * batch_size}),
+    ):
+        raw = json.dumps(body)
+        try:
+            expected = request_model.model_validate_json(raw)
+        except ValidationError:
+            with pytest.raises(ValidationError):
+                validator.validate_json(raw)
+            continue
+        got = validator.validate_json(raw)
+        if "customers" in body:
+            assert [list(c.items()) for c in got["customers"]] == [
+                list(c.__dict__.items()) for c in expected.customers
+            ]
+        else:
+            assert list(got.items()) == list(expected.__dict__.items())

@@ -10,6 +10,7 @@ import logging
 import time
 
 import numpy as np
+import pytest
 from prometheus_client import generate_latest
 
 from app.batcher import MicroBatcher, Row
@@ -22,6 +23,12 @@ from app.logging import (
     request_id_var,
 )
 from app.metrics import Metrics
+from churn.prediction_log import (
+    BATCH_ID_CHARS,
+    MAX_BATCH_ROWS,
+    prediction_ids,
+    split_prediction_id,
+)
 from tests.api_support import metric_value
 
 
@@ -33,14 +40,22 @@ def test_random_hex_ids_are_unique_hex_across_refills() -> None:
     assert len(source.take(1000)) == 1000  # more than one pool at once
 
 
-def test_ordered_ids_sort_by_time_and_stay_unique() -> None:
+def test_prediction_ids_sort_by_time_name_their_batch_and_stay_unique() -> None:
     source = RandomHex(chunk_bytes=64)
-    first = source.ordered_ids(50)
+    first = [source.batch_id() for _ in range(50)]
     time.sleep(0.002)
-    later = source.ordered_ids(3)
+    later = [source.batch_id() for _ in range(3)]
     assert len(set(first + later)) == 53
-    assert all(len(i) == 32 and int(i, 16) >= 0 and i == i.lower() for i in first + later)
+    assert all(len(b) == BATCH_ID_CHARS and int(b, 16) >= 0 for b in first + later)
     assert max(first) < min(later)
+    ids = prediction_ids(later[0], 300)
+    assert ids == sorted(ids) and len(set(ids)) == 300
+    assert [split_prediction_id(i) for i in (ids[0], ids[-1])] == [(later[0], 0), (later[0], 299)]
+    assert max(prediction_ids(first[-1], MAX_BATCH_ROWS)) < ids[0]
+    for bad in ("", ids[0][:-1], "F" * 32, ids[0][:-1] + "g", ids[0] + "0"):
+        assert split_prediction_id(bad) is None
+    with pytest.raises(ValueError, match="65,536"):
+        prediction_ids(later[0], MAX_BATCH_ROWS + 1)
 
 
 def _handler() -> tuple[LoopBatchingHandler, io.StringIO, logging.Logger]:

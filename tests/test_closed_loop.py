@@ -15,7 +15,6 @@ import subprocess
 import sys
 import threading
 import time
-import uuid
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -25,8 +24,8 @@ import numpy as np
 import pandas as pd
 import pytest
 import yaml
-from sqlalchemy import insert
 
+from app.ids import RandomHex
 from churn.bundle import load_bundle
 from churn.config import load_config
 from churn.data import prepare_features
@@ -34,9 +33,9 @@ from churn.datagen import generate_customers, generate_drifted
 from churn.prediction_log import (
     PredictionBatch,
     create_tables,
-    feedback,
     make_engine,
-    predictions,
+    record_feedback,
+    write_batches,
 )
 from monitoring import closed_loop
 from tests.api_support import wait_until
@@ -70,27 +69,18 @@ def write_log(
     try:
         create_tables(engine)
         values = customers[FEATURES].astype(object).where(customers[FEATURES].notna(), None)
-        ids = [uuid.uuid4().hex for _ in range(len(customers))]
         batch = PredictionBatch(
-            ids=ids,
+            batch_id=RandomHex().batch_id(),
             created_at=time.time(),
             model_version=version,
             columns={name: values[name].tolist() for name in FEATURES},
             probabilities=probabilities.tolist(),
             tiers=["LOW"] * len(customers),
         )
+        write_batches(engine, [batch])
         outcomes = customers["churned"].astype(int).tolist()
-        now = datetime.now(UTC)
-        with engine.begin() as conn:
-            conn.execute(insert(predictions), batch.rows())
-            if labelled:
-                conn.execute(
-                    insert(feedback),
-                    [
-                        {"prediction_id": pid, "outcome": outcome, "received_at": now}
-                        for pid, outcome in list(zip(ids, outcomes, strict=True))[:labelled]
-                    ],
-                )
+        for pid, outcome in list(zip(batch.ids, outcomes, strict=True))[:labelled]:
+            record_feedback(engine, pid, bool(outcome))
     finally:
         engine.dispose()
 

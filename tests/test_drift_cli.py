@@ -18,8 +18,15 @@ import pandas as pd
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from app.ids import RandomHex
 from churn.datagen import generate_customers, generate_drifted
-from churn.prediction_log import create_tables, feedback, make_engine, predictions
+from churn.prediction_log import (
+    PredictionBatch,
+    create_tables,
+    make_engine,
+    record_feedback,
+    write_batches,
+)
 from churn.profile import build_reference_profile
 from churn.schema import FeatureSchema, FeatureSpec
 from monitoring.drift_detector import main, parse_duration
@@ -203,33 +210,29 @@ def test_python_dash_m_exit_codes_and_no_traceback(bundle_metadata: Path, tmp_pa
 
 
 def fill_log(url: str, frame: pd.DataFrame, labelled: int, age: timedelta = timedelta(0)) -> None:
+    """Log `frame` as requests of 100 customers spread over the ten hours before now - age;
+    the first `labelled` predictions get their outcome."""
     engine = make_engine(url)
     create_tables(engine)
-    now = datetime.now(UTC) - age
+    now = (datetime.now(UTC) - age).timestamp()
     probability = fake_probability(frame)
-    rows = [
-        {
-            "prediction_id": f"p{age.days}-{i}",
-            "created_at": now - timedelta(minutes=i % 600),
-            "model_version": "7",
-            "features": {k: (None if pd.isna(v) else v) for k, v in record.items()},
-            "probability": float(probability[i]),
-            "risk_tier": "high" if probability[i] > 0.5 else "low",
-        }
-        for i, record in enumerate(frame[FEATURES].to_dict(orient="records"))
+    values = frame[FEATURES].astype(object).where(frame[FEATURES].notna(), None)
+    ids = RandomHex()
+    batches = [
+        PredictionBatch(
+            batch_id=ids.batch_id(),
+            created_at=now - 60 * (start // 100 % 600),
+            model_version="7",
+            columns={k: values[k].iloc[start : start + 100].tolist() for k in FEATURES},
+            probabilities=probability[start : start + 100].tolist(),
+            tiers=["high" if p > 0.5 else "low" for p in probability[start : start + 100]],
+        )
+        for start in range(0, len(frame), 100)
     ]
-    outcomes = [
-        {
-            "prediction_id": rows[i]["prediction_id"],
-            "outcome": int(frame["churned"].iloc[i]),
-            "received_at": now,
-        }
-        for i in range(labelled)
-    ]
-    with engine.begin() as conn:
-        conn.execute(predictions.insert(), rows)
-        if outcomes:
-            conn.execute(feedback.insert(), outcomes)
+    write_batches(engine, batches)
+    predictions = [pid for batch in batches for pid in batch.ids]
+    for i in range(labelled):
+        record_feedback(engine, predictions[i], bool(frame["churned"].iloc[i]))
     engine.dispose()
 
 

@@ -12,15 +12,17 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
+from app.ids import RandomHex
 from app.main import create_app
 from churn.prediction_log import (
     PredictionBatch,
     PredictionLogWriter,
     create_tables,
-    features_json,
     make_engine,
+    prediction_exists,
     read_predictions,
     record_feedback,
+    write_batches,
 )
 from tests.api_support import (
     CUSTOMER,
@@ -32,16 +34,17 @@ from tests.api_support import (
 )
 from tests.conftest import TrainedModel
 
+_ids = RandomHex()
 
-def batch(ids: list[str], version: str = "3") -> PredictionBatch:
-    n = len(ids)
+
+def batch(rows: int, version: str = "3", batch_id: str | None = None) -> PredictionBatch:
     return PredictionBatch(
-        ids=ids,
+        batch_id=batch_id or _ids.batch_id(),
         created_at=time.time(),
         model_version=version,
-        columns={"tenure": [float(i) for i in range(n)], "contract_type": ["One year"] * n},
-        probabilities=[0.1 * (i % 10) for i in range(n)],
-        tiers=["LOW"] * n,
+        columns={"tenure": [float(i) for i in range(rows)], "contract_type": ["One year"] * rows},
+        probabilities=[0.1 * (i % 10) for i in range(rows)],
+        tiers=["LOW"] * rows,
     )
 
 
@@ -51,15 +54,21 @@ def test_writer_round_trip_with_feedback(tmp_path: Path) -> None:
     writer = PredictionLogWriter(engine, batch_size=3, flush_interval=0.02)
     assert writer.prepare()
     writer.start()
-    writer.enqueue(batch(["a", "b"]))
-    writer.enqueue(batch(["c"], version="4"))
-    assert writer.is_pending("a") or writer.written
+    first, second = batch(2), batch(1, version="4")
+    a, b = first.ids
+    (c,) = second.ids
+    writer.enqueue(first)
+    writer.enqueue(second)
+    assert writer.is_pending(a) or writer.written
     writer.close()
     assert writer.written == 3
-    assert not writer.is_pending("a")
-    record_feedback(engine, "b", True)
-    record_feedback(engine, "c", False)
-    record_feedback(engine, "c", True)  # a correction replaces the earlier outcome
+    assert not writer.is_pending(a)
+    assert prediction_exists(engine, b) and prediction_exists(engine, c)
+    assert not prediction_exists(engine, first.batch_id + "0002")  # past the batch's end
+    assert not prediction_exists(engine, "not-an-id")
+    record_feedback(engine, b, True)
+    record_feedback(engine, c, False)
+    record_feedback(engine, c, True)  # a correction replaces the earlier outcome
     frame = read_predictions(url)
     assert list(frame.columns) == [
         "prediction_id",
@@ -71,15 +80,40 @@ def test_writer_round_trip_with_feedback(tmp_path: Path) -> None:
         "risk_tier",
         "outcome",
     ]
+    assert list(frame["prediction_id"]) == [a, b, c]
     by_id = frame.set_index("prediction_id")
-    assert np.isnan(by_id.loc["a", "outcome"])
-    assert by_id.loc["b", "outcome"] == 1.0
-    assert by_id.loc["c", "outcome"] == 1.0
-    assert by_id.loc["c", "model_version"] == "4"
+    assert np.isnan(by_id.loc[a, "outcome"])
+    assert by_id.loc[b, "outcome"] == 1.0
+    assert by_id.loc[c, "outcome"] == 1.0
+    assert by_id.loc[c, "model_version"] == "4"
+    assert by_id.loc[b, "tenure"] == 1.0 and by_id.loc[b, "probability"] == 0.1
     assert str(frame["created_at"].dt.tz) == "UTC"
     future = datetime.now(UTC) + timedelta(hours=1)
     assert read_predictions(url, since=future).empty
     assert len(read_predictions(url, since=datetime.now(UTC) - timedelta(hours=1))) == 3
+
+
+def test_batches_with_different_features_line_up(tmp_path: Path) -> None:
+    """A model change may add or drop a feature: every row keeps its own values."""
+    url = f"sqlite:///{tmp_path / 'log.db'}"
+    engine = make_engine(url)
+    create_tables(engine)
+    old = batch(2)
+    new = PredictionBatch(
+        batch_id=_ids.batch_id(),
+        created_at=time.time() + 1,
+        model_version="5",
+        columns={"contract_type": ["Two year", None], "num_products": [3, None]},
+        probabilities=[0.5, 0.25],
+        tiers=["MEDIUM", "LOW"],
+    )
+    write_batches(engine, [old, new])
+    frame = read_predictions(url)
+    assert list(frame.columns[3:6]) == ["tenure", "contract_type", "num_products"]
+    assert frame["tenure"].tolist()[:2] == [0.0, 1.0] and frame["tenure"][2:].isna().all()
+    assert frame["contract_type"].tolist()[:3] == ["One year", "One year", "Two year"]
+    assert frame["num_products"][:2].isna().all() and frame["num_products"][2] == 3
+    assert frame["risk_tier"].tolist() == ["LOW", "LOW", "MEDIUM", "LOW"]
 
 
 def test_read_predictions_of_an_empty_store(tmp_path: Path) -> None:
@@ -95,8 +129,8 @@ def test_full_queue_drops_and_counts_without_blocking(tmp_path: Path) -> None:
         queue_size=5,
         on_drop=lambda reason, n: drops.update({reason: n}),
     )  # not started: nothing drains the queue
-    assert writer.enqueue(batch(["1", "2", "3", "4"]))
-    assert not writer.enqueue(batch(["5", "6"]))
+    assert writer.enqueue(batch(4))
+    assert not writer.enqueue(batch(2))
     assert drops == {"queue_full": 2}
     writer.close()
     assert drops["shutdown"] == 4
@@ -109,9 +143,10 @@ def test_duplicate_ids_are_dropped_not_retried_forever(tmp_path: Path) -> None:
         engine, flush_interval=0.02, on_drop=lambda reason, n: drops.update({reason: n})
     )
     writer.start()
-    writer.enqueue(batch(["x"]))
+    same = _ids.batch_id()
+    writer.enqueue(batch(1, batch_id=same))
     assert wait_until(lambda: writer.written == 1)
-    writer.enqueue(batch(["x"]))
+    writer.enqueue(batch(1, batch_id=same))
     assert wait_until(lambda: drops["write_error"] == 1)
     writer.close()
 
@@ -184,18 +219,3 @@ def test_feedback_needs_the_log(trained_model: TrainedModel, tmp_path: Path) -> 
         response = client.post("/feedback", json={"prediction_id": pid, "outcome": True})
         assert response.status_code == 503
         assert "PREDICTION_LOG_ENABLED" in json.dumps(response.json())
-
-
-def test_features_json_is_what_json_dumps_writes() -> None:
-    columns = {
-        "tenure": [1, 2, 3],
-        "charges": [1.5, 1e300, 0.1],
-        "mixed": [1, 2.5, None],
-        "odd": [float("nan"), 1.0, 2.0],
-        'na"me%s': ["é", 'a"b\\', "\n"],
-    }
-    rows = [
-        dict(zip(columns, values, strict=True)) for values in zip(*columns.values(), strict=True)
-    ]
-    assert features_json(columns) == [json.dumps(r, separators=(",", ":")) for r in rows]
-    assert features_json({}) == []
