@@ -10,6 +10,7 @@ import json
 import os
 import sys
 import time
+import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -216,12 +217,29 @@ def measure_server(
             say(f"{spec.label}: batches of {', '.join(map(str, cfg.batch_sizes))} rows")
             result["batch"] = batch_throughput(server, bodies, cfg)
         result["memory"] = resident_memory(server.process.pid)
+        if spec.name == "service":
+            # every load above (warm-ups included) was logged, or dropped and counted here
+            result["prediction_log"] = prediction_log_counts(server)
     say(
         f"{spec.label}: {result['predict']['rps']:.0f} req/s, "
         f"p99 {result['predict']['latency_ms']['p99']:.1f} ms, "
         f"{result['predict']['errors']} errors"
     )
     return result
+
+
+def prediction_log_counts(server: RunningServer) -> dict[str, float]:
+    """Predictions answered and prediction-log records dropped, from the service's /metrics."""
+    with urllib.request.urlopen(server.url("/metrics"), timeout=10) as response:  # noqa: S310
+        text = response.read().decode()
+    counts = {"predictions": 0.0, "dropped": 0.0}
+    for line in text.splitlines():
+        name = line.split("{", 1)[0].split(" ", 1)[0]
+        if name == "predictions_total":
+            counts["predictions"] += float(line.rsplit(" ", 1)[1])
+        elif name == "prediction_log_dropped_total":
+            counts["dropped"] += float(line.rsplit(" ", 1)[1])
+    return counts
 
 
 def say(message: str) -> None:

@@ -134,6 +134,13 @@ def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
             " rows/s",
         ),
         (
+            "prediction log: no record dropped (all loads, as deployed)",
+            _get(results, *service, "prediction_log", "dropped"),
+            "<=",
+            0,
+            "",
+        ),
+        (
             "drift check 1,000,000 × 7 < 10 s",
             _get(results, "drift", "1000000", "check_s"),
             "<",
@@ -305,9 +312,7 @@ def _inprocess_table(results: dict[str, Any]) -> list[str]:
         lines.append(f"| {backend} | {cells} |")
     speedups = "; ".join(
         f"{int(s):,} row(s): "
-        + ", ".join(
-            f"{b} {_ratio(_speedup(timings, b, s))}" for b in FAST_BACKENDS if b in timings
-        )
+        + ", ".join(f"{b} {_ratio(_speedup(timings, b, s))}" for b in FAST_BACKENDS if b in timings)
         + " faster than sklearn"
         for s in sizes
         if "sklearn" in timings

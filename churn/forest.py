@@ -29,13 +29,14 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import pandas as pd
 from sklearn.compose import ColumnTransformer
 from sklearn.ensemble import ExtraTreesClassifier, RandomForestClassifier
 from sklearn.impute import SimpleImputer
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import OneHotEncoder, StandardScaler
 
-from churn.inference import Columns, Predictor
+from churn.inference import Columns, Predictor, frame_to_columns
 from churn.schema import FeatureSchema
 
 # A complete layout has 2**depth leaves per tree: bound the depth and the total size.
@@ -351,3 +352,23 @@ class ForestPredictor(Predictor):
     def predict_proba(self, columns: Columns) -> np.ndarray:
         rows = len(columns[self.schema.names[0]])
         return self.forest.predict(self.preprocessor.matrix(columns, rows))
+
+
+def check_compiled_forest(
+    pipeline: Any, schema: FeatureSchema, validation: pd.DataFrame, expected: np.ndarray
+) -> dict[str, Any]:
+    """Whether serving can use the compiled forest for `pipeline`, and how closely it agrees
+    with the pipeline's probabilities `expected` on the validation rows (for the bundle's
+    metadata and the model card; serving checks again at every load)."""
+    try:
+        predictor = ForestPredictor(schema, pipeline)
+    except UnsupportedModel as exc:
+        return {"supported": False, "max_abs_diff": None, "rows": 0, "reason": str(exc)}
+    got = predictor.predict_proba(frame_to_columns(validation, schema))
+    diff = float(np.max(np.abs(got - np.asarray(expected, dtype=float))))
+    return {
+        "supported": True,
+        "max_abs_diff": diff,
+        "rows": len(validation),
+        "reason": f"{predictor.forest.trees} trees of depth {predictor.forest.depth} compiled",
+    }

@@ -58,6 +58,13 @@ def render_model_card(metadata: dict[str, Any], alias: str, generated_at: str) -
         else f"No ONNX export ({onnx.get('reason', 'not attempted')}); "
         "served by the sklearn pipeline."
     )
+    forest = metadata.get("compiled_forest") or {}
+    if forest.get("supported"):
+        onnx_line = (
+            f"compiled forest (`churn/forest.py`, {forest.get('reason')}): max |Δp| "
+            f"{forest['max_abs_diff']:.1e} against the pipeline on {forest['rows']:,} validation "
+            f"rows. Fallback: {onnx_line}"
+        )
     lines = [
         f"# Model card: {metadata['model_name']} v{metadata['model_version']}",
         "",

@@ -35,6 +35,7 @@ from sklearn.pipeline import Pipeline
 from churn.bundle import save_bundle
 from churn.config import Config
 from churn.data import TrainingData, load_training_data
+from churn.forest import check_compiled_forest
 from churn.onnx_export import OnnxExport, export_onnx
 from churn.pipeline import build_pipeline, inference_ready
 from churn.profile import build_reference_profile
@@ -149,6 +150,7 @@ def build_metadata(
     run_id: str,
     version: str,
     onnx: OnnxExport,
+    compiled_forest: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Everything serving and monitoring need to know about the model, without the raw data."""
     return {
@@ -164,6 +166,7 @@ def build_metadata(
         "metrics": metrics,
         "risk": config.risk.model_dump(),
         "onnx": onnx.as_metadata(),
+        "compiled_forest": compiled_forest or {"supported": False, "reason": "not checked"},
         "training_data": {
             "path": str(data.path),
             "digest": data.digest,
@@ -253,6 +256,9 @@ def train(
     if onnx.max_abs_diff is not None:
         metrics["onnx_max_abs_diff"] = onnx.max_abs_diff
         metrics["onnx_tier_agreement"] = onnx.tier_agreement or 0.0
+    forest = check_compiled_forest(pipeline, schema, parts.X_val, val_probability)
+    if forest["max_abs_diff"] is not None:
+        metrics["forest_max_abs_diff"] = forest["max_abs_diff"]
 
     tracking_uri = config.tracking_uri
     _say(
@@ -318,6 +324,7 @@ def train(
             run_id=run.info.run_id,
             version=version,
             onnx=onnx,
+            compiled_forest=forest,
         )
         bundle_path = save_bundle(config.export.artifacts_dir, pipeline, metadata, onnx.onnx_bytes)
         mlflow.log_artifacts(str(config.export.artifacts_dir), artifact_path=BUNDLE_ARTIFACT_PATH)

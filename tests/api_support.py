@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import random
 import select
 import shutil
 import socket
@@ -81,12 +82,30 @@ postgres_database = _postgres_database
 # ---------------------------------------------------------------------------- TCP proxy
 
 
+def free_port_outside_ephemeral_range() -> int:
+    try:
+        low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        low = 32768
+    for port in random.sample(range(max(1024, low - 12000), low), 200):
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    return free_port()
+
+
 class TcpProxy:
     """A loopback TCP proxy we can take down and bring back, to simulate a store outage."""
 
     def __init__(self, upstream_port: int, upstream_host: str = "127.0.0.1") -> None:
         self.upstream = (upstream_host, upstream_port)
-        self.port = free_port()
+        # Below the kernel's ephemeral range: while the proxy is down, its port must not be
+        # handed out as the local port of some outgoing connection (the restart's bind
+        # would then fail with "Address already in use").
+        self.port = free_port_outside_ephemeral_range()
         self._listener: socket.socket | None = None
         self._conns: list[socket.socket] = []
         self._lock = threading.Lock()

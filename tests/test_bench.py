@@ -80,7 +80,10 @@ def test_every_section_is_measured_with_finite_numbers(smoke: Path) -> None:
     assert {"predict_rps_service_over_ceiling", "predict_rps_service_over_mlflow"} <= set(
         results["ratios"]
     )
-    assert len(results["targets"]) == 7
+    log = servers["service"]["prediction_log"]
+    # every load's predictions were counted; none of their log records was dropped
+    assert log["predictions"] >= servers["service"]["predict"]["requests"] and log["dropped"] == 0
+    assert len(results["targets"]) == 8
     assert {t["mark"] for t in results["targets"]} <= {"pass", "short", "n/a"}
     numbers = _numbers(results)
     assert numbers, "no figures at all"

@@ -93,6 +93,10 @@ def test_train_promote_gate_rollback(tracking_server: str, tmp_path: Path, cli) 
     auc = client.get_run(client.get_model_version(name, "1").run_id).data.metrics["val_auc"]
     assert f"| ROC AUC | {auc:.4f} |" in card
     assert "Rows:** 2,500" in card
+    serving = next(line for line in card.splitlines() if "Serving" in line)
+    # exact, where ONNX (float32 thresholds) may differ by more than its limit on a small model
+    assert "Serving:** compiled forest" in serving and "max |Δp| 0.0e+00" in serving, serving
+    assert "Fallback: " in serving
 
     # v2: a much weaker model; the gate refuses it against production and says why.
     weak = tmp_path / "weak.yaml"

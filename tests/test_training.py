@@ -47,6 +47,7 @@ def test_bundle_files_and_checksums(trained_model: TrainedModel) -> None:
     assert {"model.pkl", "model.onnx"} <= set(meta["files"])
     assert meta["onnx"]["exported"] and meta["onnx"]["max_abs_diff"] <= 0.01
     assert meta["onnx"]["tier_agreement"] >= 0.999
+    assert meta["compiled_forest"]["supported"] and meta["compiled_forest"]["max_abs_diff"] <= 1e-9
     assert {"scikit-learn", "numpy", "python"} <= set(meta["library_versions"])
     schema = {f["name"]: f for f in meta["feature_schema"]["features"]}
     assert schema["num_products"]["integer"] and schema["num_products"]["max"] == 10
