@@ -16,12 +16,13 @@ import contextlib
 import logging
 import queue
 import threading
-from collections.abc import Sequence
+from collections.abc import Mapping
 from typing import Any, Protocol
 
 logger = logging.getLogger("app.batcher")
 
-Row = Sequence[Any]
+# One customer's validated features by name (a dict from the request validator).
+Row = Mapping[str, Any]
 
 
 class RowPredictor(Protocol):

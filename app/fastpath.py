@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+import numpy as np
 from pydantic import TypeAdapter, ValidationError
 from starlette.datastructures import State
 from starlette.requests import ClientDisconnect
@@ -31,6 +32,25 @@ from app.service import ModelService
 # JSON constants the stdlib parser accepts and the route refuses (422); pydantic-core's JSON
 # parser accepts them too, so such bodies always take the route.
 _CONSTANTS = (b"NaN", b"Infinity")
+_LARGE_BODY = 4096
+
+
+def _may_hold_constants(body: bytes) -> bool:
+    """True if NaN or Infinity may appear anywhere in `body` (never False when one does).
+
+    ``bytes.__contains__`` costs ~1.5 µs per KiB per pattern here; for a large batch,
+    numpy finds the candidates for both patterns ("NaN", and "Inf" for Infinity) in a
+    fraction of that. A false positive only sends a valid request to the route."""
+    if len(body) < _LARGE_BODY:
+        return any(c in body for c in _CONSTANTS)
+    a = np.frombuffer(body, dtype=np.uint8)
+    for first, second, third in (b"NaN", b"Inf"):
+        starts = np.flatnonzero(a[:-2] == first)
+        if starts.size and np.any((a[starts + 1] == second) & (a[starts + 2] == third)):
+            return True
+    return False
+
+
 _JSON_HEADER = (b"content-type", b"application/json")
 
 
@@ -144,7 +164,7 @@ class PredictFastPath:
         assert service is not None
         body = await _read_body(receive)
         content = None
-        if body and not any(c in body for c in _CONSTANTS):
+        if body and not _may_hold_constants(body):
             content = await self._handlers[scope["path"]](service, model, body)
         if content is None:
             await self.app(scope, _replay(body, receive), send)

@@ -54,12 +54,19 @@ class Answers:
     probabilities: list[float]  # rounded to 4 places
     decisions: list[bool]
     tiers: list[str]
+    # the features the model saw, by name (for the prediction log: transposed once)
+    columns: dict[str, list[Any]] = field(default_factory=dict)
 
     def __len__(self) -> int:
         return len(self.probabilities)
 
     def __getitem__(self, part: slice) -> Answers:
-        return Answers(self.probabilities[part], self.decisions[part], self.tiers[part])
+        return Answers(
+            self.probabilities[part],
+            self.decisions[part],
+            self.tiers[part],
+            {name: values[part] for name, values in self.columns.items()},
+        )
 
 
 @dataclass(frozen=True)
@@ -88,12 +95,13 @@ class ServedModel:
 
     def predict_rows(self, rows: list[Row]) -> Answers:
         """Answers for rows in feature order (runs on the inference thread)."""
-        columns = dict(zip(self.schema.names, zip(*rows, strict=True), strict=True))
+        columns = {name: [row[name] for row in rows] for name in self.schema.names}
         probabilities = self.predictor.predict_proba(columns)
         return Answers(
             probabilities=np.round(probabilities, 4).tolist(),
             decisions=(probabilities >= self.thresholds.decision).tolist(),
             tiers=self.tiers(probabilities).tolist(),
+            columns=columns,
         )
 
     def tiers(self, probabilities: np.ndarray) -> np.ndarray:

@@ -40,8 +40,15 @@ def example_customer(schema: FeatureSchema) -> dict[str, Any]:
 
 def _field(spec: FeatureSpec) -> tuple[Any, Any]:
     if spec.kind == "numeric":
-        kind: Any = int if spec.integer else float
-        return kind, Field(
+        if spec.integer:
+            # An int is never NaN or infinite; allow_inf_nan on one would add a Python
+            # validator call per value (pydantic applies it outside pydantic-core).
+            return int, Field(
+                ge=spec.min,
+                le=spec.max if spec.max is not None else FLOAT32_MAX,
+                description=_describe_numeric(spec),
+            )
+        return float, Field(
             ge=spec.min,
             le=spec.max if spec.max is not None else FLOAT32_MAX,
             allow_inf_nan=False,

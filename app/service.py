@@ -11,7 +11,7 @@ import asyncio
 import gc
 import logging
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -133,15 +133,14 @@ class ModelService:
 
     # ------------------------------------------------------------------ prediction
 
-    def rows_of(self, model: ServedModel, customers: Sequence[Mapping[str, Any]]) -> list[Row]:
-        """Feature values in schema order from validated customers (dicts, or a model's
-        ``__dict__``, both in schema order); counts categories unseen in training."""
-        rows: list[Row] = [tuple(c.values()) for c in customers]
+    def rows_of(self, model: ServedModel, customers: Sequence[Row]) -> list[Row]:
+        """The validated customers as rows (feature name -> value; the validator's dicts or a
+        model's ``__dict__``, used as they are); counts categories unseen in training."""
         for name, known in model.known_categories.items():
             unknown = sum(1 for c in customers if c[name] not in known)
             if unknown:
                 self.metrics.unknown_category.labels(name).inc(unknown)
-        return rows
+        return list(customers)
 
     async def answer(self, model: ServedModel, rows: list[Row]) -> tuple[Answers, list[str]]:
         """Answers and new prediction ids for `rows`, in order; logged and counted."""
@@ -154,7 +153,7 @@ class ModelService:
         self.metrics.observe_predictions(
             answers.probabilities, answers.decisions, tiers.count("HIGH"), elapsed
         )
-        self._log(model, rows, batch_id, answers.probabilities, tiers)
+        self._log(model, answers, batch_id)
         return answers, ids
 
     async def predict(self, model: ServedModel, rows: list[Row]) -> list[dict[str, Any]]:
@@ -174,27 +173,17 @@ class ModelService:
             )
         ]
 
-    def _log(
-        self,
-        model: ServedModel,
-        rows: list[Row],
-        batch_id: str,
-        probabilities: list[float],
-        tiers: list[str],
-    ) -> None:
+    def _log(self, model: ServedModel, answers: Answers, batch_id: str) -> None:
         if self.log_writer is None:
             return
-        columns: dict[str, Sequence[Any]] = dict(
-            zip(model.schema.names, zip(*rows, strict=True), strict=True)
-        )
         self.log_writer.enqueue(
             PredictionBatch(
                 batch_id=batch_id,
                 created_at=time.time(),
                 model_version=model.version,
-                columns=columns,
-                probabilities=probabilities,
-                tiers=tiers,
+                columns=answers.columns,
+                probabilities=answers.probabilities,
+                tiers=answers.tiers,
             )
         )
 

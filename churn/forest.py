@@ -141,15 +141,18 @@ def _kernel(depth: int) -> Any:
     import numba
 
     width = ROWS_PER_STEP
+    # Unsigned node indices: numba then skips the negative-index wrap-around test on every
+    # array access (a third of the walk's time).
+    one, two = np.uint64(1), np.uint64(2)
 
     @numba.njit(nogil=True, cache=False)
     def walk(
         x: np.ndarray, features: np.ndarray, thresholds: np.ndarray, leaves: np.ndarray
     ) -> np.ndarray:
         n = x.shape[0]
-        inner = features.shape[1]
+        inner = np.uint64(features.shape[1])
         total = np.zeros(n)
-        node = np.zeros(width, np.int64)
+        node = np.zeros(width, np.uint64)
         whole = n - n % width
         for t in range(features.shape[0]):
             feature = features[t]
@@ -161,13 +164,15 @@ def _kernel(depth: int) -> Any:
                 for _ in range(depth):
                     for k in range(width):
                         i = node[k]
-                        node[k] = 2 * i + 1 + (x[start + k, feature[i]] > threshold[i])
+                        right = x[np.uint64(start + k), feature[i]] > threshold[i]
+                        node[k] = two * i + one + np.uint64(right)
                 for k in range(width):
                     total[start + k] += leaf[node[k] - inner]
             for row in range(whole, n):  # the last rows, fewer than a group
-                i = 0
+                i = np.uint64(0)
                 for _ in range(depth):
-                    i = 2 * i + 1 + (x[row, feature[i]] > threshold[i])
+                    right = x[np.uint64(row), feature[i]] > threshold[i]
+                    i = two * i + one + np.uint64(right)
                 total[row] += leaf[i - inner]
         return total
 
@@ -225,12 +230,11 @@ class OneHotBlock:
     def write(self, columns: Columns, out: np.ndarray, offset: int) -> None:
         n = out.shape[0]
         for name, code in zip(self.names, self.codes, strict=True):
+            values = columns[name]
             fill = code.get(self.fill, -1)
-            found = np.fromiter(
-                (fill if v is None else code.get(str(v).strip(), -1) for v in columns[name]),
-                dtype=np.intp,
-                count=n,
-            )
+            # a few distinct values per column: look each up once, then map in C
+            lookup = {v: fill if v is None else code.get(str(v).strip(), -1) for v in set(values)}
+            found = np.fromiter(map(lookup.__getitem__, values), dtype=np.intp, count=n)
             rows = np.flatnonzero(found >= 0)
             out[rows, offset + found[rows]] = 1.0
 

@@ -198,3 +198,19 @@ def test_fast_validators_accept_exactly_what_the_request_models_accept(
             ]
         else:
             assert list(got.items()) == list(expected.__dict__.items())
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    filler=st.binary(min_size=0, max_size=9000),
+    constant=st.sampled_from([b"", b"NaN", b"Infinity", b"-Infinity", b"Na", b"Infinit"]),
+    where=st.floats(0, 1),
+)
+def test_constant_scan_never_misses(filler: bytes, constant: bytes, where: float) -> None:
+    at = int(len(filler) * where)
+    body = filler[:at] + constant + filler[at:]
+    exact = any(c in body for c in (b"NaN", b"Infinity"))
+    if exact:
+        assert app.fastpath._may_hold_constants(body)
+    if len(body) < app.fastpath._LARGE_BODY:
+        assert app.fastpath._may_hold_constants(body) == exact
