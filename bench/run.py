@@ -2,7 +2,8 @@
 
 Measures, in one run on this machine: /predict on this service, ``mlflow models serve``, a
 blog-style FastAPI app and a constant-answer ceiling under the same load; /health while
-/predict is saturated; batch rows/s; ONNX vs sklearn in process with parity; training time;
+/predict is saturated; batch rows/s (and prediction-log drops); the compiled forest and ONNX
+vs sklearn in process with parity; training time;
 drift check time; start-up time and memory. Writes ``<out>/latest.json``, the plot
 ``<out>/throughput.png`` and ``bench/RESULTS.md``.
 """
@@ -38,6 +39,7 @@ PACKAGES = (
     "pydantic",
     "pydantic-core",
     "onnxruntime",
+    "numba",
     "scikit-learn",
     "numpy",
     "pandas",
@@ -211,7 +213,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         work = Path(tmp)
         results["http"] = run_http(args, settings, bundle, skip, work)
         if "inprocess" not in skip:
-            http.say("in-process inference: ONNX Runtime vs sklearn")
+            http.say("in-process inference: compiled forest, ONNX Runtime, sklearn")
             repeats = {int(k): v for k, v in settings["inprocess_repeats"].items()}
             results["inprocess"] = inprocess.inference(
                 bundle, tuple(settings["inprocess_sizes"]), repeats, settings["parity_rows"]

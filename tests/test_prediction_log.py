@@ -17,6 +17,7 @@ from app.main import create_app
 from churn.prediction_log import (
     PredictionBatch,
     PredictionLogWriter,
+    _statement_groups,
     create_tables,
     make_engine,
     prediction_exists,
@@ -219,3 +220,21 @@ def test_feedback_needs_the_log(trained_model: TrainedModel, tmp_path: Path) -> 
         response = client.post("/feedback", json={"prediction_id": pid, "outcome": True})
         assert response.status_code == 503
         assert "PREDICTION_LOG_ENABLED" in json.dumps(response.json())
+
+
+def test_sqlite_statements_group_small_and_large_batches(tmp_path: Path) -> None:
+    """Many single predictions and a few large batches, grouped into multi-row statements
+    (at most 25 rows or about 1,000 predictions each): every prediction comes back once."""
+    url = f"sqlite:///{tmp_path / 'log.db'}"
+    engine = make_engine(url)
+    create_tables(engine)
+    batches = [batch(1) for _ in range(60)] + [batch(600) for _ in range(3)] + [batch(2)]
+    groups = list(_statement_groups(batches))
+    assert all(len(g) <= 25 for g in groups)
+    assert all(sum(map(len, g)) <= 1000 or len(g) == 1 for g in groups)
+    assert [b for g in groups for b in g] == batches
+    write_batches(engine, batches)
+    frame = read_predictions(url)
+    assert len(frame) == 60 + 1800 + 2
+    assert set(frame["prediction_id"]) == {pid for b in batches for pid in b.ids}
+    assert frame["probability"].notna().all() and set(frame["risk_tier"]) == {"LOW"}
