@@ -116,6 +116,7 @@ def _place(
     """Lay one sklearn tree out level by level in the complete layout."""
     value = tree.value[:, 0, :]
     positive = value[:, 1] / value.sum(axis=1)  # what DecisionTreeClassifier.predict_proba gives
+    rounded = float32_at_most(tree.threshold)  # every node at once (leaves' are unused)
     left, right = tree.children_left, tree.children_right
     inner = len(features)
     # (sklearn node, complete-layout position, level), breadth first
@@ -128,7 +129,7 @@ def _place(
                 leaves[first : first + (1 << (depth - level))] = positive[node]
                 continue
             features[position] = tree.feature[node]
-            thresholds[position] = float32_at_most(np.array([tree.threshold[node]]))[0]
+            thresholds[position] = rounded[node]
             following.append((left[node], 2 * position + 1, level + 1))
             following.append((right[node], 2 * position + 2, level + 1))
         frontier = following

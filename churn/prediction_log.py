@@ -192,7 +192,7 @@ class PredictionBatch:
             "model_version": self.model_version,
             "rows": len(self),
             "features": {name: list(values) for name, values in self.columns.items()},
-            "probabilities": [float(p) for p in self.probabilities],
+            "probabilities": list(self.probabilities),  # Python floats (Answers' lists)
             "risk_tiers": list(self.tiers),
         }
 
