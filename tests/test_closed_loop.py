@@ -107,6 +107,21 @@ def served(trained_model: TrainedModel, customers: pd.DataFrame) -> np.ndarray:
     return np.round(bundle.pipeline.predict_proba(frame)[:, 1], 4)
 
 
+def log_served(
+    trained_model: TrainedModel,
+    tmp_path: Path,
+    customers: pd.DataFrame,
+    labelled: int,
+    version: str | None = None,
+) -> str:
+    """A prediction log in `tmp_path` holding `customers` as the trained model served them
+    (logged under `version`, default the trained one); returns its URL."""
+    log_url = f"sqlite:///{tmp_path / 'log.db'}"
+    version = version or trained_model.result.model_version
+    write_log(log_url, customers, version, served(trained_model, customers), labelled=labelled)
+    return log_url
+
+
 def run_cli(trained_model: TrainedModel, log_url: str, *extra: str) -> int:
     """Run the closed loop in-process (its lines go to capsys); return its exit code."""
     return closed_loop.main(
@@ -138,9 +153,7 @@ def test_no_drift_means_no_retrain(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     customers = generate_customers(600, seed=3)
-    log_url = f"sqlite:///{tmp_path / 'log.db'}"
-    version = trained_model.result.model_version
-    write_log(log_url, customers, version, served(trained_model, customers), labelled=600)
+    log_url = log_served(trained_model, tmp_path, customers, labelled=600)
     before = versions(registry, trained_model.result.model_name)
     report = tmp_path / "cycle.json"
 
@@ -165,9 +178,7 @@ def test_drift_with_too_few_labels_waits(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     customers = generate_drifted("month_to_month_shift", 600, seed=5)
-    log_url = f"sqlite:///{tmp_path / 'log.db'}"
-    version = trained_model.result.model_version
-    write_log(log_url, customers, version, served(trained_model, customers), labelled=40)
+    log_url = log_served(trained_model, tmp_path, customers, labelled=40)
     before = versions(registry, trained_model.result.model_name)
     report = tmp_path / "cycle.json"
 
@@ -189,9 +200,7 @@ def test_dry_run_decides_to_retrain_but_trains_nothing(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     customers = generate_drifted("month_to_month_shift", 600, seed=5)
-    log_url = f"sqlite:///{tmp_path / 'log.db'}"
-    version = trained_model.result.model_version
-    write_log(log_url, customers, version, served(trained_model, customers), labelled=600)
+    log_url = log_served(trained_model, tmp_path, customers, labelled=600)
     before = versions(registry, trained_model.result.model_name)
     report = tmp_path / "cycle.json"
 
@@ -213,8 +222,7 @@ def test_rows_served_by_another_version_are_not_judged(
 ) -> None:
     """Traffic a previous model served (and a retrain may already have used) is left out."""
     customers = generate_drifted("month_to_month_shift", 600, seed=5)
-    log_url = f"sqlite:///{tmp_path / 'log.db'}"
-    write_log(log_url, customers, "999", served(trained_model, customers), labelled=600)
+    log_url = log_served(trained_model, tmp_path, customers, labelled=600, version="999")
 
     code = run_cli(trained_model, log_url, "--min-labelled", "100")
 
@@ -238,9 +246,7 @@ def test_gate_refusal_exits_1_and_keeps_production(
     config_path = tmp_path / "config.yaml"
     config_path.write_text(yaml.safe_dump(raw))
     customers = generate_drifted("month_to_month_shift", 600, seed=5)
-    log_url = f"sqlite:///{tmp_path / 'log.db'}"
-    version = trained_model.result.model_version
-    write_log(log_url, customers, version, served(trained_model, customers), labelled=600)
+    log_url = log_served(trained_model, tmp_path, customers, labelled=600)
     report = tmp_path / "cycle.json"
 
     args = ["--config", str(config_path), "--since", "1h", "--database-url", log_url]
@@ -255,9 +261,8 @@ def test_gate_refusal_exits_1_and_keeps_production(
     assert result["promoted"] is False
     from churn.registry import client, version_by_alias
 
-    assert version_by_alias(client(registry), trained_model.result.model_name, "production") == (
-        version
-    )
+    production = version_by_alias(client(registry), trained_model.result.model_name, "production")
+    assert production == trained_model.result.model_version
     assert not (tmp_path / "artifacts").exists()  # a refused bundle is not published
 
 

@@ -12,6 +12,7 @@ import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 from mlflow.tracking import MlflowClient
@@ -55,6 +56,12 @@ def cli(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]):
         return Outcome(code, out.out, out.err)
 
     return run
+
+
+def train_ok(cli: Any, config: Path, cwd: Path, tracking_uri: str) -> None:
+    """Train with `config` through the in-process CLI; it must succeed."""
+    outcome = cli("train.py", "--config", str(config), cwd=cwd, tracking_uri=tracking_uri)
+    assert outcome.returncode == 0, outcome.stderr
 
 
 def _subprocess_cli(
@@ -105,12 +112,7 @@ def test_train_promote_gate_rollback(tracking_server: str, tmp_path: Path, cli) 
         .replace("n_estimators: 30", "n_estimators: 1")
         .replace("max_depth: 8", "max_depth: 1")
     )
-    assert (
-        cli(
-            "train.py", "--config", str(weak), cwd=tmp_path, tracking_uri=tracking_server
-        ).returncode
-        == 0
-    )
+    train_ok(cli, weak, tmp_path, tracking_server)
     refused = cli(
         "promote_model.py", "--config", str(weak), cwd=tmp_path, tracking_uri=tracking_server
     )
@@ -134,12 +136,7 @@ def test_train_promote_gate_rollback(tracking_server: str, tmp_path: Path, cli) 
     assert str(client.get_model_version_by_alias(name, "staging").version) == "1"
 
     # v3: as good as v1; promoted, v1 archived; then rolled back to v1.
-    assert (
-        cli(
-            "train.py", "--config", str(good), cwd=tmp_path, tracking_uri=tracking_server
-        ).returncode
-        == 0
-    )
+    train_ok(cli, good, tmp_path, tracking_server)
     assert (
         cli(
             "promote_model.py",
@@ -187,12 +184,7 @@ def test_train_promote_gate_rollback(tracking_server: str, tmp_path: Path, cli) 
 def test_gate_floor_and_dry_run(tracking_server: str, tmp_path: Path, cli) -> None:
     generate_customers(1500, seed=22).to_csv(tmp_path / "churn_train.csv", index=False)
     strict = write_config(tmp_path, gate={"min_val_auc": 0.999})
-    assert (
-        cli(
-            "train.py", "--config", str(strict), cwd=tmp_path, tracking_uri=tracking_server
-        ).returncode
-        == 0
-    )
+    train_ok(cli, strict, tmp_path, tracking_server)
     result = cli(
         "promote_model.py", "--config", str(strict), cwd=tmp_path, tracking_uri=tracking_server
     )
