@@ -8,7 +8,6 @@ started with and never sees half of each.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,25 +24,17 @@ from app.schemas import (
 )
 from app.settings import Settings
 from churn.bundle import BundleError, ModelBundle, load_bundle
-from churn.inference import Predictor, SklearnPredictor, make_predictor
-from churn.risk import risk_tiers
+from churn.inference import BackendError, Predictor, choose_predictor
+from churn.risk import Thresholds, risk_tiers
 from churn.schema import FeatureSchema
 
 logger = logging.getLogger("app.model")
 
-PARITY_ROWS = 64
 _DEFAULT_RISK = {"high": 0.75, "medium": 0.45, "decision_threshold": 0.5}
 
 
 class ModelLoadError(RuntimeError):
     """A model could not be loaded or failed verification; the message says which and why."""
-
-
-@dataclass(frozen=True)
-class Thresholds:
-    high: float
-    medium: float
-    decision: float
 
 
 @dataclass(frozen=True)
@@ -159,105 +150,17 @@ def fetch_bundle(settings: Settings) -> tuple[ModelBundle, str]:
         ) from None
 
 
-def sample_rows(bundle: ModelBundle, n: int = PARITY_ROWS, seed: int = 0) -> dict[str, list[Any]]:
-    """Synthetic customers drawn per feature from the reference profile (or the schema)."""
-    rng = np.random.default_rng(seed)
-    profile = bundle.metadata.get("reference_profile") or {}
-    columns: dict[str, list[Any]] = {}
-    for spec in bundle.schema.features:
-        if spec.kind == "numeric":
-            sample = (profile.get("numeric", {}).get(spec.name) or {}).get("sample")
-            if not sample:
-                low = spec.observed_min if spec.observed_min is not None else (spec.min or 0.0)
-                high = spec.observed_max if spec.observed_max is not None else low + 100.0
-                sample = np.linspace(low, high, 17).tolist()
-            columns[spec.name] = [float(v) for v in rng.choice(sample, n)]
-        else:
-            choices = spec.allowed or spec.categories or ["unknown"]
-            columns[spec.name] = [str(v) for v in rng.choice(choices, n)]
-    return columns
-
-
-def _candidates(bundle: ModelBundle, preference: str) -> list[tuple[str, Callable[[], Predictor]]]:
-    """Faster predictors to try before sklearn, in the order INFERENCE_BACKEND asks for."""
-
-    def forest() -> Predictor:
-        from churn.forest import ForestPredictor, UnsupportedModel  # numba: only when wanted
-
-        try:
-            return ForestPredictor(bundle.schema, bundle.pipeline)
-        except UnsupportedModel as exc:
-            raise UnsupportedBackend(str(exc)) from None
-
-    def onnx() -> Predictor:
-        if bundle.onnx_bytes is None:
-            raise UnsupportedBackend("the bundle has no ONNX export")
-        return make_predictor(bundle, prefer_onnx=True)
-
-    order = {"auto": ("forest", "onnx"), "forest": ("forest", "onnx"), "onnx": ("onnx", "forest")}
-    makers = {"forest": forest, "onnx": onnx}
-    return [(name, makers[name]) for name in order.get(preference, ())]
-
-
-class UnsupportedBackend(RuntimeError):
-    """A backend does not apply to this bundle (not an error: the next one is tried)."""
-
-
-def _verified_predictor(
-    bundle: ModelBundle, settings: Settings, thresholds: Thresholds
-) -> tuple[Predictor, str]:
-    """The first faster predictor (compiled forest, ONNX) that gives the sklearn pipeline's
-    tiers and decisions on sample rows; sklearn itself when none does."""
-    sklearn = SklearnPredictor(bundle.schema, bundle.pipeline)
-    rows = sample_rows(bundle)
-    expected = sklearn.predict_proba(rows)
-    _check_probabilities(expected, bundle)
-    if settings.inference_backend == "sklearn":
-        return sklearn, "INFERENCE_BACKEND=sklearn"
-    refused: list[str] = []
-    for name, make in _candidates(bundle, settings.inference_backend):
-        try:
-            candidate = make()
-            got = candidate.predict_proba(rows)
-        except UnsupportedBackend as exc:
-            refused.append(f"{name}: {exc}")
-            continue
-        except Exception as exc:  # a broken backend must not stop serving: sklearn is there
-            refused.append(f"{name} unusable ({type(exc).__name__}: {exc})")
-            logger.warning(refused[-1], extra={"model_version": bundle.version})
-            continue
-        same_tiers = np.array_equal(
-            risk_tiers(expected, thresholds.high, thresholds.medium),
-            risk_tiers(got, thresholds.high, thresholds.medium),
-        )
-        same_decisions = np.array_equal(expected >= thresholds.decision, got >= thresholds.decision)
-        if not (same_tiers and same_decisions):
-            refused.append(
-                f"{name} and sklearn disagree on risk tier or decision for some of "
-                f"{len(expected)} sample rows"
-            )
-            logger.warning(refused[-1], extra={"model_version": bundle.version})
-            continue
-        diff = float(np.max(np.abs(expected - got)))
-        agrees = f"{name} agrees with sklearn on {len(expected)} sample rows (max diff {diff:.2g})"
-        return candidate, "; ".join([*refused, agrees])
-    return sklearn, "; ".join([*refused, "serving sklearn"])
-
-
-def _check_probabilities(values: np.ndarray, bundle: ModelBundle) -> None:
-    if not (np.all(np.isfinite(values)) and np.all((values >= 0) & (values <= 1))):
-        raise ModelLoadError(f"{bundle.directory}: the model returns probabilities outside [0, 1]")
-
-
 def load_model(settings: Settings) -> ServedModel:
     """Fetch, verify and prepare a model (CPU and I/O: call it off the event loop)."""
     bundle, source = fetch_bundle(settings)
     try:
         schema = bundle.schema
         thresholds = thresholds_for(settings, bundle.metadata)
-        predictor, reason = _verified_predictor(bundle, settings, thresholds)
+        predictor, reason = choose_predictor(bundle, settings.inference_backend, thresholds)
     except ModelLoadError:
         raise
+    except BackendError as exc:
+        raise ModelLoadError(str(exc)) from None
     except Exception as exc:  # a pipeline that cannot predict is a bad bundle, not a crash
         raise ModelLoadError(
             f"{bundle.directory}: the model fails on sample rows ({type(exc).__name__}: {exc})"

@@ -1,4 +1,9 @@
-"""Prediction from a verified bundle: ONNX Runtime when the bundle has an export, else sklearn.
+"""Prediction from a verified bundle, and the one place that chooses the backend.
+
+`choose_predictor` tries the compiled forest (churn.forest), then ONNX Runtime, in the order
+INFERENCE_BACKEND asks for, and keeps the first that gives the sklearn pipeline's tiers and
+decisions on sample rows; the sklearn pipeline itself otherwise. Serving and batch scoring
+both call it, so a customer gets the same answer from either.
 
 Inputs are columns (feature name -> sequence of values) so the serving fast path never builds
 a pandas DataFrame; the sklearn fallback does, because ColumnTransformer selects by name.
@@ -6,7 +11,8 @@ a pandas DataFrame; the sklearn fallback does, because ColumnTransformer selects
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import logging
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -14,7 +20,12 @@ import pandas as pd
 
 from churn.bundle import ModelBundle
 from churn.data import prepare_features
+from churn.risk import Thresholds, risk_tiers
 from churn.schema import FeatureSchema
+
+logger = logging.getLogger("churn.inference")
+
+PARITY_ROWS = 64
 
 Columns = Mapping[str, Sequence[Any] | np.ndarray]
 
@@ -94,3 +105,97 @@ def frame_to_columns(frame: pd.DataFrame, schema: FeatureSchema) -> dict[str, li
     for name in schema.categorical:
         out[name] = [None if pd.isna(v) else str(v) for v in frame[name]]
     return out
+
+
+class BackendError(RuntimeError):
+    """The model itself misbehaves on sample rows (probabilities outside [0, 1])."""
+
+
+def sample_rows(bundle: ModelBundle, n: int = PARITY_ROWS, seed: int = 0) -> dict[str, list[Any]]:
+    """Synthetic customers drawn per feature from the reference profile (or the schema)."""
+    rng = np.random.default_rng(seed)
+    profile = bundle.metadata.get("reference_profile") or {}
+    columns: dict[str, list[Any]] = {}
+    for spec in bundle.schema.features:
+        if spec.kind == "numeric":
+            sample = (profile.get("numeric", {}).get(spec.name) or {}).get("sample")
+            if not sample:
+                low = spec.observed_min if spec.observed_min is not None else (spec.min or 0.0)
+                high = spec.observed_max if spec.observed_max is not None else low + 100.0
+                sample = np.linspace(low, high, 17).tolist()
+            columns[spec.name] = [float(v) for v in rng.choice(sample, n)]
+        else:
+            choices = spec.allowed or spec.categories or ["unknown"]
+            columns[spec.name] = [str(v) for v in rng.choice(choices, n)]
+    return columns
+
+
+def _candidates(bundle: ModelBundle, preference: str) -> list[tuple[str, Callable[[], Predictor]]]:
+    """Faster predictors to try before sklearn, in the order INFERENCE_BACKEND asks for."""
+
+    def forest() -> Predictor:
+        from churn.forest import ForestPredictor, UnsupportedModel  # numba: only when wanted
+
+        try:
+            return ForestPredictor(bundle.schema, bundle.pipeline)
+        except UnsupportedModel as exc:
+            raise UnsupportedBackend(str(exc)) from None
+
+    def onnx() -> Predictor:
+        if bundle.onnx_bytes is None:
+            raise UnsupportedBackend("the bundle has no ONNX export")
+        return OnnxPredictor(bundle.schema, bundle.onnx_bytes)
+
+    order = {"auto": ("forest", "onnx"), "forest": ("forest", "onnx"), "onnx": ("onnx", "forest")}
+    makers = {"forest": forest, "onnx": onnx}
+    return [(name, makers[name]) for name in order.get(preference, ())]
+
+
+class UnsupportedBackend(RuntimeError):
+    """A backend does not apply to this bundle (not an error: the next one is tried)."""
+
+
+def choose_predictor(
+    bundle: ModelBundle, preference: str, thresholds: Thresholds
+) -> tuple[Predictor, str]:
+    """The first faster predictor (compiled forest, ONNX) that gives the sklearn pipeline's
+    tiers and decisions on sample rows; sklearn itself when none does."""
+    sklearn = SklearnPredictor(bundle.schema, bundle.pipeline)
+    rows = sample_rows(bundle)
+    expected = sklearn.predict_proba(rows)
+    _check_probabilities(expected, bundle)
+    if preference == "sklearn":
+        return sklearn, "INFERENCE_BACKEND=sklearn"
+    refused: list[str] = []
+    for name, make in _candidates(bundle, preference):
+        try:
+            candidate = make()
+            got = candidate.predict_proba(rows)
+        except UnsupportedBackend as exc:
+            refused.append(f"{name}: {exc}")
+            continue
+        except Exception as exc:  # a broken backend must not stop serving: sklearn is there
+            refused.append(f"{name} unusable ({type(exc).__name__}: {exc})")
+            logger.warning(refused[-1], extra={"model_version": bundle.version})
+            continue
+        same_tiers = np.array_equal(
+            risk_tiers(expected, thresholds.high, thresholds.medium),
+            risk_tiers(got, thresholds.high, thresholds.medium),
+        )
+        same_decisions = np.array_equal(expected >= thresholds.decision, got >= thresholds.decision)
+        if not (same_tiers and same_decisions):
+            refused.append(
+                f"{name} and sklearn disagree on risk tier or decision for some of "
+                f"{len(expected)} sample rows"
+            )
+            logger.warning(refused[-1], extra={"model_version": bundle.version})
+            continue
+        diff = float(np.max(np.abs(expected - got)))
+        agrees = f"{name} agrees with sklearn on {len(expected)} sample rows (max diff {diff:.2g})"
+        return candidate, "; ".join([*refused, agrees])
+    return sklearn, "; ".join([*refused, "serving sklearn"])
+
+
+def _check_probabilities(values: np.ndarray, bundle: ModelBundle) -> None:
+    if not (np.all(np.isfinite(values)) and np.all((values >= 0) & (values <= 1))):
+        raise BackendError(f"{bundle.directory}: the model returns probabilities outside [0, 1]")

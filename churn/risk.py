@@ -2,9 +2,20 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 
 HIGH, MEDIUM, LOW = "HIGH", "MEDIUM", "LOW"
+
+
+@dataclass(frozen=True)
+class Thresholds:
+    """Tier boundaries and the decision threshold a model is served with."""
+
+    high: float
+    medium: float
+    decision: float
 
 
 def risk_tiers(probabilities: np.ndarray, high: float, medium: float) -> np.ndarray:
