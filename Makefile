@@ -17,6 +17,16 @@ CONFIG ?= config.yaml
 ALIAS ?= production
 PYTEST_ARGS ?=
 
+# Bundle signing (churn/bundle.py): train signs, promote and serve verify. BUNDLE_SIGNING_KEY
+# or BUNDLE_SIGNING_KEY_FILE from the environment wins; otherwise a random key is made once
+# in SIGNING_KEY_FILE (gitignored, mode 600) so a fresh clone works. Keep it: bundles signed
+# with it load only with it.
+SIGNING_KEY_FILE ?= .secrets/bundle_signing.key
+ifeq ($(strip $(BUNDLE_SIGNING_KEY)$(BUNDLE_SIGNING_KEY_FILE)),)
+KEY_ENV := BUNDLE_SIGNING_KEY_FILE=$(abspath $(SIGNING_KEY_FILE))
+KEY_DEP := $(SIGNING_KEY_FILE)
+endif
+
 # Installs are keyed on the requirement files: edit one and the next target reinstalls.
 $(BIN)/.installed: requirements-dev.txt requirements.txt requirements-serve.txt
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -31,6 +41,14 @@ help: ## List the targets with what they do
 .PHONY: install
 install: $(BIN)/.installed ## Create .venv and install the pinned dev stack (once)
 
+$(SIGNING_KEY_FILE):
+	@mkdir -p $(@D) && chmod 700 $(@D)
+	@(umask 077 && $(PYTHON) -c 'import secrets; print(secrets.token_hex(32))' > $@.tmp) && mv $@.tmp $@
+	@echo "created the bundle signing key $@ (gitignored; bundles signed with it need it to load)"
+
+.PHONY: signing-key
+signing-key: $(KEY_DEP) ## Make the local bundle signing key (.secrets/, mode 600) unless one is set
+
 data/churn_train.csv: | $(BIN)/.installed
 	$(PY) -m churn.datagen --rows $(ROWS) --seed $(SEED) --out $@
 
@@ -44,25 +62,25 @@ drifted: $(BIN)/.installed ## Write drifted batches for monitoring demos to data
 	  $(PY) -m churn.datagen --scenario $$s --rows 5000 --seed 7 --out data/drift_$$s.csv; done
 
 .PHONY: train
-train: $(BIN)/.installed data/churn_train.csv ## Train, log and register in MLflow, export artifacts/
-	$(PY) train.py --config $(CONFIG)
+train: $(BIN)/.installed data/churn_train.csv | $(KEY_DEP) ## Train, log and register in MLflow, export artifacts/
+	$(KEY_ENV) $(PY) train.py --config $(CONFIG)
 
 .PHONY: promote
-promote: $(BIN)/.installed ## Gate and promote the newest version to ALIAS (default production)
-	$(PY) promote_model.py --config $(CONFIG) --alias $(ALIAS)
+promote: $(BIN)/.installed | $(KEY_DEP) ## Gate and promote the newest version to ALIAS (default production)
+	$(KEY_ENV) $(PY) promote_model.py --config $(CONFIG) --alias $(ALIAS)
 
 .PHONY: gate
-gate: $(BIN)/.installed ## Run the promotion gate only (exit 1 if the newest version fails it)
-	$(PY) promote_model.py --config $(CONFIG) --alias $(ALIAS) --dry-run
+gate: $(BIN)/.installed | $(KEY_DEP) ## Run the promotion gate only (exit 1 if the newest version fails it)
+	$(KEY_ENV) $(PY) promote_model.py --config $(CONFIG) --alias $(ALIAS) --dry-run
 
 .PHONY: rollback
-rollback: $(BIN)/.installed ## Return ALIAS to its previous version
-	$(PY) promote_model.py --config $(CONFIG) --alias $(ALIAS) --rollback
+rollback: $(BIN)/.installed | $(KEY_DEP) ## Return ALIAS to its previous version
+	$(KEY_ENV) $(PY) promote_model.py --config $(CONFIG) --alias $(ALIAS) --rollback
 
 .PHONY: serve
-serve: $(BIN)/.installed ## Serve artifacts/ on http://$(HOST):$(PORT) (no training)
+serve: $(BIN)/.installed | $(KEY_DEP) ## Serve artifacts/ on http://$(HOST):$(PORT) (no training)
 	@rm -rf .cache/prometheus && mkdir -p .cache/prometheus
-	PROMETHEUS_MULTIPROC_DIR=$(CURDIR)/.cache/prometheus \
+	$(KEY_ENV) PROMETHEUS_MULTIPROC_DIR=$(CURDIR)/.cache/prometheus \
 	  $(BIN)/uvicorn app.main:app --host $(HOST) --port $(PORT) --workers $(WORKERS)
 
 .PHONY: run
@@ -93,8 +111,8 @@ drift: $(BIN)/.installed ## Drift check: prediction log of the last 24h vs the b
 	  --json reports/drift.json --html reports/drift.html $(DRIFT_ARGS)
 
 .PHONY: bench
-bench: $(BIN)/.installed ## Benchmarks (bench/RESULTS.md); not part of make test
-	$(PY) -m bench.run $(BENCH_ARGS)
+bench: $(BIN)/.installed | $(KEY_DEP) ## Benchmarks (bench/RESULTS.md); not part of make test
+	$(KEY_ENV) $(PY) -m bench.run $(BENCH_ARGS)
 
 .PHONY: base-image
 base-image: ## Build (once, then cached) the debootstrap base image for podman builds
@@ -109,8 +127,9 @@ images: $(BIN)/.installed ## Build the API, trainer and MLflow images with podma
 	scripts/build_image.sh all
 
 .PHONY: image-run
-image-run: $(BIN)/.installed ## Run the API image's own command via chroot (root; no container runtime)
-	$(PY) scripts/run_image_chroot.py localhost/churn-api:latest --env PORT=$(PORT)
+image-run: $(BIN)/.installed | $(KEY_DEP) ## Run the API image's own command via chroot (root; no container runtime)
+	$(PY) scripts/run_image_chroot.py localhost/churn-api:latest --env PORT=$(PORT) \
+	  --env BUNDLE_SIGNING_KEY="$${BUNDLE_SIGNING_KEY:-$$(cat "$${BUNDLE_SIGNING_KEY_FILE:-$(SIGNING_KEY_FILE)}")}"
 
 .PHONY: smoke
 smoke: $(BIN)/.installed ## Smoke-test a running API: make smoke URL=http://localhost:8000

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from app.service import ModelService, ReloadError
 from app.settings import Settings
-from churn.bundle import BundleError, read_metadata
+from churn.bundle import SIGNATURE_FILE, BundleError, bundle_directory, read_metadata
 
 logger = logging.getLogger("app.watcher")
 
@@ -28,7 +28,12 @@ def source_fingerprint(settings: Settings) -> str:
         tracking = settings.mlflow_tracking_uri or "sqlite:///mlflow.db"
         return f"{settings.model_uri}#{resolve_version(client(tracking), settings.model_uri)}"
     metadata = read_metadata(Path(settings.model_path))
-    return json.dumps([metadata.get("model_version"), metadata.get("files")], sort_keys=True)
+    # The signature too: a bundle copied metadata-first is caught again once it is signed.
+    signature = bundle_directory(Path(settings.model_path)) / SIGNATURE_FILE
+    signed = signature.read_text(errors="replace") if signature.exists() else None
+    return json.dumps(
+        [metadata.get("model_version"), metadata.get("files"), signed], sort_keys=True
+    )
 
 
 async def _fingerprint(settings: Settings) -> str | None:

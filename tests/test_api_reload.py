@@ -11,6 +11,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from app.main import create_app
+from churn.bundle import sign_bundle
 from tests.api_support import (
     ADMIN_TOKEN,
     CUSTOMER,
@@ -25,11 +26,12 @@ AUTH = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
 
 
 def set_version(bundle_dir: Path, version: str) -> None:
-    """Re-version a bundle (metadata.json itself is not checksummed; its files are)."""
+    """Re-version a bundle and re-sign it with the tests' key, as a key holder would."""
     path = bundle_dir / "metadata.json"
     metadata = json.loads(path.read_text())
     metadata["model_version"] = version
     path.write_text(json.dumps(metadata))
+    sign_bundle(bundle_dir)
 
 
 def tamper(bundle_dir: Path) -> None:
