@@ -205,7 +205,7 @@ class BundleMetadata(BaseModel):
         try:
             Config.model_validate(implied)
         except ValidationError as exc:
-            raise ValueError(describe_validation_error(exc)) from None
+            raise ValueError(describe_validation_error(exc).removeprefix("(top level): ")) from None
         return schema
 
 
