@@ -528,6 +528,7 @@ def load_bundle(path: Path, *, key: KeyChoice = FROM_ENVIRONMENT) -> ModelBundle
 def main(argv: list[str] | None = None) -> int:
     """`python -m churn.bundle sign|verify DIR`: sign a checked bundle, or verify one."""
     import argparse
+    import sys
 
     parser = argparse.ArgumentParser(prog="python -m churn.bundle", description=main.__doc__)
     parser.add_argument("command", choices=["sign", "verify"])
@@ -546,7 +547,7 @@ def main(argv: list[str] | None = None) -> int:
                 f"(key id {key.key_id})"
             )
     except BundleError as exc:
-        print(f"error: {exc}")
+        print(f"error: {exc}", file=sys.stderr)
         return 2
     return 0
 
