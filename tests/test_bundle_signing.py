@@ -230,6 +230,34 @@ def test_registry_copy_is_verified_too(trained_model: TrainedModel) -> None:
         download_bundle(trained_model.tracking_uri, uri, key=ATTACKER_KEY)
 
 
+def test_a_bundle_planted_in_the_registry_is_refused_by_the_api(
+    trained_model: TrainedModel, bundle_dir: Path, marker: Path, tmp_path: Path
+) -> None:
+    """Whoever can write run artifacts can register a version whose bundle runs code: with
+    MODEL_URI pointing at it, the API must refuse it without unpickling."""
+    _plant_code(bundle_dir, marker)
+    client = MlflowClient(trained_model.tracking_uri, trained_model.tracking_uri)
+    run = client.get_run(trained_model.result.run_id)
+    planted_run = client.create_run(run.info.experiment_id)
+    client.log_artifacts(planted_run.info.run_id, str(bundle_dir), "bundle")
+    client.set_terminated(planted_run.info.run_id)
+    client.create_registered_model("churn-planted")
+    version = client.create_model_version(
+        "churn-planted", f"runs:/{planted_run.info.run_id}/bundle", planted_run.info.run_id
+    )
+    settings = make_settings(
+        tmp_path / "unused" / MODEL_FILE,
+        tmp_path,
+        model_uri=f"models:/churn-planted/{version.version}",
+        mlflow_tracking_uri=trained_model.tracking_uri,
+    )
+    with TestClient(create_app(settings)) as api:
+        ready = api.get("/ready")
+        assert ready.status_code == 503
+        assert "signature does not match" in ready.json()["reason"]
+    assert not marker.exists()
+
+
 # ---------------------------------------------------------------------------- the key
 
 
