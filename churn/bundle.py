@@ -260,10 +260,6 @@ class ModelBundle:
     def name(self) -> str:
         return str(self.metadata["model_name"])
 
-    @property
-    def risk(self) -> RiskConfig:
-        return RiskConfig.model_validate(self.metadata["risk"])
-
 
 def sha256_bytes(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
