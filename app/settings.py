@@ -13,6 +13,7 @@ from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from churn.prediction_log import MAX_BATCH_ROWS
+from churn.stores import DEFAULT_PREDICTION_LOG_URL
 
 Environment = Literal["development", "test", "staging", "production"]
 
@@ -34,7 +35,7 @@ class Settings(BaseSettings):
     # pipeline.
     inference_backend: Literal["auto", "forest", "onnx", "sklearn"] = "auto"
 
-    database_url: str = "sqlite:///prediction_log.db"
+    database_url: str = DEFAULT_PREDICTION_LOG_URL
     prediction_log_enabled: bool = True
     prediction_log_queue_size: int = Field(default=10_000, ge=1)
     prediction_log_batch_size: int = Field(default=500, ge=1)

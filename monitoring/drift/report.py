@@ -1,6 +1,7 @@
 """Rendering a drift run for people: a terminal table, a JSON document and an HTML page.
 
-The HTML report is one self-contained file (plots are inline base64 PNGs) that opens from a
+Imports only the result types (``monitoring.drift.results``): rendering never computes a
+verdict. The HTML report is one self-contained file (plots are inline base64 PNGs) that opens from a
 CI artefact or an e-mail: the verdict first, then a table with drifted features highlighted,
 then one plot per feature comparing the reference with the current data.
 """
@@ -18,11 +19,10 @@ import numpy as np
 import pandas as pd
 
 from churn.profile import CategoricalSummary, NumericSummary
+from monitoring.drift.results import DriftReport, DriftRun
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
-
-    from monitoring.drift_detector import DriftReport, DriftRun
 
 _ECDF_POINTS = 512
 _HIST_BINS = 40
@@ -77,7 +77,7 @@ _HEADER = [
 
 def render_terminal(run: DriftRun) -> str:
     """A plain-text table (no colour codes, so it reads the same in a log file)."""
-    reports = list(run.features) + ([run.prediction] if run.prediction else [])
+    reports = run.reports
     rows = [_HEADER] + [_row(r) for r in reports]
     widths = [max(len(row[i]) for row in rows) for i in range(len(_HEADER))]
     lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)) for row in rows]
@@ -127,11 +127,10 @@ def numeric_plot(name: str, reference: np.ndarray, current: np.ndarray) -> str:
     if both.size:
         low, high = np.quantile(both, [0.005, 0.995])
         bins = np.linspace(low, high if high > low else low + 1, _HIST_BINS + 1)
-        left.hist(ref, bins=bins, density=True, alpha=0.5, label="reference", color="#4c72b0")
-        left.hist(cur, bins=bins, density=True, alpha=0.5, label="current", color="#dd8452")
         grid = np.linspace(both.min(), both.max(), _ECDF_POINTS)
         for values, label, colour in ((ref, "reference", "#4c72b0"), (cur, "current", "#dd8452")):
-            if values.size:
+            if values.size:  # an empty side has no density (and no curve) to draw
+                left.hist(values, bins=bins, density=True, alpha=0.5, label=label, color=colour)
                 ecdf = np.searchsorted(np.sort(values), grid, side="right") / values.size
                 right.step(grid, ecdf, where="post", label=label, color=colour)
     left.set_title(f"{name}: histogram (density)", fontsize=9)
@@ -239,8 +238,10 @@ def render_html(run: DriftRun, current: pd.DataFrame) -> str:
     import matplotlib
 
     matplotlib.use("Agg")  # no display on a server or in CI
-    reports = list(run.features) + ([run.prediction] if run.prediction else [])
-    verdict_class = "drift" if run.drift_detected else "ok"
+    reports = run.reports
+    verdict_class = {"drift": "drift", "no_drift": "ok", "insufficient_data": "insufficient_data"}[
+        run.verdict
+    ]
     sections = "".join(_feature_section(r, _plot_for(r, run, current)) for r in reports)
     return (
         "<!doctype html><html lang=en><head><meta charset=utf-8>"
