@@ -92,11 +92,15 @@ def write_retraining_set(config: Config, labelled: pd.DataFrame, now: datetime) 
 
 
 def retrain_config(config: Config, train_path: Path, artifacts_dir: Path) -> Config:
-    """The same config, trained on `train_path`, its bundle staged in `artifacts_dir`."""
+    """The same config, trained on `train_path`, everything it exports staged under
+    `artifacts_dir` (a temporary directory: what a refused cycle exported vanishes with it)."""
+    export: dict[str, Path] = {"artifacts_dir": artifacts_dir}
+    if "candidates_dir" in type(config.export).model_fields:  # where training puts candidates
+        export["candidates_dir"] = artifacts_dir / "candidates"
     return config.model_copy(
         update={
             "data": config.data.model_copy(update={"train_path": train_path}),
-            "export": config.export.model_copy(update={"artifacts_dir": artifacts_dir}),
+            "export": config.export.model_copy(update=export),
         }
     )
 
@@ -104,7 +108,7 @@ def retrain_config(config: Config, train_path: Path, artifacts_dir: Path) -> Con
 def publish_bundle(staged: Path, artifacts_dir: Path) -> None:
     """Copy a promoted bundle over the local one, metadata.json last (it names the files)."""
     artifacts_dir.mkdir(parents=True, exist_ok=True)
-    files = sorted(p for p in staged.iterdir() if p.is_file())
+    files = sorted(p for p in staged.iterdir() if p.is_file())  # not the candidates/ directory
     for path in [p for p in files if p.name != "metadata.json"] + [staged / "metadata.json"]:
         tmp = artifacts_dir / f".{path.name}.tmp"
         shutil.copyfile(path, tmp)
