@@ -88,6 +88,10 @@ def test_rendering_and_pushing_import_only_result_types(module: str) -> None:
     assert GRAPH[module] <= {"monitoring.drift.results", "monitoring.quality.results"}
 
 
+def test_the_old_report_path_is_only_a_pointer() -> None:
+    assert GRAPH["monitoring.report"] == {"monitoring.drift.report"}
+
+
 def test_result_types_depend_on_nothing_but_result_types() -> None:
     results = {name for name in MODULES if name.endswith(".results")}
     for name in results:

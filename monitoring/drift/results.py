@@ -121,6 +121,10 @@ class DriftRun:
     finished_at: datetime
     prediction_column: str = "probability"
 
+    def __post_init__(self) -> None:
+        # Callers may build a run from detect_feature_drift's list; keep it immutable.
+        object.__setattr__(self, "features", tuple(self.features))
+
     @property
     def reports(self) -> tuple[DriftReport, ...]:
         """Every report: the features, then the predictions when they were compared."""
