@@ -425,6 +425,7 @@ def test_pushes_the_contracted_metric_names(
     assert samples[("drift_feature_drifted", "payment_method")] == 1
     assert samples[("drift_feature_drifted", "tenure")] == 0
     assert samples[("drift_detected", "")] == 1
+    assert samples[("drift_insufficient_data", "")] == 0
     assert samples[("live_labelled_samples", "")] == 300
     assert all(v == v for v in samples.values())  # no NaN
 
@@ -452,6 +453,20 @@ def test_live_metrics_are_not_pushed_without_enough_labels(
     assert "live_labelled_samples 10.0" in body
     assert "live_auc" not in body
     assert "live_recall" not in body
+    assert "drift_detected 0.0" in body
+
+
+def test_a_blind_window_is_pushed_as_insufficient_data(
+    bundle_metadata: Path, tmp_path: Path, pushgateway: tuple[str, list]
+) -> None:
+    """Nothing judged: no drift is claimed and drift_insufficient_data says why."""
+    address, received = pushgateway
+    url = f"sqlite:///{tmp_path / 'log.db'}"
+    fill_log(url, generate_customers(50, seed=14), labelled=0)
+    args = ["--reference", bundle_metadata, "--since", "1d", "--database-url", url]
+    assert run_cli(*args, "--pushgateway", address) == EXIT_INSUFFICIENT
+    body = received[0][2]
+    assert "drift_insufficient_data 1.0" in body
     assert "drift_detected 0.0" in body
 
 
