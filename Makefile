@@ -105,10 +105,26 @@ format: $(BIN)/.installed ## Apply ruff fixes and formatting
 	$(BIN)/ruff check --fix .
 	$(BIN)/ruff format .
 
+# The monitoring CLIs' own exit codes (printed on failure; make itself then exits 2 and shows
+# "Error <code>"): drift 1 drift, 2 error, 3 insufficient data (nothing judged); closed loop
+# 1 gate refused the retrained model, 2 error, 3 nothing judged.
 .PHONY: drift
-drift: $(BIN)/.installed ## Drift check: prediction log of the last 24h vs the bundle's profile
+drift: $(BIN)/.installed ## Drift check, last 24h of the log vs the bundle's profile (exit 1 drift, 2 error, 3 nothing judged)
 	$(PY) -m monitoring.drift_detector --reference artifacts/metadata.json --since 24h \
-	  --json reports/drift.json --html reports/drift.html $(DRIFT_ARGS)
+	  --json reports/drift.json --html reports/drift.html $(DRIFT_ARGS); \
+	  code=$$?; case $$code in 0) ;; \
+	    1) echo "make drift: exit 1: drift detected" >&2 ;; \
+	    3) echo "make drift: exit 3: insufficient data, nothing judged (not 'no drift')" >&2 ;; \
+	    *) echo "make drift: exit $$code: error (see the line above)" >&2 ;; esac; exit $$code
+
+.PHONY: closed-loop
+closed-loop: $(BIN)/.installed ## One closed-loop cycle: drift + labels -> retrain, gate, promote (exit 1 refused, 2 error, 3 nothing judged)
+	$(PY) -m monitoring.closed_loop --config $(CONFIG) --since 24h \
+	  --json reports/closed_loop.json $(CLOSED_LOOP_ARGS); \
+	  code=$$?; case $$code in 0) ;; \
+	    1) echo "make closed-loop: exit 1: the gate refused the retrained model" >&2 ;; \
+	    3) echo "make closed-loop: exit 3: insufficient data, nothing judged" >&2 ;; \
+	    *) echo "make closed-loop: exit $$code: error (see the line above)" >&2 ;; esac; exit $$code
 
 .PHONY: bench
 bench: $(BIN)/.installed | $(KEY_DEP) ## Benchmarks (bench/RESULTS.md); not part of make test

@@ -28,6 +28,7 @@ from churn.config import RiskConfig
 from churn.inference import BackendError, Predictor, choose_predictor
 from churn.risk import Thresholds, risk_tiers
 from churn.schema import FeatureSchema
+from churn.stores import DEFAULT_TRACKING_URI
 
 logger = logging.getLogger("app.model")
 
@@ -146,7 +147,7 @@ def fetch_bundle(settings: Settings) -> tuple[ModelBundle, str]:
         if settings.model_uri:
             from churn.registry import download_bundle
 
-            tracking = settings.mlflow_tracking_uri or "sqlite:///mlflow.db"
+            tracking = settings.mlflow_tracking_uri or DEFAULT_TRACKING_URI
             return download_bundle(tracking, settings.model_uri, key=key), settings.model_uri
         return load_bundle(Path(settings.model_path), key=key), str(settings.model_path)
     except BundleError as exc:

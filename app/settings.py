@@ -14,6 +14,7 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from churn.bundle import KEY_FILE_VARIABLE, KEY_VARIABLE, SigningKey, SigningKeyError
 from churn.prediction_log import MAX_BATCH_ROWS
+from churn.stores import DEFAULT_PREDICTION_LOG_URL
 
 Environment = Literal["development", "test", "staging", "production"]
 
@@ -44,7 +45,7 @@ class Settings(BaseSettings):
     bundle_signing_key_file: Path | None = None
     _signing_key: SigningKey | None = PrivateAttr(default=None)
 
-    database_url: str = "sqlite:///prediction_log.db"
+    database_url: str = DEFAULT_PREDICTION_LOG_URL
     prediction_log_enabled: bool = True
     prediction_log_queue_size: int = Field(default=10_000, ge=1)
     prediction_log_batch_size: int = Field(default=500, ge=1)

@@ -16,6 +16,7 @@ from pathlib import Path
 from app.service import ModelService, ReloadError
 from app.settings import Settings
 from churn.bundle import SIGNATURE_FILE, BundleError, bundle_directory, read_metadata
+from churn.stores import DEFAULT_TRACKING_URI
 
 logger = logging.getLogger("app.watcher")
 
@@ -25,7 +26,7 @@ def source_fingerprint(settings: Settings) -> str:
     if settings.model_uri:
         from churn.registry import client, resolve_version
 
-        tracking = settings.mlflow_tracking_uri or "sqlite:///mlflow.db"
+        tracking = settings.mlflow_tracking_uri or DEFAULT_TRACKING_URI
         return f"{settings.model_uri}#{resolve_version(client(tracking), settings.model_uri)}"
     metadata = read_metadata(Path(settings.model_path))
     # The signature too: a bundle copied metadata-first is caught again once it is signed.

@@ -14,6 +14,8 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from churn.stores import DEFAULT_TRACKING_URI
+
 
 class ConfigError(ValueError):
     """The configuration file cannot be used; the message names the file and the key."""
@@ -28,7 +30,7 @@ class MlflowConfig(_Section):
     model_name: str = "churn-classifier"
     # MLflow's own default: an embedded SQLite store, no server needed.
     # The MLFLOW_TRACKING_URI environment variable wins over this.
-    tracking_uri: str = "sqlite:///mlflow.db"
+    tracking_uri: str = DEFAULT_TRACKING_URI
 
 
 class DataConfig(_Section):
