@@ -14,8 +14,8 @@ predictions the test asks whether the segment's gap (observed minus predicted ch
 *changed* since validation: a two-sample z-test on the two gaps, each with its Poisson-binomial
 variance. Without that reference it is an exact binomial test at the segment's mean
 probability (the true count is Poisson-binomial, whose variance never exceeds the binomial's,
-so the test is conservative). Segments overlap (a fibre customer is also month-to-month), so one shifted
-group would make every segment that contains it look off. Segments are therefore judged
+so the test is conservative). Segments overlap (a fibre customer is also month-to-month), so
+one shifted group would make every segment that contains it look off. Segments are therefore judged
 step-down, most significant first, each on the labelled rows that no flagged segment has
 already explained, at the Bonferroni level across all tested segments: the first step is the
 Bonferroni test, so false alarms stay at or below alpha when nothing changed.
@@ -23,6 +23,7 @@ Bonferroni test, so false alarms stay at or below alpha when nothing changed.
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -46,14 +47,14 @@ class SegmentSpec:
 
     def labels(self) -> tuple[str, ...]:
         if self.edges:
-            return _band_labels(self.edges) + (OTHER,)
-        return self.categories + (OTHER,)
+            return (*_band_labels(self.edges), OTHER)
+        return (*self.categories, OTHER)
 
     def assign(self, values: pd.Series) -> np.ndarray:
         """The segment label of every row (bounded: the known labels plus `other`)."""
         if self.edges:
             x = pd.to_numeric(values, errors="coerce").to_numpy(dtype=float)
-            names = np.asarray(_band_labels(self.edges) + (OTHER,), dtype=object)
+            names = np.asarray((*_band_labels(self.edges), OTHER), dtype=object)
             index = np.searchsorted(np.asarray(self.edges), x, side="right")
             index[~np.isfinite(x)] = len(names) - 1
             return names[index]
@@ -66,7 +67,7 @@ def _band_labels(edges: tuple[float, ...]) -> tuple[str, ...]:
     def f(v: float) -> str:
         return f"{v:g}"
 
-    inner = tuple(f"{f(a)}-{f(b)}" for a, b in zip(edges[:-1], edges[1:], strict=True))
+    inner = tuple(f"{f(a)}-{f(b)}" for a, b in itertools.pairwise(edges))
     return (f"<{f(edges[0])}", *inner, f">={f(edges[-1])}")
 
 
