@@ -13,6 +13,7 @@ needs data) and Platt's sigmoid (two numbers, robust on small sets). Both are st
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -68,11 +69,12 @@ class Calibrator:
         if not record:
             return cls("identity")
         method = record.get("method")
-        extra = {
+        scores = {
             k: float(record[k])
             for k in ("brier_before", "brier_after", "ece_before", "ece_after")
             if k in record
         }
+        found: Calibrator
         if method == "isotonic":
             x = np.asarray(record.get("x", []), dtype=float)
             y = np.asarray(record.get("y", []), dtype=float)
@@ -80,15 +82,17 @@ class Calibrator:
                 raise CalibrationError("calibration.x/y: need equal-length lists, x ascending")
             if not (np.all(np.isfinite(y)) and np.all((y >= 0) & (y <= 1))):
                 raise CalibrationError("calibration.y: values must lie in [0, 1]")
-            return cls("isotonic", x=tuple(x.tolist()), y=tuple(y.tolist()), **extra)
+            found = cls("isotonic", x=tuple(x.tolist()), y=tuple(y.tolist()))
         if method == "sigmoid":
             slope, intercept = float(record["slope"]), float(record["intercept"])
             if not (np.isfinite(slope) and np.isfinite(intercept)):
                 raise CalibrationError("calibration.slope/intercept must be finite")
-            return cls("sigmoid", slope=slope, intercept=intercept, **extra)
-        if method == "identity":
-            return cls("identity", **extra)
-        raise CalibrationError(f"calibration.method: unknown method {method!r}")
+            found = cls("sigmoid", slope=slope, intercept=intercept)
+        elif method == "identity":
+            found = cls("identity")
+        else:
+            raise CalibrationError(f"calibration.method: unknown method {method!r}")
+        return dataclasses.replace(found, **scores)
 
 
 def _logit(p: np.ndarray) -> np.ndarray:
