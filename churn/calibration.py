@@ -69,7 +69,7 @@ class Calibrator:
         if not record:
             return cls("identity")
         method = record.get("method")
-        scores = {
+        scores: dict[str, Any] = {
             k: float(record[k])
             for k in ("brier_before", "brier_after", "ece_before", "ece_after")
             if k in record
