@@ -50,17 +50,18 @@ class SegmentSpec:
             return (*_band_labels(self.edges), OTHER)
         return (*self.categories, OTHER)
 
-    def assign(self, values: pd.Series) -> np.ndarray:
-        """The segment label of every row (bounded: the known labels plus `other`)."""
+    def codes(self, values: pd.Series) -> np.ndarray:
+        """Each row's position in `labels()` (bounded: the known labels, then `other`)."""
+        other = len(self.labels()) - 1
         if self.edges:
             x = pd.to_numeric(values, errors="coerce").to_numpy(dtype=float)
-            names = np.asarray((*_band_labels(self.edges), OTHER), dtype=object)
             index = np.searchsorted(np.asarray(self.edges), x, side="right")
-            index[~np.isfinite(x)] = len(names) - 1
-            return names[index]
-        known = set(self.categories)
-        text = values.astype(object).where(values.notna(), None)
-        return np.asarray([v if v in known else OTHER for v in text], dtype=object)
+            return np.where(np.isfinite(x), index, other)
+        # factorise once, then map the few distinct values (a missing value is `other`)
+        inverse, distinct = pd.factorize(values, use_na_sentinel=True)
+        position = {c: i for i, c in enumerate(self.categories)}
+        lookup = np.asarray([position.get(v, other) for v in distinct] + [other], dtype=int)
+        return lookup[inverse]
 
 
 def _band_labels(edges: tuple[float, ...]) -> tuple[str, ...]:
@@ -102,8 +103,12 @@ class SegmentReport:
         return [s for s in self.segments if s.verdict in ("under_predicted", "over_predicted")]
 
 
-def _auc(scores: np.ndarray, positive: np.ndarray) -> float | None:
-    value = float(_Ranking(scores).auc(positive)[0])
+def _auc(
+    ranking: _Ranking, scores: np.ndarray, mask: np.ndarray, positive: np.ndarray
+) -> float | None:
+    """AUC of the rows in `mask`, using the window's one sort."""
+    sub, rows = ranking.subset(scores, mask)
+    value = float(sub.auc(positive[rows])[0])
     return value if np.isfinite(value) else None
 
 
@@ -162,17 +167,18 @@ def analyse_segments(
     q = np.asarray(calibrated, dtype=float)
     y = np.full(p.size, np.nan) if labels is None else np.asarray(labels, dtype=float)
     known = np.isfinite(y)
+    ranking = _Ranking(p)
     masks: list[tuple[str, str, np.ndarray]] = []
     ref_masks: dict[tuple[str, str], np.ndarray] = {}
     for spec in specs:
-        assigned = spec.assign(frame[spec.feature])
-        ref_assigned = spec.assign(reference.frame[spec.feature]) if reference else None
-        for value in spec.labels():
-            mask = assigned == value
+        codes = spec.codes(frame[spec.feature])
+        ref_codes = spec.codes(reference.frame[spec.feature]) if reference else None
+        for i, value in enumerate(spec.labels()):
+            mask = codes == i
             if mask.any():
                 masks.append((spec.feature, value, mask))
-                if ref_assigned is not None:
-                    ref_masks[(spec.feature, value)] = ref_assigned == value
+                if ref_codes is not None:
+                    ref_masks[(spec.feature, value)] = ref_codes == i
 
     base: dict[tuple[str, str], dict[str, Any]] = {}
     testable: list[tuple[str, str]] = []
@@ -186,12 +192,12 @@ def analyse_segments(
             "estimated_churn_rate": float(q[mask].mean()),
         }
         if mask.sum() >= min_rows:
-            info["estimated_auc"] = _auc(p[mask], q[mask])
+            info["estimated_auc"] = _auc(ranking, p, mask, q)
         if n_lab:
             info["realised_churn_rate"] = float(y[lab].mean())
             info["expected_churn_rate_labelled"] = float(q[lab].mean())
         if n_lab >= min_rows:
-            info["realised_auc"] = _auc(p[lab], y[lab])
+            info["realised_auc"] = _auc(ranking, p, lab, y)
             testable.append((feature, value))
         base[(feature, value)] = info
 
