@@ -34,9 +34,10 @@ from prometheus_client import (
 )
 
 from churn.datagen import generate_with_truth
+from monitoring.drift.push import add_performance_metrics
 from monitoring.performance.estimate import estimate_performance
+from monitoring.performance.results import PerformanceReport
 from monitoring.performance.segments import SegmentSpec, analyse_segments
-from monitoring.performance.window import PerformanceReport, add_metrics
 from tests._tools import free_port, require_binary
 from tests.metric_contract import API_HISTOGRAMS, CONTRACT_METRICS
 from tests.prometheus_fixture import (
@@ -337,7 +338,7 @@ def push_drift_result(pushgateway: str) -> None:
     }
     for name, value in values.items():
         Gauge(name, "", registry=registry).set(value)
-    add_metrics(performance_report(), registry)
+    add_performance_metrics(performance_report(), registry)
     push_to_gateway(pushgateway, job="drift_monitor", registry=registry)
 
 

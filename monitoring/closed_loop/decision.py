@@ -17,17 +17,24 @@ from monitoring.closed_loop.results import Action, ClosedLoopError, Decision
 from monitoring.drift.results import DriftRun
 from monitoring.drift.sources import OUTCOME_COLUMN
 
+ESTIMATED_AUC_TRIGGER = "estimated AUC below the gate"
+
 
 def drift_reasons(run: DriftRun) -> list[str]:
-    """Names of what drifted: features, plus 'prediction' when the scores moved."""
+    """Why to retrain: the features that drifted, 'prediction' when the scores moved, and the
+    AUC estimated without labels falling below the promotion gate (monitoring.performance):
+    a model that can no longer pass its own gate needs a retrain even before labels say so."""
     reasons = list(run.drifted_features)
     if run.prediction is not None and run.prediction.drifted:
         reasons.append("prediction")
+    if run.performance is not None and run.performance.estimated_auc_below_gate:
+        reasons.append(ESTIMATED_AUC_TRIGGER)
     return reasons
 
 
 def decide(run: DriftRun, labelled: int, min_labelled: int) -> Decision:
-    """Retrain only on confirmed drift with enough labels; otherwise say why not.
+    """Retrain only on confirmed drift (or an estimated AUC below the gate) with enough labels;
+    otherwise say why not.
 
     A window where nothing could be judged is its own answer ("insufficient"), never
     "no drift": the loop is blind there, not reassured.

@@ -55,6 +55,7 @@ from monitoring.drift.stats import (
     correct_p_values,
     missing_rate_p_value,
 )
+from monitoring.performance.window import analyse_window
 from monitoring.quality.live import DEFAULT_MIN_LABELLED, compute_live_quality
 
 FrameOrProfile: TypeAlias = pd.DataFrame | ReferenceProfile | Mapping[str, Any]
@@ -291,8 +292,10 @@ def run_drift_check(
     min_labelled: int = DEFAULT_MIN_LABELLED,
     thresholds: EffectThresholds | None = None,
 ) -> DriftRun:
-    """Feature drift, prediction drift (when both sides have predictions) and live quality
-    (at the reference bundle's decision threshold, when the rows carry feedback)."""
+    """Feature drift, prediction drift (when both sides have predictions), live quality (at
+    the reference bundle's decision threshold, when the rows carry feedback) and, when the
+    reference is a bundle and the rows carry its probabilities, performance estimated without
+    labels with its segment table (monitoring.performance)."""
     features = [*reference.numeric, *reference.categorical]
     check_columns(current, features, current_label)
     frame = with_columns(current, features)
@@ -320,6 +323,9 @@ def run_drift_check(
         live = compute_live_quality(
             frame, threshold=reference.decision_threshold, min_labelled=min_labelled
         )
+    performance = None
+    if reference.metadata is not None and PROBABILITY_COLUMN in frame and len(frame):
+        performance = analyse_window(frame, reference.metadata)
     return DriftRun(
         features=tuple(reports),
         prediction=prediction,
@@ -333,4 +339,5 @@ def run_drift_check(
         min_rows=min_rows,
         finished_at=datetime.now(UTC),
         prediction_column=PROBABILITY_COLUMN,
+        performance=performance,
     )

@@ -7,6 +7,7 @@ import math
 from typing import Any
 
 from monitoring.drift.results import DriftInputError, DriftRun
+from monitoring.performance.results import PerformanceReport
 
 DEFAULT_JOB = "drift_monitor"
 
@@ -75,6 +76,8 @@ def push_metrics(run: DriftRun, gateway: str, job: str = DEFAULT_JOB) -> None:
             value = getattr(run.live, name)
             if value is not None:
                 _gauge(registry, f"live_{name}", f"Live {name} on labelled rows", value)
+    if run.performance is not None:
+        add_performance_metrics(run.performance, registry)
     try:
         push_to_gateway(gateway, job=job, registry=registry, timeout=10)
     except OSError as exc:
@@ -85,3 +88,73 @@ def _gauge(registry: Any, name: str, help_text: str, value: float) -> None:
     from prometheus_client import Gauge
 
     Gauge(name, help_text, registry=registry).set(value)
+
+
+def add_performance_metrics(report: PerformanceReport, registry: Any) -> None:
+    """The report as Prometheus gauges on `registry` (pushed with the drift job's metrics).
+
+    Labels are bounded: metric names from a fixed list, segments by the schema's categories
+    (or band names) plus `other`."""
+    from prometheus_client import Gauge
+
+    estimated = Gauge(
+        "churn_estimated_metric",
+        "Performance estimated without labels",
+        ["metric"],
+        registry=registry,
+    )
+    realised = Gauge(
+        "churn_realised_metric",
+        "Performance on the labelled rows of the window",
+        ["metric"],
+        registry=registry,
+    )
+    error = Gauge(
+        "churn_estimation_error",
+        "Realised minus estimated, labelled rows",
+        ["metric"],
+        registry=registry,
+    )
+    for m in report.estimate.metrics:
+        if math.isfinite(m.estimate):
+            estimated.labels(m.name).set(m.estimate)
+    for m in report.estimate.reconciled:
+        if m.realised is not None:
+            realised.labels(m.name).set(m.realised)
+        if m.error is not None:
+            error.labels(m.name).set(m.error)
+    Gauge(
+        "churn_concept_shift", "1 if a realised metric left its estimate's band", registry=registry
+    ).set(int(report.estimate.concept_shift))
+    Gauge("churn_estimated_rows", "Predictions in the estimated window", registry=registry).set(
+        report.estimate.rows
+    )
+    if report.gate_auc is not None:
+        Gauge("churn_gate_min_auc", "The promotion gate's AUC floor", registry=registry).set(
+            report.gate_auc
+        )
+    predicted = Gauge(
+        "churn_segment_predicted_rate",
+        "Mean calibrated churn probability per segment",
+        ["feature", "segment"],
+        registry=registry,
+    )
+    observed = Gauge(
+        "churn_segment_observed_rate",
+        "Observed churn rate of the labelled rows per segment",
+        ["feature", "segment"],
+        registry=registry,
+    )
+    flag = Gauge(
+        "churn_segment_miscalibrated",
+        "1 under-predicted, -1 over-predicted, 0 in line (step-down test)",
+        ["feature", "segment"],
+        registry=registry,
+    )
+    sign = {"under_predicted": 1, "over_predicted": -1}
+    for s in report.segments.segments:
+        predicted.labels(s.feature, s.value).set(s.estimated_churn_rate)
+        if s.realised_churn_rate is not None:
+            observed.labels(s.feature, s.value).set(s.realised_churn_rate)
+        if s.verdict != "insufficient_data":
+            flag.labels(s.feature, s.value).set(sign.get(s.verdict, 0))

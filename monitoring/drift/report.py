@@ -20,6 +20,7 @@ import pandas as pd
 
 from churn.profile import CategoricalSummary, NumericSummary
 from monitoring.drift.results import DriftReport, DriftRun
+from monitoring.performance.results import PerformanceReport
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -88,7 +89,51 @@ def render_terminal(run: DriftRun) -> str:
         lines.extend(f"  {report.feature}: {note}" for note in report.notes)
     if run.live is not None:
         lines.append(_live_line(run))
+    if run.performance is not None:
+        lines.extend(_performance_lines(run.performance))
     return "\n".join(lines)
+
+
+def _band(low: float, high: float) -> str:
+    return f"[{_fmt(low, '.3f')}, {_fmt(high, '.3f')}]"
+
+
+def _performance_lines(perf: PerformanceReport) -> list[str]:
+    """Estimated metrics (with their band and, where labelled, the realised value) and the
+    segments the calibration test flagged."""
+    est = perf.estimate
+    lines = [
+        "",
+        f"estimated performance without labels ({est.rows:,} predictions, calibration "
+        f"{perf.calibration_method}, decision threshold {est.threshold:g}):",
+    ]
+    realised = {m.name: m for m in est.reconciled}
+    for m in est.metrics:
+        line = f"  {m.name:<11} {_fmt(m.estimate, '.3f')}  band {_band(m.low, m.high)}"
+        r = realised.get(m.name)
+        if r is not None and r.realised is not None:
+            mark = "  OUTSIDE ITS BAND" if r.flagged else ""
+            line += (
+                f"  | {est.labelled:,} labelled: estimated {_fmt(r.estimate, '.3f')}, "
+                f"realised {_fmt(r.realised, '.3f')}{mark}"
+            )
+        lines.append(line)
+    if perf.estimated_auc_below_gate:
+        lines.append(f"  ESTIMATED AUC BELOW THE GATE ({perf.gate_auc:g})")
+    if est.concept_shift:
+        lines.append(
+            "  CONCEPT SHIFT: realised " + ", ".join(est.flagged_metrics) + " left the band"
+        )
+    flagged = perf.segments.flagged
+    lines.append(
+        f"segments: {perf.segments.tested} tested at alpha {perf.segments.alpha:g}; "
+        + (
+            "; ".join(f"{s.name} {s.verdict.replace('_', '-')}" for s in flagged)
+            if flagged
+            else "none mis-calibrated"
+        )
+    )
+    return lines
 
 
 def _live_line(run: DriftRun) -> str:
@@ -206,6 +251,72 @@ def _live_html(run: DriftRun) -> str:
     return f"<h2>Live quality</h2><p>{html.escape(_live_line(run))}</p>"
 
 
+def _segment_plot(perf: PerformanceReport) -> str:
+    """Predicted vs observed churn rate per segment (observed only where labelled)."""
+    import matplotlib.pyplot as plt
+
+    rows = [s for s in perf.segments.segments if s.rows]
+    if not rows:
+        return ""
+    fig, ax = plt.subplots(figsize=(7, 0.3 * len(rows) + 1))
+    y = np.arange(len(rows))
+    ax.barh(y - 0.2, [s.estimated_churn_rate for s in rows], 0.4, label="predicted")
+    observed = [s.realised_churn_rate if s.realised_churn_rate is not None else 0 for s in rows]
+    colours = [
+        "tab:red"
+        if s.verdict == "under_predicted"
+        else "tab:orange"
+        if s.verdict == "over_predicted"
+        else "tab:green"
+        for s in rows
+    ]
+    ax.barh(y + 0.2, observed, 0.4, color=colours, label="observed (labelled)")
+    ax.set_yticks(y, [s.name for s in rows])
+    ax.invert_yaxis()
+    ax.set_xlabel("churn rate")
+    ax.legend(loc="lower right")
+    return _figure_to_img(fig, "predicted and observed churn rate per segment")
+
+
+def _performance_html(run: DriftRun) -> str:
+    perf = run.performance
+    if perf is None:
+        return ""
+    est = perf.estimate
+    realised = {m.name: m for m in est.reconciled}
+    metric_rows = "".join(
+        "<tr>"
+        f"<td>{m.name}</td><td>{_fmt(m.estimate, '.3f')}</td><td>{_band(m.low, m.high)}</td>"
+        f"<td>{_fmt(realised[m.name].realised, '.3f') if m.name in realised else '—'}</td>"
+        f"<td>{'OUTSIDE' if m.name in realised and realised[m.name].flagged else ''}</td></tr>"
+        for m in est.metrics
+    )
+    segment_rows = "".join(
+        f'<tr class="{"drift" if s.verdict in ("under_predicted", "over_predicted") else ""}">'
+        f"<td>{html.escape(s.name)}</td><td>{s.rows:,}</td><td>{s.labelled:,}</td>"
+        f"<td>{_fmt(s.mean_probability, '.3f')}</td><td>{_fmt(s.estimated_churn_rate, '.3f')}</td>"
+        f"<td>{_fmt(s.realised_churn_rate, '.3f')}</td><td>{_fmt(s.estimated_auc, '.3f')}</td>"
+        f"<td>{_fmt(s.realised_auc, '.3f')}</td><td>{_fmt(s.p_value)}</td>"
+        f"<td>{s.verdict.replace('_', ' ')}</td></tr>"
+        for s in perf.segments.segments
+    )
+    head = (
+        "<tr><th>segment</th><th>rows</th><th>labelled</th><th>mean p</th>"
+        "<th>est. churn</th><th>obs. churn</th><th>est. AUC</th><th>obs. AUC</th>"
+        "<th>p</th><th>verdict</th></tr>"
+    )
+    summary = "\n".join(_performance_lines(perf)[1:])
+    return (
+        "<h2>Estimated performance (no labels needed)</h2>"
+        f"<pre>{html.escape(summary)}</pre>"
+        "<table><thead><tr><th>metric</th><th>estimate</th><th>band</th>"
+        "<th>realised (labelled)</th><th></th></tr></thead>"
+        f"<tbody>{metric_rows}</tbody></table>"
+        f"<h2>Segments</h2><table><thead>{head}</thead><tbody>{segment_rows}</tbody></table>"
+        f"{_segment_plot(perf)}"
+    )
+
+
 def _feature_section(report: DriftReport, plot: str) -> str:
     notes = "".join(f"<li>{html.escape(n)}</li>" for n in report.notes)
     title = f"{report.feature} — {report.status.replace('_', ' ')}"
@@ -248,7 +359,7 @@ def render_html(run: DriftRun, current: pd.DataFrame) -> str:
         f"<title>Drift report — {html.escape(run.current_label)}</title>"
         f"<style>{_CSS}</style></head><body><h1>Drift report</h1>"
         f'<p class="verdict {verdict_class}">{html.escape(run.summary_line())}</p>'
-        f"{_run_facts(run)}{_table(reports)}{_live_html(run)}"
+        f"{_run_facts(run)}{_table(reports)}{_live_html(run)}{_performance_html(run)}"
         f"<h2>Per feature</h2>{sections}"
         f"<h2>Method</h2><p class=notes>{html.escape(METHOD_NOTE)}</p></body></html>"
     )

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 if TYPE_CHECKING:
     from churn.profile import ReferenceProfile
+    from monitoring.performance.results import PerformanceReport
     from monitoring.quality.results import LiveQuality
 
 Status = Literal["ok", "drift", "insufficient_data"]
@@ -120,6 +121,9 @@ class DriftRun:
     min_rows: int
     finished_at: datetime
     prediction_column: str = "probability"
+    # estimated performance and segments (monitoring.performance), when the reference is a
+    # bundle and the rows carry the served probabilities
+    performance: PerformanceReport | None = None
 
     def __post_init__(self) -> None:
         # Callers may build a run from detect_feature_drift's list; keep it immutable.
@@ -196,6 +200,7 @@ class DriftRun:
             "features": [r.to_dict() for r in self.features],
             "prediction": self.prediction.to_dict() if self.prediction else None,
             "live_quality": json_safe(self.live.to_dict()) if self.live else None,
+            "performance": json_safe(self.performance.to_dict()) if self.performance else None,
         }
 
 

@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 
@@ -42,6 +43,8 @@ class ReferenceSource:
     profile: ReferenceProfile
     label: str
     decision_threshold: float
+    # the bundle's metadata, when the reference is one (calibrator, segments, validation rows)
+    metadata: dict[str, Any] | None = None
 
     @property
     def features(self) -> list[str]:
@@ -109,7 +112,7 @@ def reference_from_metadata(path: Path) -> ReferenceSource:
     version = metadata.get("version") or metadata.get("model_version") or "?"
     label = f"{path} (model {version}, {profile.n_rows:,} training rows)"
     return ReferenceSource(
-        schema.numeric, schema.categorical, profile, label, risk.decision_threshold
+        schema.numeric, schema.categorical, profile, label, risk.decision_threshold, metadata
     )
 
 

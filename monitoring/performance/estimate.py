@@ -17,59 +17,13 @@ is flagged.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 from scipy.stats import norm
 
+from monitoring.performance.results import MetricEstimate, PerformanceEstimate
+
 METRICS = ("roc_auc", "precision", "recall", "f1", "accuracy", "churn_rate")
 DEFAULT_BAND = 0.99
-
-
-@dataclass(frozen=True)
-class MetricEstimate:
-    """One metric of one window: the estimate, its band and, with labels, the realised value."""
-
-    name: str
-    estimate: float
-    low: float
-    high: float
-    realised: float | None = None
-
-    @property
-    def error(self) -> float | None:
-        """Realised minus estimated (None until labels cover the window)."""
-        return None if self.realised is None else self.realised - self.estimate
-
-    @property
-    def flagged(self) -> bool:
-        """The realised value left the band the estimate allowed."""
-        return self.realised is not None and not (self.low <= self.realised <= self.high)
-
-
-@dataclass(frozen=True)
-class PerformanceEstimate:
-    """Estimated (and, where labelled, realised) performance of one window."""
-
-    rows: int
-    labelled: int
-    threshold: float
-    band: float
-    metrics: tuple[MetricEstimate, ...]
-    # the same metrics on the labelled rows only, with their realised values
-    reconciled: tuple[MetricEstimate, ...] = ()
-
-    def metric(self, name: str) -> MetricEstimate:
-        return next(m for m in self.metrics if m.name == name)
-
-    @property
-    def concept_shift(self) -> bool:
-        """Labels covered part of the window and some metric fell outside its band."""
-        return any(m.flagged for m in self.reconciled)
-
-    @property
-    def flagged_metrics(self) -> list[str]:
-        return [m.name for m in self.reconciled if m.flagged]
 
 
 class _Ranking:

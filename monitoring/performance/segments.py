@@ -25,16 +25,16 @@ from __future__ import annotations
 
 import itertools
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import pandas as pd
 from scipy.stats import binomtest, norm
 
 from monitoring.performance.estimate import _Ranking
+from monitoring.performance.results import SegmentReport, SegmentResult, Verdict
 
 OTHER = "other"
-Verdict = Literal["under_predicted", "over_predicted", "ok", "insufficient_data"]
 
 
 @dataclass(frozen=True)
@@ -70,37 +70,6 @@ def _band_labels(edges: tuple[float, ...]) -> tuple[str, ...]:
 
     inner = tuple(f"{f(a)}-{f(b)}" for a, b in itertools.pairwise(edges))
     return (f"<{f(edges[0])}", *inner, f">={f(edges[-1])}")
-
-
-@dataclass(frozen=True)
-class SegmentResult:
-    feature: str
-    value: str
-    rows: int
-    labelled: int
-    mean_probability: float
-    estimated_churn_rate: float
-    realised_churn_rate: float | None = None
-    expected_churn_rate_labelled: float | None = None
-    estimated_auc: float | None = None
-    realised_auc: float | None = None
-    p_value: float | None = None
-    verdict: Verdict = "insufficient_data"
-
-    @property
-    def name(self) -> str:
-        return f"{self.feature} = {self.value}"
-
-
-@dataclass(frozen=True)
-class SegmentReport:
-    alpha: float
-    tested: int
-    segments: tuple[SegmentResult, ...]
-
-    @property
-    def flagged(self) -> list[SegmentResult]:
-        return [s for s in self.segments if s.verdict in ("under_predicted", "over_predicted")]
 
 
 def _auc(
