@@ -27,9 +27,8 @@ from typing import Any
 from app.model import ServedModel, load_model
 from app.service import ModelService, ReloadError, ReloadResult
 from app.settings import Settings
-from app.source import RegistryProblem, alias_target, probe_registry, tracking_uri
+from app.source import RegistryProblem, alias_target, describe, probe_registry, tracking_uri
 from app.workers import StateDir, WorkerRecord, state_root
-from churn.redact import redact
 
 logger = logging.getLogger("app.lifecycle")
 
@@ -272,7 +271,7 @@ class ModelLifecycle:
                 "cannot check alias '%s': %s (%s)",
                 release.alias,
                 exc,
-                redact(exc.__cause__ or exc),
+                describe(exc),
             )
             return self.alias_check
         mismatch = target != model.version

@@ -92,6 +92,8 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
             for task in tasks:
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
+            # a registry call still running in its thread keeps the bounds it started with
+            await service.settle(timeout=3 * settings.registry_timeout)
             await lifecycle.stop()
             logger.info("shutting down: flushing the prediction log")
             await asyncio.to_thread(service.stop)

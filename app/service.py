@@ -21,7 +21,7 @@ from app.ids import RandomHex
 from app.metrics import Metrics
 from app.model import Answers, ServedModel, load_model
 from app.settings import Settings
-from app.source import STILL_LOADING, Release, failure_reason, served_release
+from app.source import STILL_LOADING, Release, describe, failure_reason, served_release
 from churn.prediction_log import (
     PredictionBatch,
     PredictionLogWriter,
@@ -82,6 +82,7 @@ class ModelService:
         self.release: Release | None = None
         self.loaded_at: float | None = None
         self._reload_lock = asyncio.Lock()
+        self._inflight: asyncio.Future[ServedModel] | None = None
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -104,13 +105,20 @@ class ModelService:
         async with self._reload_lock:
             previous = self.model
             try:
-                model = await asyncio.to_thread(self.loader, self.settings)
+                # Shielded: a cancelled caller (shutdown) cannot stop the thread, so `settle`
+                # waits for it instead of leaving it running behind the lifespan's back.
+                self._inflight = asyncio.ensure_future(
+                    asyncio.to_thread(self.loader, self.settings)
+                )
+                # retrieved here too, so an abandoned failure is not logged with its raw text
+                self._inflight.add_done_callback(_consume)
+                model = await asyncio.shield(self._inflight)
                 release = await asyncio.to_thread(
                     served_release, self.settings, model.name, model.version
                 )
             except Exception as exc:  # ModelLoadError, registry errors: fail closed, serve on
                 reason = failure_reason(exc, self.settings)
-                detail = redact(exc)
+                detail = describe(exc)
                 self.last_error = reason
                 self.metrics.reloads.labels("failure").inc()
                 logger.error(
@@ -129,6 +137,13 @@ class ModelService:
                 model=model,
                 previous_version=previous.version if previous else None,
             )
+
+    async def settle(self, timeout: float) -> None:
+        """Wait (bounded) for a load still running in its thread, e.g. after a shutdown
+        cancelled the task that started it."""
+        inflight = self._inflight
+        if inflight is not None and not inflight.done():
+            await asyncio.wait([inflight], timeout=timeout)
 
     def _swap(self, model: ServedModel, previous: ServedModel | None, release: Release) -> None:
         self.release = release
@@ -239,6 +254,11 @@ class ModelService:
             raise FeedbackUnavailableError(
                 f"the prediction log store is unavailable ({type(exc).__name__}); retry later"
             ) from None
+
+
+def _consume(future: asyncio.Future[Any]) -> None:
+    if not future.cancelled():
+        future.exception()
 
 
 class UnknownPredictionError(LookupError):

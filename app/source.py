@@ -19,6 +19,7 @@ from pathlib import Path
 
 from app.settings import Settings
 from churn.bundle import METADATA_FILE, BundleError, bundle_directory
+from churn.redact import redact
 
 STILL_LOADING = "the model is still loading"
 REGISTRY_UNREACHABLE = "model registry unreachable"
@@ -83,6 +84,16 @@ def _chain(exc: BaseException) -> Iterator[BaseException]:
         seen.add(id(current))
         yield current
         current = current.__cause__ or current.__context__
+
+
+def describe(exc: BaseException) -> str:
+    """The whole story of a failure for the log: every chained exception's text, redacted."""
+    texts: list[str] = []
+    for link in _chain(exc):
+        text = f"{type(link).__name__}: {link}"
+        if str(link) and not any(str(link) in t for t in texts):
+            texts.append(text)
+    return redact(" <- ".join(texts))
 
 
 def failure_reason(exc: BaseException, settings: Settings) -> str:
