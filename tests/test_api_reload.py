@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -204,3 +206,34 @@ def test_registry_watcher_follows_the_production_alias(
             return metric_value(text, "model_reloads_total", result="success") >= 2
 
         assert wait_until(reloaded, timeout=30)
+
+
+def test_reload_names_the_workers_that_did_not_follow(bundle: Path, tmp_path: Path) -> None:
+    from app.workers import StateDir, WorkerRecord
+
+    state = tmp_path / "state"
+    settings = make_settings(
+        bundle, tmp_path, admin_token=ADMIN_TOKEN, model_state_dir=state, reload_wait_timeout=1
+    )
+    shutil.copy(bundle, bundle.parent.parent / "good.pkl")
+    with TestClient(create_app(settings)) as client:
+        tamper(bundle.parent)
+        assert client.post("/admin/reload", headers=AUTH).status_code == 409
+        assert not (state / "generation.json").exists()  # a refused reload asks no one
+        shutil.copy(bundle.parent.parent / "good.pkl", bundle)
+        set_version(bundle.parent, "42")
+        # A live process that claims to be a worker and never follows (the test's parent).
+        laggard = os.getppid()
+        StateDir(state, stale_after=60).write(
+            WorkerRecord(pid=laggard, status="serving", generation=0, heartbeat=time.time())
+        )
+        body = client.post("/admin/reload", headers=AUTH).json()
+        assert body["generation"] == 1
+        assert body["all_workers_swapped"] is False
+        assert body["not_swapped"] == [
+            {"pid": laggard, "model_version": None, "reason": "did not follow the reload in time"}
+        ]
+        assert {w["pid"] for w in client.get("/model").json()["workers"]} == {
+            os.getpid(),
+            laggard,
+        }
