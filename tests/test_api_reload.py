@@ -224,15 +224,20 @@ def test_reload_names_the_workers_that_did_not_follow(bundle: Path, tmp_path: Pa
         set_version(bundle.parent, "42")
         # A live process that claims to be a worker and never follows (the test's parent).
         laggard = os.getppid()
-        StateDir(state, stale_after=60).write(
-            WorkerRecord(pid=laggard, status="serving", generation=0, heartbeat=time.time())
-        )
+
+        def heartbeat() -> None:
+            StateDir(state, stale_after=60).write(
+                WorkerRecord(pid=laggard, status="serving", generation=0, heartbeat=time.time())
+            )
+
+        heartbeat()
         body = client.post("/admin/reload", headers=AUTH).json()
         assert body["generation"] == 1
         assert body["all_workers_swapped"] is False
         assert body["not_swapped"] == [
             {"pid": laggard, "model_version": None, "reason": "did not follow the reload in time"}
         ]
+        heartbeat()
         assert {w["pid"] for w in client.get("/model").json()["workers"]} == {
             os.getpid(),
             laggard,
