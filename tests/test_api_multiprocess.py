@@ -12,6 +12,7 @@ from typing import Any
 import httpx
 import pytest
 
+from tests._tools import free_port
 from tests.api_support import ADMIN_TOKEN, CUSTOMER, copy_bundle, metric_value, wait_until
 from tests.conftest import TrainedModel
 from tests.processes import api_server
@@ -125,3 +126,33 @@ def test_a_killed_worker_leaves_no_model_info(reloadable: tuple[str, Path]) -> N
     assert wait_until(lambda: str(victim) not in _model_info_pids(url), timeout=30)
     assert _model_info_pids(url)
     assert victim not in {w["pid"] for w in _workers(url)}
+
+
+def test_workers_start_at_once_with_an_unreachable_registry(tmp_path: Path) -> None:
+    metrics_dir = tmp_path / "prometheus"
+    metrics_dir.mkdir()
+    env = {
+        **os.environ,
+        "PROMETHEUS_MULTIPROC_DIR": str(metrics_dir),
+        "MODEL_URI": "models:/churn-classifier@production",
+        # nothing listens there; MLflow alone would retry for minutes before giving up
+        "MLFLOW_TRACKING_URI": f"http://someone:secret@127.0.0.1:{free_port()}",
+        "DATABASE_URL": f"sqlite:///{tmp_path / 'log.db'}",
+        "LOG_LEVEL": "INFO",
+        "ENVIRONMENT": "test",
+    }
+    log = tmp_path / "uvicorn.log"
+    with api_server(env, log, workers=2, probe="/health") as url:
+
+        def reason() -> str | None:
+            answer = httpx.get(f"{url}/ready", timeout=10)
+            assert answer.status_code == 503
+            return answer.json().get("reason")
+
+        assert wait_until(lambda: reason() == "model registry unreachable", timeout=60)
+        assert httpx.head(f"{url}/health", timeout=10).status_code == 200
+        for path in ("/ready", "/model"):
+            assert "secret" not in httpx.get(f"{url}{path}", timeout=10).text
+    text = log.read_text()
+    assert "model registry unreachable" in text
+    assert "secret" not in text
