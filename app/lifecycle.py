@@ -87,27 +87,40 @@ class ModelLifecycle:
         # after a failed first_load, the first retry waits too
         next_attempt = time.monotonic() + delay if self._attempted else 0.0
         while True:
-            wanted = await self._wanted_generation()
-            async with self._lock:
-                if self.service.model is None:
-                    if time.monotonic() >= next_attempt:
-                        if await self._apply(wanted):
-                            delay = FIRST_RETRY
-                        else:
-                            next_attempt = time.monotonic() + delay
-                            logger.warning(
-                                "no model yet (%s); next attempt in %.1f s",
-                                self.service.last_error,
-                                delay,
-                            )
-                            delay = min(2 * delay, self.settings.model_retry_max_interval)
-                elif wanted > self.generation:
-                    await self._apply(wanted)
-            await self.publish()
+            try:
+                if self.service.model is None and time.monotonic() >= next_attempt:
+                    if await self._attempt():
+                        delay = FIRST_RETRY
+                    else:
+                        next_attempt = time.monotonic() + delay
+                        logger.warning(
+                            "no model yet (%s); next attempt in %.1f s",
+                            self.service.last_error,
+                            delay,
+                        )
+                        delay = min(2 * delay, self.settings.model_retry_max_interval)
+                elif self.service.model is not None:
+                    await self._follow()
+                await self.publish()
+            except Exception as exc:  # never let the loop die: it is what makes a worker ready
+                logger.error("model lifecycle step failed: %s", describe(exc))
             pause = self.settings.model_sync_interval
             if self.service.model is None:
                 pause = min(pause, max(0.05, next_attempt - time.monotonic()))
             await asyncio.sleep(pause)
+
+    async def _attempt(self) -> bool:
+        """One load while no model is served, for the current generation."""
+        wanted = await self._wanted_generation()
+        async with self._lock:
+            return self.service.model is not None or await self._apply(wanted)
+
+    async def _follow(self) -> None:
+        """Reload when another worker asked for a newer generation."""
+        wanted = await self._wanted_generation()
+        async with self._lock:
+            if wanted > self.generation:
+                await self._apply(wanted)
 
     async def first_load(self) -> bool:
         """One attempt now (before serving); False when it failed (`run` retries)."""
