@@ -78,21 +78,29 @@ def test_unreachable_registry_never_blocks_and_never_leaks(
     assert "secret" not in log.out + log.err
 
 
-def test_a_missing_alias_is_not_called_unreachable(
+def test_a_missing_alias_is_named_and_its_arrival_served_without_a_watcher(
     trained_model: TrainedModel, tmp_path: Path
 ) -> None:
-    name = trained_model.result.model_name
+    from churn.registry import client as registry_client
+
+    name, version = trained_model.result.model_name, trained_model.result.model_version
+    tracking = _private_store(trained_model, tmp_path)
     settings = make_settings(
         Path("unused"),
         tmp_path,
         model_uri=f"models:/{name}@nowhere",
-        mlflow_tracking_uri=_private_store(trained_model, tmp_path),
+        mlflow_tracking_uri=tracking,
+        model_retry_max_interval=0.5,
+        model_watch_interval=0,
     )
     with TestClient(create_app(settings)) as client:
         expected = f"no model version with alias 'nowhere' (model '{name}')"
         assert wait_until(lambda: client.get("/ready").json().get("reason") == expected), (
             client.get("/ready").json()
         )
+        registry_client(tracking).set_registered_model_alias(name, "nowhere", version)
+        assert wait_until(lambda: client.get("/ready").status_code == 200, timeout=30)
+        assert client.get("/health").json()["model_alias"] == "nowhere"
 
 
 def test_a_bundle_copied_later_is_served_without_a_restart(
