@@ -33,7 +33,29 @@ class Settings(BaseSettings):
     model_uri: str | None = None
     mlflow_tracking_uri: str | None = None
     model_watch_interval: float = Field(default=0.0, ge=0.0, description="0 disables the watcher")
-    model_required: bool = False
+    model_required: bool = Field(
+        default=False,
+        description="with a bundle on disk (no MODEL_URI): refuse to start when it cannot be "
+        "loaded; a registry model is always loaded in the background (readiness 503 until then)",
+    )
+    # Loading and reloading across workers (app.lifecycle, app.workers).
+    model_state_dir: Path | None = Field(
+        default=None,
+        description="directory the workers share to follow reloads; default: model-state/ "
+        "in PROMETHEUS_MULTIPROC_DIR",
+    )
+    model_sync_interval: float = Field(
+        default=1.0, gt=0.0, description="seconds between a worker's checks for a reload"
+    )
+    model_retry_max_interval: float = Field(
+        default=30.0, gt=0.0, description="longest wait between attempts to load a model"
+    )
+    reload_wait_timeout: float = Field(
+        default=10.0, ge=0.0, description="how long /admin/reload waits for every worker"
+    )
+    registry_timeout: float = Field(
+        default=5.0, gt=0.0, description="seconds per registry HTTP request (MLflow)"
+    )
     # auto: the compiled forest (churn.forest) when the pipeline is one it covers, else ONNX
     # when the bundle has an export, else sklearn; each checked against sklearn at load.
     # forest / onnx: prefer that one (falling back in the same order); sklearn: always the

@@ -16,6 +16,7 @@ API_METRICS = API_HISTOGRAMS | {
     "prediction_log_dropped_total",
     "unknown_category_total",
     "model_reloads_total",
+    "model_alias_mismatch",
 }
 # Pushed by `monitoring.drift_detector --pushgateway` (job drift_monitor).
 DRIFT_METRICS = frozenset(
