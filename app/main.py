@@ -41,11 +41,12 @@ def _log_writer(settings: Settings, metrics: Metrics) -> PredictionLogWriter | N
     if not settings.prediction_log_enabled:
         return None
     return PredictionLogWriter(
-        make_engine(settings.database_url),
+        make_engine(settings.database_url, timeout=settings.prediction_log_write_timeout),
         queue_size=settings.prediction_log_queue_size,
         batch_size=settings.prediction_log_batch_size,
         flush_interval=settings.prediction_log_flush_interval,
-        on_drop=lambda reason, n: metrics.dropped.labels(reason).inc(n),
+        on_drop=metrics.count_dropped,
+        write_timeout=settings.prediction_log_write_timeout,
     )
 
 

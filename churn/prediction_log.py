@@ -16,6 +16,9 @@ The API hands batches to a :class:`PredictionLogWriter`, whose single thread wri
 bulk. Enqueueing is O(1) and never blocks: when the bounded queue is full the records are
 dropped and counted, so a slow or absent store never slows serving. Failed writes are
 retried with exponential backoff, so writing resumes by itself when the store is back.
+Every enqueued prediction ends exactly once as written or as dropped with a reason, the
+batch being written at shutdown included: one timeout (``write_timeout``) bounds both a
+statement (SQLite's busy wait, PostgreSQL's statement_timeout) and the shutdown wait.
 SQLite by default, PostgreSQL when the URL says so; the JSON is portable across both.
 """
 
@@ -23,6 +26,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import math
 import os
 import threading
 import time
@@ -121,18 +125,27 @@ def _json_text(value: Any) -> str:
     return to_json(value, inf_nan_mode="null").decode()
 
 
-def make_engine(database_url: str) -> Engine:
-    """An engine with short timeouts: a store that hangs must not hold the writer forever."""
+# Seconds one statement may wait for the store (a lock, a slow server) before it fails; the
+# writer's shutdown wait is derived from the same value (PredictionLogWriter.close).
+DEFAULT_WRITE_TIMEOUT = 4.0
+
+
+def make_engine(database_url: str, timeout: float = DEFAULT_WRITE_TIMEOUT) -> Engine:
+    """An engine whose every wait is bounded by `timeout` seconds: a store that hangs or is
+    locked must not hold the writer (or the shutdown that waits for it) for longer."""
     database_url = normalise_url(database_url)
     if database_url.startswith("sqlite"):
         engine = create_engine(
-            database_url, connect_args={"timeout": 5}, json_serializer=_json_text
+            database_url, connect_args={"timeout": timeout}, json_serializer=_json_text
         )
         event.listen(engine, "connect", _sqlite_write_ahead_log)
         return engine
     connect_args: dict[str, Any] = {}
     if database_url.startswith(("postgresql", "postgres")):
-        connect_args = {"connect_timeout": 3, "options": "-c statement_timeout=10000"}
+        connect_args = {
+            "connect_timeout": max(1, math.ceil(timeout)),
+            "options": f"-c statement_timeout={int(timeout * 1000)}",
+        }
     return create_engine(
         database_url,
         connect_args=connect_args,
@@ -140,7 +153,7 @@ def make_engine(database_url: str) -> Engine:
         pool_pre_ping=True,
         pool_size=2,
         max_overflow=2,
-        pool_timeout=5,
+        pool_timeout=timeout,
     )
 
 
@@ -280,7 +293,12 @@ class _Backoff:
 
 
 class PredictionLogWriter:
-    """Bounded queue plus one writer thread; drops (and counts) rather than blocking callers."""
+    """Bounded queue plus one writer thread; drops (and counts) rather than blocking callers.
+
+    Accounting is exact: every enqueued prediction is counted once, as ``written`` or as
+    dropped with a reason (``on_drop``), including the rows being written when the writer is
+    closed and rows enqueued after that.
+    """
 
     def __init__(
         self,
@@ -290,21 +308,28 @@ class PredictionLogWriter:
         flush_interval: float = 0.5,
         on_drop: DropCallback | None = None,
         max_backoff: float = 10.0,
+        write_timeout: float = DEFAULT_WRITE_TIMEOUT,
     ) -> None:
         self.engine = engine
         self.queue_size = queue_size
         self.batch_size = batch_size
         self.flush_interval = flush_interval
+        self.write_timeout = write_timeout
         self.on_drop = on_drop or (lambda reason, n: None)
         self._queue: deque[PredictionBatch] = deque()
         self._queued_rows = 0
         self._lock = threading.Lock()
         self._wake = threading.Event()
         self._stopping = threading.Event()
+        self._closed = False  # set under _lock: nothing is queued any more
+        self._deadline = math.inf  # monotonic time after which no write starts (set by close)
+        self._in_flight: list[PredictionBatch] = []  # taken by the thread, not yet settled
+        self._abandoned = False  # close gave up on the thread and counted its rows dropped
         self._backoff = _Backoff(maximum=max_backoff)
         self._pending: dict[str, int] = {}  # batch id -> rows, queued or being written
         self._thread: threading.Thread | None = None
         self.written = 0
+        self.dropped: dict[str, int] = {}  # reason -> rows
         self.healthy = True
         self.last_error: str | None = None
         self._last_drop_log = 0.0
@@ -317,18 +342,21 @@ class PredictionLogWriter:
         self._thread.start()
 
     def enqueue(self, batch: PredictionBatch) -> bool:
-        """Queue a batch for writing; False (and counted as dropped) when the queue is full."""
+        """Queue a batch for writing; False (and counted as dropped) when the queue is full
+        or the writer is closed."""
         n = len(batch)
+        reason = None
         with self._lock:
-            if self._queued_rows + n > self.queue_size:
-                full = True
+            if self._closed:
+                reason = "shutdown"
+            elif self._queued_rows + n > self.queue_size:
+                reason = "queue_full"
             else:
-                full = False
                 self._queue.append(batch)
                 self._queued_rows += n
                 self._pending[batch.batch_id] = n
-        if full:
-            self._dropped("queue_full", n)
+        if reason is not None:
+            self._dropped(reason, n)
             return False
         if self._queued_rows >= self.batch_size:
             self._wake.set()
@@ -343,27 +371,54 @@ class PredictionLogWriter:
     def queued(self) -> int:
         return self._queued_rows
 
-    def close(self, timeout: float = 5.0) -> None:
-        """Flush what is queued (within `timeout`), then stop; the rest is counted as dropped."""
+    def close(self, timeout: float | None = None) -> None:
+        """Write what is queued for up to `timeout` seconds (default: the write timeout),
+        then stop; whatever is not written by then is counted as dropped ("shutdown").
+
+        No write starts after the deadline and a started one ends within the write timeout,
+        so the wait here is at most ``timeout + write_timeout`` (plus a second of slack).
+        """
+        budget = self.write_timeout if timeout is None else timeout
+        self._deadline = time.monotonic() + budget
         self._stopping.set()
         self._wake.set()
         if self._thread is not None:
-            self._thread.join(timeout)
+            self._thread.join(budget + self.write_timeout + 1.0)
         with self._lock:
+            self._closed = True
             left = self._queued_rows
             self._queue.clear()
             self._queued_rows = 0
             self._pending.clear()
+            if self._thread is not None and self._thread.is_alive() and self._in_flight:
+                # The store hangs past its own timeout: count the rows as lost rather than
+                # wait longer; should the write still commit, they are both (logged).
+                self._abandoned = True
+                left += _rows(self._in_flight)
+                logger.error(
+                    "prediction log write still running at shutdown after %.1fs; its %d "
+                    "record(s) are counted as dropped",
+                    budget + self.write_timeout + 1.0,
+                    _rows(self._in_flight),
+                )
         if left:
             self._dropped("shutdown", left)
+        logger.info(
+            "prediction log closed: %d written, dropped %s",
+            self.written,
+            self.dropped or "none",
+            extra={"written": self.written, "dropped": dict(self.dropped)},
+        )
 
     # ------------------------------------------------------------------ writer thread
 
     def _dropped(self, reason: str, n: int) -> None:
+        with self._lock:
+            self.dropped[reason] = self.dropped.get(reason, 0) + n
         self.on_drop(reason, n)
         now = time.monotonic()
-        if now - self._last_drop_log >= 10.0:  # one line per 10 s, not one per request
-            self._last_drop_log = now
+        if now - self._last_drop_log >= 10.0 or reason == "shutdown":
+            self._last_drop_log = now  # one line per 10 s, not one per request
             logger.warning(
                 "prediction log dropped %d record(s): %s",
                 n,
@@ -380,6 +435,7 @@ class PredictionLogWriter:
                 taken.append(batch)
                 rows += len(batch)
             self._queued_rows -= rows
+            self._in_flight = taken
         return taken
 
     def prepare(self) -> bool:
@@ -411,25 +467,28 @@ class PredictionLogWriter:
     def _run(self) -> None:
         held: list[PredictionBatch] = []  # batches whose write failed and is being retried
         while True:
-            stopping = self._stopping.is_set()
             if not held:
-                batches = self._take()
-                if not batches:
-                    if stopping:
+                held = self._take()
+                if not held:
+                    if self._stopping.is_set():
                         return
                     self._wake.wait(self.flush_interval)
                     self._wake.clear()
                     continue
-                held = batches
+            if self._stopping.is_set() and time.monotonic() >= self._deadline:
+                self._give_up(held)
+                return
             try:
                 self._write(held)
             except SQLAlchemyError as exc:
                 delay = self._backoff.failed()
                 self.healthy = False
                 self.last_error = f"{type(exc).__name__}: {str(exc).splitlines()[0][:300]}"
-                if _is_data_error(exc) or stopping:
-                    self._dropped("write_error" if not stopping else "shutdown", _rows(held))
-                    self._forget(held)
+                if self._stopping.is_set():
+                    self._give_up(held)  # the store failed at shutdown: no time to retry
+                    return
+                if _is_data_error(exc):
+                    self._settle(held, dropped="write_error")
                     held = []
                     continue
                 logger.warning(
@@ -441,14 +500,31 @@ class PredictionLogWriter:
                 logger.info("prediction log store is back; writing resumed")
             self.healthy = True
             self._backoff.reset()
-            self.written += _rows(held)
-            self._forget(held)
+            self._settle(held, dropped=None)
             held = []
 
-    def _forget(self, batches: list[PredictionBatch]) -> None:
+    def _settle(self, batches: list[PredictionBatch], dropped: str | None) -> None:
+        """Count `batches` once: written (dropped=None) or dropped for that reason."""
         with self._lock:
+            self._in_flight = []
             for batch in batches:
                 self._pending.pop(batch.batch_id, None)
+            if self._abandoned:
+                return  # close() has counted them already
+            if dropped is None:
+                self.written += _rows(batches)
+        if dropped is not None:
+            self._dropped(dropped, _rows(batches))
+
+    def _give_up(self, held: list[PredictionBatch]) -> None:
+        """Shutdown with the store failing or out of time: count `held` and everything
+        still queued as dropped, and queue nothing more."""
+        with self._lock:
+            self._closed = True
+            rest = list(self._queue)
+            self._queue.clear()
+            self._queued_rows = 0
+        self._settle([*held, *rest], dropped="shutdown")
 
 
 def _rows(batches: list[PredictionBatch]) -> int:
