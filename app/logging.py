@@ -14,6 +14,8 @@ import time
 from contextvars import ContextVar
 from typing import Any, TextIO
 
+from app.loopflush import defer, flush_at_exit
+
 request_id_var: ContextVar[str | None] = ContextVar("request_id", default=None)
 
 # Attributes every LogRecord has; anything else was passed with `extra=` and is logged.
@@ -60,8 +62,9 @@ class LoopBatchingHandler(logging.StreamHandler):
     Each write to stdout is a system call that releases the GIL; under load, one per access
     line let the inference or prediction-log thread take the GIL, and the loop then waited to
     get it back. Lines logged on a running loop are joined and written at the end of the
-    current iteration (``call_soon``); lines from other threads are written at once, after
-    anything pending, so the order is kept.
+    current iteration (app.loopflush); lines from other threads are written at once, after
+    anything pending, so the order is kept. Lines still pending when the process ends are
+    written by the flusher's exit hooks (the last lines of a worker are not lost).
     """
 
     terminator = "\n"
@@ -94,8 +97,8 @@ class LoopBatchingHandler(logging.StreamHandler):
         self._pending.append(line)
         if loop is None:
             self._write_pending()
-        elif len(self._pending) == 1:
-            loop.call_soon(self.flush)
+        else:
+            defer(self.flush)
 
     def _write_pending(self) -> None:
         if self._pending:
@@ -175,6 +178,7 @@ def configure_logging(level: str) -> None:
     """Route the root, app and uvicorn loggers through one JSON handler on stdout."""
     handler = LoopBatchingHandler(sys.stdout)
     handler.setFormatter(JsonFormatter())
+    flush_at_exit()  # uvicorn's last lines ("Finished server process") come after the loop
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)

@@ -17,6 +17,7 @@ from fastapi.middleware.cors import CORSMiddleware
 from app.api import admin_router, router
 from app.fastpath import PredictFastPath
 from app.logging import configure_logging
+from app.loopflush import flush_all_and_stop_deferring
 from app.metrics import Metrics, mark_process_dead
 from app.middleware import RequestMiddleware
 from app.openapi import custom_openapi
@@ -79,6 +80,8 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
                 await watcher
         logger.info("shutting down: flushing the prediction log")
         await asyncio.to_thread(service.stop)
+        # Access lines and metrics still due; uvicorn's lines after this are written at once.
+        flush_all_and_stop_deferring()
         app.state.metrics.flush()
         mark_process_dead()
 

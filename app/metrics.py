@@ -8,7 +8,6 @@ can build many apps in one process.
 
 from __future__ import annotations
 
-import asyncio
 import os
 import threading
 from collections.abc import Sequence
@@ -25,6 +24,8 @@ from prometheus_client import (
     generate_latest,
     multiprocess,
 )
+
+from app.loopflush import defer
 
 # The *_created series double the exposition size and no dashboard reads them.
 disable_created_metrics()
@@ -146,7 +147,6 @@ class Metrics:
         }
         self._http: dict[tuple[str, str, int], tuple[Any, Any]] = {}
         self._lock = threading.Lock()
-        self._flush_scheduled = False
         self._pending_http: dict[tuple[str, str, int], list[float]] = {}
         self._pending_counts = [0, 0, 0, 0]  # churn, no churn, high risk, errors
         self._pending_probabilities: list[float] = []
@@ -196,20 +196,11 @@ class Metrics:
         there is no running loop). In multiprocess mode every increment is a locked write to
         the worker's mmap file; summed per iteration they cost a few writes, not a few per
         request."""
-        if self._flush_scheduled:
-            return
-        try:
-            loop = asyncio.get_running_loop()
-        except RuntimeError:
-            self.flush()
-            return
-        self._flush_scheduled = True
-        loop.call_soon(self.flush)
+        defer(self.flush)
 
     def flush(self) -> None:
         """Apply every pending observation to the metrics."""
         with self._lock:
-            self._flush_scheduled = False
             http, self._pending_http = self._pending_http, {}
             counts, self._pending_counts = self._pending_counts, [0, 0, 0, 0]
             probabilities, self._pending_probabilities = self._pending_probabilities, []
