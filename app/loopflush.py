@@ -60,7 +60,6 @@ class IterationFlusher:
         for flush in due:
             flush()
 
-
     def stop_deferring(self) -> None:
         """Run what is due; from now on flushes deferred on the running loop run at once
         (its last iteration may be cut short). Other loops are not affected."""
