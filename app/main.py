@@ -98,8 +98,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.settings = settings
     app.state.metrics = Metrics()
     app.include_router(router)
+    routes = list(router.routes)  # the API's own routes, for labelling requests
     if settings.admin_enabled:
         app.include_router(admin_router)
+        routes += admin_router.routes
     # Innermost: inside CORS and the request middleware, so both apply to it unchanged.
     app.add_middleware(PredictFastPath, state=app.state, routes=router.routes)
     if settings.cors_origins:
@@ -110,7 +112,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             allow_headers=["Content-Type", "Authorization", "X-Request-ID"],
         )
     app.add_middleware(
-        RequestMiddleware, metrics=app.state.metrics, max_body_bytes=settings.max_body_bytes
+        RequestMiddleware,
+        metrics=app.state.metrics,
+        max_body_bytes=settings.max_body_bytes,
+        routes=routes,
     )
     app.openapi = custom_openapi(app)  # type: ignore[method-assign]
     return app
