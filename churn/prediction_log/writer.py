@@ -1,25 +1,11 @@
-"""The prediction log: every served prediction in a SQL store, written off the request path.
+"""Writing the log off the request path: a bounded queue and one writer thread.
 
-One row per request (a batch of predictions), its features, probabilities and risk tiers
-stored column-wise as JSON. The log's cost then grows with requests, not rows: a 1,000-row
-batch is one insert of a few JSON arrays, where a row per prediction cost about 20 µs of
-CPU each in Python and SQLite (20 ms per 1,000-row call, more than the model), and the
-writer fell behind and dropped records under batch traffic.
-
-A prediction's id is its batch id (12 hex digits of Unix milliseconds, then 16 random) plus
-its position in the batch (4 hex digits): ids sort by time, name their batch, and need no
-index of their own. Feedback (the true outcome) is stored per prediction id with its batch
-id; :func:`read_predictions` expands batches to one row per prediction, joined with
-feedback, for the drift and live-accuracy jobs.
-
-The API hands batches to a :class:`PredictionLogWriter`, whose single thread writes them in
-bulk. Enqueueing is O(1) and never blocks: when the bounded queue is full the records are
-dropped and counted, so a slow or absent store never slows serving. Failed writes are
-retried with exponential backoff, so writing resumes by itself when the store is back.
-Every enqueued prediction ends exactly once as written or as dropped with a reason, the
-batch being written at shutdown included: one timeout (``write_timeout``) bounds both a
-statement (SQLite's busy wait, PostgreSQL's statement_timeout) and the shutdown wait.
-SQLite by default, PostgreSQL when the URL says so; the JSON is portable across both.
+Enqueueing is O(1) and never blocks: when the bounded queue is full the records are dropped
+and counted, so a slow or absent store never slows serving. Failed writes are retried with
+exponential backoff, so writing resumes by itself when the store is back. Every enqueued
+prediction ends exactly once as written or as dropped with a reason, the batch being written
+at shutdown included: one timeout (``write_timeout``) bounds both a statement (SQLite's busy
+wait, PostgreSQL's statement_timeout) and the shutdown wait.
 """
 
 from __future__ import annotations
@@ -36,147 +22,21 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-import numpy as np
-import pandas as pd
-from pydantic_core import to_json
-from sqlalchemy import (
-    JSON,
-    Column,
-    DateTime,
-    Engine,
-    Integer,
-    MetaData,
-    String,
-    Table,
-    create_engine,
-    delete,
-    event,
-    insert,
-    select,
-)
+from sqlalchemy import Engine, insert
 from sqlalchemy.engine import Dialect
 from sqlalchemy.exc import SQLAlchemyError
 
+from churn.prediction_log.ids import prediction_ids, split_prediction_id
+from churn.prediction_log.schema import (
+    DEFAULT_WRITE_TIMEOUT,
+    _json_text,
+    create_tables,
+    prediction_batches,
+)
+
 logger = logging.getLogger("churn.prediction_log")
 
-BATCH_ID_CHARS = 28  # 12 hex: Unix time in ms, 16 hex: random
-INDEX_CHARS = 4  # position in the batch, hex
-MAX_BATCH_ROWS = 16**INDEX_CHARS  # 65,536 predictions per request at most
-_SUFFIXES = [f"{i:0{INDEX_CHARS}x}" for i in range(MAX_BATCH_ROWS)]
-_HEX = frozenset("0123456789abcdef")
-
-metadata = MetaData()
-
-prediction_batches = Table(
-    "prediction_batches",
-    metadata,
-    Column("batch_id", String(BATCH_ID_CHARS), primary_key=True),
-    Column("created_at", DateTime(timezone=True), nullable=False, index=True),
-    Column("model_version", String(64), nullable=False),
-    Column("rows", Integer, nullable=False),
-    # {"feature": [value per prediction], ...}
-    Column("features", JSON(none_as_null=True), nullable=False),
-    Column("probabilities", JSON, nullable=False),
-    Column("risk_tiers", JSON, nullable=False),
-)
-
-feedback = Table(
-    "feedback",
-    metadata,
-    Column("prediction_id", String(64), primary_key=True),
-    Column("batch_id", String(BATCH_ID_CHARS), nullable=False, index=True),
-    Column("outcome", Integer, nullable=False),
-    Column("received_at", DateTime(timezone=True), nullable=False),
-)
-
 DropCallback = Callable[[str, int], None]
-
-
-def prediction_ids(batch_id: str, rows: int) -> list[str]:
-    """The ids of a batch's predictions, in order."""
-    if not 0 < rows <= MAX_BATCH_ROWS:
-        raise ValueError(f"a batch holds 1 to {MAX_BATCH_ROWS:,} predictions, not {rows:,}")
-    return [batch_id + suffix for suffix in _SUFFIXES[:rows]]
-
-
-def split_prediction_id(prediction_id: str) -> tuple[str, int] | None:
-    """(batch id, position) of a well-formed prediction id; None for anything else."""
-    if len(prediction_id) != BATCH_ID_CHARS + INDEX_CHARS or not _HEX.issuperset(prediction_id):
-        return None
-    return prediction_id[:BATCH_ID_CHARS], int(prediction_id[BATCH_ID_CHARS:], 16)
-
-
-class PredictionLogError(RuntimeError):
-    """The prediction log store cannot be reached or used; the message says which and why."""
-
-
-def normalise_url(database_url: str) -> str:
-    """postgres:// and postgresql:// use psycopg2 (what the image ships); SQLAlchemy 2.1
-    would otherwise pick psycopg 3."""
-    for prefix in ("postgresql://", "postgres://"):
-        if database_url.startswith(prefix):
-            return "postgresql+psycopg2://" + database_url.removeprefix(prefix)
-    return database_url
-
-
-def _json_text(value: Any) -> str:
-    """JSON for the log's columns, in Rust (pydantic-core): a 1,000-row batch's arrays in a
-    quarter of json.dumps' time. NaN and infinities become null (valid JSON everywhere)."""
-    return to_json(value, inf_nan_mode="null").decode()
-
-
-# Seconds one statement may wait for the store (a lock, a slow server) before it fails; the
-# writer's shutdown wait is derived from the same value (PredictionLogWriter.close).
-DEFAULT_WRITE_TIMEOUT = 4.0
-
-
-def make_engine(database_url: str, timeout: float = DEFAULT_WRITE_TIMEOUT) -> Engine:
-    """An engine whose every wait is bounded by `timeout` seconds: a store that hangs or is
-    locked must not hold the writer (or the shutdown that waits for it) for longer."""
-    database_url = normalise_url(database_url)
-    if database_url.startswith("sqlite"):
-        engine = create_engine(
-            database_url, connect_args={"timeout": timeout}, json_serializer=_json_text
-        )
-        event.listen(engine, "connect", _sqlite_write_ahead_log)
-        return engine
-    connect_args: dict[str, Any] = {}
-    if database_url.startswith(("postgresql", "postgres")):
-        connect_args = {
-            "connect_timeout": max(1, math.ceil(timeout)),
-            "options": f"-c statement_timeout={int(timeout * 1000)}",
-        }
-    return create_engine(
-        database_url,
-        connect_args=connect_args,
-        json_serializer=_json_text,
-        pool_pre_ping=True,
-        pool_size=2,
-        max_overflow=2,
-        pool_timeout=timeout,
-    )
-
-
-def _sqlite_write_ahead_log(dbapi_connection: Any, _record: Any) -> None:
-    """WAL with synchronous=NORMAL: a commit appends to the log instead of syncing the whole
-    database (the rollback journal's fsyncs were most of the writer's time); readers do not
-    block the writer. A power cut may lose the last commits, never corrupt the file."""
-    cursor = dbapi_connection.cursor()
-    try:
-        cursor.execute("PRAGMA journal_mode=WAL")
-        cursor.execute("PRAGMA synchronous=NORMAL")
-    finally:
-        cursor.close()
-
-
-def create_tables(engine: Engine) -> None:
-    """Create the log tables if they do not exist (idempotent, safe from several workers)."""
-    try:
-        metadata.create_all(engine, checkfirst=True)
-    except SQLAlchemyError as exc:
-        # Two workers racing to create the same table: the loser sees "already exists".
-        if "already exists" not in str(exc):
-            raise
 
 
 @dataclass
@@ -536,122 +396,3 @@ def _is_data_error(exc: SQLAlchemyError) -> bool:
     from sqlalchemy.exc import DataError, IntegrityError
 
     return isinstance(exc, IntegrityError | DataError)
-
-
-# ---------------------------------------------------------------------- feedback and reading
-
-
-def prediction_exists(engine: Engine, prediction_id: str) -> bool:
-    where = split_prediction_id(prediction_id)
-    if where is None:
-        return False
-    batch_id, index = where
-    with engine.connect() as conn:
-        rows = conn.execute(
-            select(prediction_batches.c.rows).where(prediction_batches.c.batch_id == batch_id)
-        ).scalar()
-    return rows is not None and index < rows
-
-
-def record_feedback(engine: Engine, prediction_id: str, outcome: bool) -> None:
-    """Store (or replace) the true outcome of a prediction."""
-    where = split_prediction_id(prediction_id)
-    if where is None:
-        raise ValueError(f"{prediction_id!r} is not a prediction id")
-    with engine.begin() as conn:
-        conn.execute(delete(feedback).where(feedback.c.prediction_id == prediction_id))
-        conn.execute(
-            insert(feedback).values(
-                prediction_id=prediction_id,
-                batch_id=where[0],
-                outcome=int(outcome),
-                received_at=datetime.now(UTC),
-            )
-        )
-
-
-BASE_COLUMNS = ["prediction_id", "created_at", "model_version"]
-TAIL_COLUMNS = ["probability", "risk_tier", "outcome"]
-
-
-def read_predictions(database_url: str, since: datetime | None = None) -> pd.DataFrame:
-    """The prediction log joined with feedback: one row per prediction, one column per feature.
-
-    Columns: prediction_id, created_at (UTC), model_version, every feature seen in the stored
-    batches (in first-seen order; missing where a batch lacks it), probability, risk_tier,
-    outcome (1.0/0.0, NaN without feedback). Ordered by time, then id.
-    """
-    engine = make_engine(database_url)
-    batches_q = select(prediction_batches).order_by(
-        prediction_batches.c.created_at, prediction_batches.c.batch_id
-    )
-    feedback_q = select(feedback.c.prediction_id, feedback.c.outcome).join(
-        prediction_batches, feedback.c.batch_id == prediction_batches.c.batch_id
-    )
-    if since is not None:
-        if since.tzinfo is None:
-            since = since.replace(tzinfo=UTC)
-        batches_q = batches_q.where(prediction_batches.c.created_at >= since)
-        feedback_q = feedback_q.where(prediction_batches.c.created_at >= since)
-    try:
-        with engine.connect() as conn:
-            batches = conn.execute(batches_q).all()
-            outcomes = {pid: outcome for pid, outcome in conn.execute(feedback_q)}
-    except SQLAlchemyError as exc:
-        if "no such table" in str(exc) or "does not exist" in str(exc):
-            batches, outcomes = [], {}
-        else:
-            raise PredictionLogError(
-                f"{engine.url.render_as_string(hide_password=True)}: cannot read the "
-                f"prediction log ({type(exc).__name__}: {str(exc).splitlines()[0]})"
-            ) from None
-    finally:
-        engine.dispose()
-    return _to_frame(batches, outcomes)
-
-
-def _to_frame(batches: Sequence[Any], outcomes: Mapping[str, int]) -> pd.DataFrame:
-    ids: list[str] = []
-    created: list[datetime] = []
-    versions: list[str] = []
-    probabilities: list[float] = []
-    tiers: list[str] = []
-    features: dict[str, list[Any]] = {}
-    for b in batches:
-        n = b.rows
-        ids += prediction_ids(b.batch_id, n)
-        created += [_utc(b.created_at)] * n
-        versions += [b.model_version] * n
-        probabilities += b.probabilities
-        tiers += b.risk_tiers
-        for name, values in (b.features or {}).items():
-            if name in BASE_COLUMNS or name in TAIL_COLUMNS:
-                continue
-            # a feature first seen now is missing for every earlier row
-            column = features.setdefault(name, [None] * (len(ids) - n))
-            column += values
-        for column in features.values():
-            if len(column) < len(ids):  # a feature this batch lacks
-                column += [None] * (len(ids) - len(column))
-    base = pd.DataFrame(
-        {
-            "prediction_id": ids,
-            "created_at": pd.to_datetime(created, utc=True),
-            "model_version": versions,
-        }
-    )
-    tail = pd.DataFrame(
-        {
-            "probability": np.asarray(probabilities, dtype=float),
-            "risk_tier": tiers,
-            "outcome": np.asarray([outcomes.get(i, np.nan) for i in ids], dtype=float),
-        }
-    )
-    # pandas infers each column: numbers with gaps become float with NaN, text stays object
-    middle = pd.DataFrame({name: pd.Series(values) for name, values in features.items()})
-    return pd.concat([base, middle], axis=1).join(tail) if len(middle.columns) else base.join(tail)
-
-
-def _utc(value: datetime) -> datetime:
-    """SQLite returns naive datetimes (stored as UTC); PostgreSQL returns aware ones."""
-    return value.replace(tzinfo=UTC) if value.tzinfo is None else value
