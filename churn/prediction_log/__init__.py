@@ -30,6 +30,9 @@ from churn.prediction_log.ids import (
 )
 from churn.prediction_log.reader import (
     BASE_COLUMNS,
+    LOG_COLUMNS,
+    OUTCOME_COLUMN,
+    PROBABILITY_COLUMN,
     TAIL_COLUMNS,
     prediction_exists,
     read_predictions,
@@ -61,8 +64,11 @@ __all__ = [
     "BATCH_RANDOM_CHARS",
     "DEFAULT_WRITE_TIMEOUT",
     "INDEX_CHARS",
+    "LOG_COLUMNS",
     "MAX_BATCH_ROWS",
+    "OUTCOME_COLUMN",
     "PREDICTIONS_PER_STATEMENT",
+    "PROBABILITY_COLUMN",
     "ROWS_PER_STATEMENT",
     "TAIL_COLUMNS",
     "DropCallback",

@@ -49,8 +49,14 @@ def record_feedback(engine: Engine, prediction_id: str, outcome: bool) -> None:
         )
 
 
+# The columns of read_predictions' frame besides the features: the one list the monitoring
+# jobs need to tell features from log fields (the target's name in training data is the
+# config's data.target_column; here the true outcome is OUTCOME_COLUMN).
+PROBABILITY_COLUMN = "probability"
+OUTCOME_COLUMN = "outcome"
 BASE_COLUMNS = ["prediction_id", "created_at", "model_version"]
-TAIL_COLUMNS = ["probability", "risk_tier", "outcome"]
+TAIL_COLUMNS = [PROBABILITY_COLUMN, "risk_tier", OUTCOME_COLUMN]
+LOG_COLUMNS = frozenset(BASE_COLUMNS + TAIL_COLUMNS)
 
 
 def read_predictions(database_url: str, since: datetime | None = None) -> pd.DataFrame:
@@ -104,7 +110,7 @@ def _to_frame(batches: Sequence[Any], outcomes: Mapping[str, int]) -> pd.DataFra
         probabilities += b.probabilities
         tiers += b.risk_tiers
         for name, values in (b.features or {}).items():
-            if name in BASE_COLUMNS or name in TAIL_COLUMNS:
+            if name in LOG_COLUMNS:
                 continue
             # a feature first seen now is missing for every earlier row
             column = features.setdefault(name, [None] * (len(ids) - n))
@@ -121,9 +127,9 @@ def _to_frame(batches: Sequence[Any], outcomes: Mapping[str, int]) -> pd.DataFra
     )
     tail = pd.DataFrame(
         {
-            "probability": np.asarray(probabilities, dtype=float),
+            PROBABILITY_COLUMN: np.asarray(probabilities, dtype=float),
             "risk_tier": tiers,
-            "outcome": np.asarray([outcomes.get(i, np.nan) for i in ids], dtype=float),
+            OUTCOME_COLUMN: np.asarray([outcomes.get(i, np.nan) for i in ids], dtype=float),
         }
     )
     # pandas infers each column: numbers with gaps become float with NaN, text stays object
