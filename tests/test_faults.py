@@ -1,7 +1,7 @@
 """Fault injection against real processes: what a bad day in operations does to the service.
 
-Each scenario runs a real `uvicorn --workers 2` (as the image does) under load from loopback
-clients, injects one fault, stops the server with SIGTERM and then counts, from the outside:
+Each scenario runs a real uvicorn (`--workers 2` as the image does where the workers matter,
+one worker where only the store does) under load from loopback clients, injects one fault, stops the server with SIGTERM and then counts, from the outside:
 
 - requests sent and failed (a client never retries: a reset connection is a failure);
 - served: predictions answered 200;
@@ -346,9 +346,9 @@ def test_postgres_restart_under_load(trained_model: TrainedModel, tmp_path: Path
     no request fails, and every prediction is written once the store is back."""
     with postgres_cluster() as pg:
         env = environment(trained_model, tmp_path, pg.url)
-        with api_process(env, tmp_path / "uvicorn.log", workers=2) as api:
-            load = Load(api.url, 200).start()
-            load.wait_answered(60)
+        with api_process(env, tmp_path / "uvicorn.log", workers=1) as api:
+            load = Load(api.url, 150).start()
+            load.wait_answered(50)
             pg.stop()
             time.sleep(1.0)  # requests keep coming while the store is down
             pg.start()
@@ -402,9 +402,9 @@ def test_disk_full_under_the_sqlite_log(trained_model: TrainedModel, tmp_path: P
         url = f"sqlite:///{disk / 'log.db'}"
         env = environment(trained_model, tmp_path, url)
         env["PREDICTION_LOG_QUEUE_SIZE"] = "50"
-        with api_process(env, tmp_path / "uvicorn.log", workers=2) as api:
+        with api_process(env, tmp_path / "uvicorn.log", workers=1) as api:
             filler = fill(disk)
-            full = Load(api.url, 300).start().join()
+            full = Load(api.url, 200).start().join()
             assert wait_until(lambda: "disk is full" in api.log(), timeout=20), api.log()[-2000:]
             filler.unlink()
             after = Load(api.url, 50).start().join()
