@@ -1,7 +1,8 @@
 """Fault injection against real processes: what a bad day in operations does to the service.
 
 Each scenario runs a real uvicorn (`--workers 2` as the image does where the workers matter,
-one worker where only the store does) under load from loopback clients, injects one fault, stops the server with SIGTERM and then counts, from the outside:
+one worker where only the store does) under load from loopback clients, injects one fault,
+stops the server with SIGTERM and then counts, from the outside:
 
 - requests sent and failed (a client never retries: a reset connection is a failure);
 - served: predictions answered 200;
