@@ -55,10 +55,17 @@ class IterationFlusher:
             due.append(flush)
 
     def run(self) -> None:
-        """Run every flush that is due, in the order first deferred."""
+        """Run every flush that is due, in the order first deferred; one that fails does not
+        keep the others from running (its error is raised after them)."""
         due, self._due = self._due, []
+        error: Exception | None = None
         for flush in due:
-            flush()
+            try:
+                flush()
+            except Exception as exc:
+                error = error or exc
+        if error is not None:
+            raise error
 
     def stop_deferring(self) -> None:
         """Run what is due; from now on flushes deferred on the running loop run at once
