@@ -325,7 +325,7 @@ def postgres_cluster() -> Iterator[PostgresCluster]:
     )
     if initdb is None:
         missing("PostgreSQL's initdb is not installed")
-    bin_dir = Path(str(initdb)).parent
+    bin_dir = Path(str(initdb)).resolve().parent  # pg_ctl lives beside the real initdb
     user = "postgres" if os.geteuid() == 0 else None
     root = Path(tempfile.mkdtemp(prefix="churn-faults-pg-"))
     data = root / "data"
