@@ -81,7 +81,8 @@ rollback: $(BIN)/.installed | $(KEY_DEP) ## Return ALIAS to its previous version
 serve: $(BIN)/.installed | $(KEY_DEP) ## Serve artifacts/ on http://$(HOST):$(PORT) (no training)
 	@rm -rf .cache/prometheus && mkdir -p .cache/prometheus
 	$(KEY_ENV) PROMETHEUS_MULTIPROC_DIR=$(CURDIR)/.cache/prometheus \
-	  $(BIN)/uvicorn app.main:app --host $(HOST) --port $(PORT) --workers $(WORKERS)
+	  $(BIN)/uvicorn app.main:app --host $(HOST) --port $(PORT) --workers $(WORKERS) \
+	  --no-server-header
 
 .PHONY: run
 run: train promote serve ## Set up, generate data, train, promote and serve on http://localhost:$(PORT)

@@ -184,7 +184,11 @@ class ModelService:
     async def answer(self, model: ServedModel, rows: list[Row]) -> tuple[Answers, list[str]]:
         """Answers and new prediction ids for `rows`, in order; logged and counted."""
         started = time.perf_counter()
-        answers: Answers = await self.batcher.predict(model, rows)
+        try:
+            answers: Answers = await self.batcher.predict(model, rows)
+        except Exception:
+            self.metrics.observe_prediction_errors(len(rows))
+            raise
         elapsed = time.perf_counter() - started
         batch_id = self._ids.batch_id()
         ids = prediction_ids(batch_id, len(rows))
@@ -213,7 +217,10 @@ class ModelService:
         ]
 
     def _log(self, model: ServedModel, answers: Answers, batch_id: str) -> None:
+        """Hand the answers to the log writer; with the log disabled they are counted as
+        dropped ("disabled"), so every served prediction is written or counted."""
         if self.log_writer is None:
+            self.metrics.count_dropped("disabled", len(answers.probabilities))
             return
         self.log_writer.enqueue(
             PredictionBatch(

@@ -216,6 +216,67 @@ def test_oversized_body_is_413_by_length_and_by_stream(client: TestClient) -> No
     assert "65536" in response.json()["detail"]
 
 
+def test_compressed_body_is_415_with_a_reason(client: TestClient) -> None:
+    import gzip
+
+    body = gzip.compress(json.dumps(CUSTOMER).encode())
+    for path in ("/predict", "/predict/batch", "/feedback"):
+        response = client.post(path, content=body, headers={**JSON, "content-encoding": "gzip"})
+        assert response.status_code == 415, path
+        assert "Content-Encoding 'gzip'" in response.json()["detail"]
+    # any encoding but identity; identity (or none) is a plain body
+    deflate = {**JSON, "content-encoding": "deflate"}
+    assert client.post("/predict", content=b"{}", headers=deflate).status_code == 415
+    identity = {**JSON, "content-encoding": "identity"}
+    assert client.post("/predict", json=CUSTOMER, headers=identity).status_code == 200
+
+
+def test_requests_answered_before_routing_carry_their_route(client: TestClient) -> None:
+    """413 by length or by stream, 415 and a client gone mid-body are labelled with the
+    route template in the request metrics, not "unmatched"."""
+    before = client.get("/metrics").text
+
+    def count(text: str, status: str) -> float:
+        return metric_value(text, "http_requests_total", route="/predict", status=status)
+
+    post_raw(client, json.dumps({**CUSTOMER, "padding": "x" * 70_000}))
+    client.post("/predict", content=(b" " * 1000 for _ in range(70)), headers=JSON)
+    client.post("/predict", content=b"{}", headers={**JSON, "content-encoding": "gzip"})
+
+    async def disconnect_mid_body() -> None:
+        scope = {
+            "type": "http",
+            "method": "POST",
+            "path": "/predict",
+            "raw_path": b"/predict",
+            "root_path": "",
+            "scheme": "http",
+            "query_string": b"",
+            "headers": [(b"content-type", b"application/json"), (b"host", b"test")],
+            "client": ("127.0.0.1", 1),
+            "server": ("test", 80),
+            "http_version": "1.1",
+            "asgi": {"version": "3.0"},
+        }
+        messages = iter(
+            [{"type": "http.request", "body": b'{"tenure"', "more_body": True}],
+        )
+
+        async def receive() -> dict[str, Any]:
+            return next(messages, {"type": "http.disconnect"})
+
+        async def send(message: dict[str, Any]) -> None:
+            raise AssertionError(f"nothing is sent to a client that left: {message}")
+
+        await client.app(scope, receive, send)  # type: ignore[arg-type]
+
+    client.portal.call(disconnect_mid_body)  # type: ignore[union-attr]
+    after = client.get("/metrics").text
+    assert count(after, "413") == count(before, "413") + 2
+    assert count(after, "415") == count(before, "415") + 1
+    assert count(after, "499") == count(before, "499") + 1
+
+
 # ---------------------------------------------------------------------------- batch
 
 
