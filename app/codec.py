@@ -11,11 +11,13 @@ written once, here:
   strict and closed, every problem named by location (422); an unknown field next to a missing
   one is named as the likely typo.
 
+What is accepted is exactly what the request types accept from the bytes in pydantic-core.
+
 A valid body is validated once, from its bytes, in pydantic-core (Rust): that is the fast
 path's speed. Only a refused body is parsed again, with the standard library, to say exactly
 why (NaN, malformed JSON, batch size, each field); a body containing NaN or Infinity cannot
 pass the request types (every field is typed and extra fields are refused), so the NaN rule
-costs nothing on valid requests.
+costs nothing on valid requests (tests/test_api_fastpath.py checks that property).
 
 The answer is formatted directly as the JSON FastAPI's JSONResponse would render for
 `app.schemas.PredictionResponse` (compact, UTF-8), one f-string per prediction, with
@@ -177,39 +179,44 @@ class RequestCodec:
             raise RequestError(415, UNSUPPORTED_MEDIA_TYPE)
         try:
             return [self.customer_validator.validate_json(body)]
-        except ValidationError:
-            return [self._decode_refused(body, content_type, self.customer_validator)]
+        except ValidationError as exc:
+            raise self._refusal(exc, body, content_type, self.customer_validator) from None
 
     def decode_batch(self, body: bytes, content_type: str | bytes | None) -> list[Row]:
         """The customers of a /predict/batch body, as rows in order (raises RequestError)."""
         if not is_json(content_type):
             raise RequestError(415, UNSUPPORTED_MEDIA_TYPE)
         try:
-            batch = self.batch_validator.validate_json(body)
-        except ValidationError:
-            batch = self._decode_refused(body, content_type, self.batch_validator)
-        customers: list[Row] = batch["customers"]
+            customers: list[Row] = self.batch_validator.validate_json(body)["customers"]
+        except ValidationError as exc:
+            raise self._refusal(exc, body, content_type, self.batch_validator) from None
         return customers
 
-    def _decode_refused(
-        self, body: bytes, content_type: str | bytes | None, validator: TypeAdapter[Any]
-    ) -> Any:
-        """Why pydantic-core refused `body`, as a RequestError. The standard library's parser
-        says it precisely (and accepts a few strings pydantic-core's does not, such as lone
-        surrogates: such a body is then valid and returned)."""
+    def _refusal(
+        self,
+        refused: ValidationError,
+        body: bytes,
+        content_type: str | bytes | None,
+        validator: TypeAdapter[Any],
+    ) -> RequestError:
+        """Why pydantic-core refused `body`: the standard library's parser and the same
+        validator on the parsed value say it precisely (NaN, malformed JSON, batch size, each
+        field). What only pydantic-core's parser refuses (a lone surrogate, which nothing
+        downstream could store) is refused with its own reason."""
         payload = parse_json(body, content_type)
         if validator is self.batch_validator:
             customers = payload.get("customers")
             if isinstance(customers, list) and len(customers) > self.max_batch_size:
-                raise RequestError(
+                return RequestError(
                     413,
                     f"{len(customers)} customers in one call; the limit is "
                     f"{self.max_batch_size} (MAX_BATCH_SIZE): split the batch",
                 )
         try:
-            return validator.validate_python(payload)
+            validator.validate_python(payload)
         except ValidationError as exc:
-            raise validation_error(exc, self.fields) from None
+            return validation_error(exc, self.fields)
+        return validation_error(refused, self.fields)
 
     # ------------------------------------------------------------------ encoding
 

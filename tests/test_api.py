@@ -173,6 +173,7 @@ BAD_BODIES = {
     "fraction as an integer": (json.dumps({**CUSTOMER, "num_products": 2.0}), "num_products"),
     "number as a category": (json.dumps({**CUSTOMER, "payment_method": 3}), "payment_method"),
     "unknown field": (json.dumps({**CUSTOMER, "note": "vip"}), "note"),
+    "lone surrogate": (json.dumps({**CUSTOMER, "payment_method": "\ud800"}), None),
     "NaN": (json.dumps(CUSTOMER).replace("12", "NaN", 1), None),
     "Infinity": (json.dumps(CUSTOMER).replace("846.0", "Infinity"), None),
     "NaN elsewhere": (json.dumps({**CUSTOMER, "note": 0}).replace(": 0}", ": NaN}"), None),
@@ -209,10 +210,26 @@ def test_unknown_categories_are_accepted_with_a_warning(client: TestClient) -> N
 
 def test_ordinary_answers_have_no_warnings(client: TestClient) -> None:
     padded = {**CUSTOMER, "internet_service": "  Fiber optic "}  # stripped, as in training
+    answers = []
     for customer in (CUSTOMER, padded):
         response = client.post("/predict", json=customer)
         assert "warnings" not in response.json(), response.text
         assert '"warnings"' not in response.text
+        answers.append({k: v for k, v in response.json().items() if k != "prediction_id"})
+    assert answers[0] == answers[1]
+
+
+def test_unknown_categories_are_counted_after_normalisation(client: TestClient) -> None:
+    def unknown() -> float:
+        text = client.get("/metrics").text
+        return metric_value(text, "unknown_category_total", feature="internet_service")
+
+    before = unknown()
+    client.post("/predict", json={**CUSTOMER, "internet_service": " Fiber optic "})
+    assert unknown() == before  # padding is stripped, as in training: a known category
+    customers = [{**CUSTOMER, "internet_service": "Fibre"}] * 3 + [CUSTOMER]
+    client.post("/predict/batch", json={"customers": customers})
+    assert unknown() == before + 3
 
 
 def test_values_outside_the_training_range_are_named(
