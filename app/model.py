@@ -71,19 +71,22 @@ class Answers:
         return counts
 
 
+_SMALL = 16  # rows
+
+
 @dataclass(frozen=True)
 class InputChecks:
     """What counts as reinterpreted input for one model: categories outside those seen in
     training, numbers outside the observed training range (from the feature schema)."""
 
-    known: dict[str, frozenset[str]]
+    known: dict[str, frozenset[str | None]]
     ranges: dict[str, tuple[float, float]]
 
     @classmethod
     def from_schema(cls, schema: FeatureSchema) -> InputChecks:
         return cls(
-            known={
-                s.name: frozenset(s.categories)
+            known={  # None (missing) is not unknown: the model imputes it
+                s.name: frozenset([*s.categories, None])
                 for s in schema.features
                 if s.kind == "categorical" and s.categories
             },
@@ -95,16 +98,22 @@ class InputChecks:
         )
 
     def find(self, columns: dict[str, Any], rows: int) -> list[tuple[Reinterpretation, ...] | None]:
-        """Per row, what was reinterpreted; [] if nothing was (the usual case: vectorised,
-        no Python work per row)."""
+        """Per row, what was reinterpreted; [] if nothing was. The usual case costs a set test
+        per categorical feature and a NaN-skipping min and max per numeric one."""
         flagged: dict[str, np.ndarray] = {}
         for name, known in self.known.items():
             values = columns[name]
-            unknown = {v: v is not None and v not in known for v in set(values)}
-            if any(unknown.values()):
+            if not known.issuperset(values):
+                unknown = {v: v not in known for v in set(values)}
                 flagged[name] = np.fromiter(map(unknown.__getitem__, values), bool, rows)
+        small = rows <= _SMALL
         for name, (low, high) in self.ranges.items():
             values = columns[name]
+            if small:  # a numpy call costs more than a few rows of Python
+                if all(low <= v <= high for v in values.tolist() if v == v):  # NaN: missing
+                    continue
+            elif low <= np.fmin.reduce(values) and np.fmax.reduce(values) <= high:
+                continue  # (all missing: NaN compares False, so the mask below decides)
             outside = (values < low) | (values > high)
             if outside.any():
                 flagged[name] = outside

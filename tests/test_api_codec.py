@@ -10,8 +10,9 @@ from typing import Any
 import pytest
 
 from app.codec import Reinterpretation, RequestCodec, RequestError
-from app.model import Answers
+from app.model import Answers, InputChecks
 from churn.config import load_config
+from churn.data import prepare_columns
 from churn.datagen import generate_customers
 from churn.schema import FeatureSchema, imputed_features
 from tests.api_support import CUSTOMER
@@ -96,3 +97,36 @@ def test_answers_are_formatted_with_warnings_only_where_there_are_some(
     ]
     plain = Answers([0.5], [True], ["MEDIUM"], {}, [])
     assert b"warnings" not in codec.encode_customer(plain, ["c" * 32])
+
+
+@pytest.mark.parametrize("rows", [3, 40])  # both sides of the small-batch shortcut
+def test_input_checks_flag_exactly_the_reinterpreted_values(
+    schema: FeatureSchema, rows: int
+) -> None:
+    checks = InputChecks.from_schema(schema)
+    tenure = schema.spec("tenure")
+    assert tenure.observed_max is not None
+    columns = {name: [CUSTOMER[name]] * rows for name in schema.names}
+    columns["tenure"][1] = tenure.observed_max + 1
+    columns["tenure"][2] = None
+    columns["payment_method"][2] = "Cash"
+    columns["internet_service"][0] = None  # missing is imputed, not unknown
+    prepared = prepare_columns(columns, schema.numeric, schema.categorical)
+    found = checks.find(prepared, rows)
+    assert len(found) == rows
+    assert found[0] is None
+    assert found[1] == (
+        Reinterpretation(
+            "tenure",
+            tenure.observed_max + 1,
+            "out_of_range",
+            tenure.observed_min,
+            tenure.observed_max,
+        ),
+    )
+    assert found[2] == (Reinterpretation("payment_method", "Cash", "unknown_category"),)
+    assert all(f is None for f in found[3:])
+    clean = prepare_columns(
+        {name: [CUSTOMER[name]] * rows for name in schema.names}, schema.numeric, schema.categorical
+    )
+    assert checks.find(clean, rows) == []
