@@ -1,4 +1,4 @@
-"""A served model: a verified bundle, its predictor, its request models and thresholds.
+"""A served model: a verified bundle, its predictor, its request codec, input checks and thresholds.
 
 Everything a request needs hangs off one immutable ``ServedModel``; a hot reload builds a new
 one beside the old and swaps a single reference, so a request in flight keeps the model it
