@@ -127,21 +127,28 @@ class BackendError(RuntimeError):
 
 
 def sample_rows(bundle: ModelBundle, n: int = PARITY_ROWS, seed: int = 0) -> dict[str, list[Any]]:
-    """Synthetic customers drawn per feature from the reference profile (or the schema)."""
+    """Synthetic customers drawn per feature from the reference profile (or the schema), with
+    what clients also send: padded categories and, where the model imputes, missing values
+    (so the load-time check covers the shared preparation too)."""
     rng = np.random.default_rng(seed)
     profile = bundle.metadata.get("reference_profile") or {}
     columns: dict[str, list[Any]] = {}
     for spec in bundle.schema.features:
+        values: list[Any]
         if spec.kind == "numeric":
             sample = (profile.get("numeric", {}).get(spec.name) or {}).get("sample")
             if not sample:
                 low = spec.observed_min if spec.observed_min is not None else (spec.min or 0.0)
                 high = spec.observed_max if spec.observed_max is not None else low + 100.0
                 sample = np.linspace(low, high, 17).tolist()
-            columns[spec.name] = [float(v) for v in rng.choice(sample, n)]
+            values = [float(v) for v in rng.choice(sample, n)]
         else:
             choices = spec.allowed or spec.categories or ["unknown"]
-            columns[spec.name] = [str(v) for v in rng.choice(choices, n)]
+            values = [str(v) for v in rng.choice(choices, n)]
+            values[3::7] = [f" {v} " for v in values[3::7]]
+        if spec.imputed:
+            values[5::11] = [None] * len(values[5::11])
+        columns[spec.name] = values
     return columns
 
 
