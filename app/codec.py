@@ -106,10 +106,13 @@ def parse_json(body: bytes, content_type: str | bytes | None) -> dict[str, Any]:
     return payload
 
 
-def validation_error(exc: ValidationError, fields: list[str]) -> RequestError:
+def validation_error(
+    exc: ValidationError, fields: list[str], top: list[str] | None = None
+) -> RequestError:
     """A 422 with one entry per problem (location, reason). An unknown field is named with
     the field it probably meant: a missing one of the same object if one is close, else any
-    close field of `fields`."""
+    close one of `fields` (of `top` for the body's own keys when it wraps the objects, as
+    the batch request does)."""
     errors = exc.errors(include_url=False, include_input=False, include_context=False)
     missing: dict[tuple[Any, ...], list[str]] = {}
     for err in errors:
@@ -120,9 +123,10 @@ def validation_error(exc: ValidationError, fields: list[str]) -> RequestError:
         msg = err["msg"]
         if err["type"] == "extra_forbidden" and err["loc"]:
             name = str(err["loc"][-1])
-            candidates = missing.get(tuple(err["loc"][:-1])) or fields
+            known = top if top is not None and len(err["loc"]) == 1 else fields
+            candidates = missing.get(tuple(err["loc"][:-1])) or known
             close = difflib.get_close_matches(name, candidates, n=1, cutoff=0.6)
-            hint = f"did you mean '{close[0]}'?" if close else f"the fields are {fields}"
+            hint = f"did you mean '{close[0]}'?" if close else f"the fields are {known}"
             msg = f"{name}: unknown field; {hint}"
         detail.append({"loc": ["body", *err["loc"]], "msg": msg, "type": err["type"]})
     return RequestError(422, detail)
@@ -212,11 +216,12 @@ class RequestCodec:
                     f"{len(customers)} customers in one call; the limit is "
                     f"{self.max_batch_size} (MAX_BATCH_SIZE): split the batch",
                 )
+        top = ["customers"] if validator is self.batch_validator else None
         try:
             validator.validate_python(payload)
         except ValidationError as exc:
-            return validation_error(exc, self.fields)
-        return validation_error(refused, self.fields)
+            return validation_error(exc, self.fields, top)
+        return validation_error(refused, self.fields, top)
 
     # ------------------------------------------------------------------ encoding
 

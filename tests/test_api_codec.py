@@ -130,3 +130,16 @@ def test_input_checks_flag_exactly_the_reinterpreted_values(
         {name: [CUSTOMER[name]] * rows for name in schema.names}, schema.numeric, schema.categorical
     )
     assert checks.find(clean, rows) == []
+
+
+def test_unknown_fields_are_named_at_their_level(schema: FeatureSchema) -> None:
+    codec = RequestCodec(schema, 10, "1")
+    body = json.dumps({"customer": [CUSTOMER]}).encode()
+    with pytest.raises(RequestError) as refused:
+        codec.decode_batch(body, "application/json")
+    detail = {tuple(d["loc"]): d["msg"] for d in refused.value.detail}
+    assert detail[("body", "customer")] == "customer: unknown field; did you mean 'customers'?"
+    inner = json.dumps({"customers": [{**CUSTOMER, "tenure ": 1}]}).encode()
+    with pytest.raises(RequestError) as refused:
+        codec.decode_batch(inner, "application/json")
+    assert refused.value.detail[0]["msg"] == "tenure : unknown field; did you mean 'tenure'?"
