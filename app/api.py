@@ -8,7 +8,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, HTTPException, Request, Response
 from fastapi.responses import JSONResponse
 
-from app.body import read_json, validate
+from app.codec import RequestError, validate_object
 from app.lifecycle import ModelLifecycle
 from app.schemas import (
     BatchResponse,
@@ -125,36 +125,51 @@ def metrics(service: ServiceDep) -> Response:
     return Response(body, media_type=content_type)
 
 
+def _client_error(exc: RequestError) -> HTTPException:
+    return HTTPException(exc.status, detail=exc.detail)
+
+
+def _json_answer(content: bytes) -> Response:
+    return Response(content, media_type="application/json")
+
+
 @router.post(
     "/predict", response_model=PredictionResponse, tags=["predict"], responses=_CLIENT_ERRORS
 )
-async def predict(service: ServiceDep, request: Request) -> dict[str, Any]:
-    """Churn probability, decision and risk tier for one customer."""
+async def predict(service: ServiceDep, request: Request) -> Response:
+    """Churn probability, decision and risk tier for one customer.
+
+    Strict input: numbers as JSON numbers (integers for integer features), `null` where the
+    model imputes the feature, unknown fields refused (422 naming the likely intended field).
+    `warnings` appears only when a value was reinterpreted (a category not seen in training,
+    a number outside the training range)."""
     model = _model_or_503(service, request)
-    customer = validate(model.customer_model, await read_json(request))
-    rows = service.rows_of(model, [customer.__dict__])
-    return (await service.predict(model, rows))[0]
+    try:
+        rows = model.codec.decode_customer(
+            await request.body(), request.headers.get("content-type")
+        )
+    except RequestError as exc:
+        raise _client_error(exc) from None
+    answers, ids = await service.answer(model, rows)
+    return _json_answer(model.codec.encode_customer(answers, ids))
 
 
 @router.post(
     "/predict/batch", response_model=BatchResponse, tags=["predict"], responses=_CLIENT_ERRORS
 )
-async def predict_batch(service: ServiceDep, request: Request) -> dict[str, Any]:
-    """Predictions for up to MAX_BATCH_SIZE customers, answered in the order sent."""
+async def predict_batch(service: ServiceDep, request: Request) -> Response:
+    """Predictions for up to MAX_BATCH_SIZE customers, answered in the order sent.
+
+    All or nothing: if any customer is invalid, nothing is scored and the 422 names every
+    invalid customer (`loc` = body, customers, index, field) with the reason."""
     model = _model_or_503(service, request)
-    payload = await read_json(request)
-    limit = service.settings.max_batch_size
-    customers = payload.get("customers") if isinstance(payload, dict) else None
-    if isinstance(customers, list) and len(customers) > limit:
-        raise HTTPException(
-            413,
-            detail=f"{len(customers)} customers in one call; the limit is "
-            f"{limit} (MAX_BATCH_SIZE): split the batch",
-        )
-    batch = validate(model.batch_model, payload)
-    items = batch.customers  # type: ignore[attr-defined]
-    predictions = await service.predict(model, service.rows_of(model, [c.__dict__ for c in items]))
-    return {"model_version": model.version, "count": len(predictions), "predictions": predictions}
+    try:
+        content_type = request.headers.get("content-type")
+        rows = model.codec.decode_batch(await request.body(), content_type)
+    except RequestError as exc:
+        raise _client_error(exc) from None
+    answers, ids = await service.answer(model, rows)
+    return _json_answer(model.codec.encode_batch(answers, ids))
 
 
 @router.post(
@@ -164,8 +179,14 @@ async def predict_batch(service: ServiceDep, request: Request) -> dict[str, Any]
     responses={404: {"model": ErrorResponse}, **_CLIENT_ERRORS},
 )
 async def feedback(service: ServiceDep, request: Request) -> dict[str, Any]:
-    """Record the true outcome of an earlier prediction, for live accuracy."""
-    item = validate(FeedbackRequest, await read_json(request))
+    """Record the true outcome (JSON true or false) of an earlier prediction, for live
+    accuracy."""
+    try:
+        item = validate_object(
+            FeedbackRequest, await request.body(), request.headers.get("content-type")
+        )
+    except RequestError as exc:
+        raise _client_error(exc) from None
     assert isinstance(item, FeedbackRequest)
     try:
         await service.record_feedback(item.prediction_id, item.outcome)

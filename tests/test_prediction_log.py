@@ -160,7 +160,7 @@ def test_postgres_store(trained_model: TrainedModel, tmp_path: Path) -> None:
         with TestClient(create_app(settings)) as client:
             ids = [client.post("/predict", json=CUSTOMER).json()["prediction_id"] for _ in range(5)]
             assert wait_until(lambda: len(read_predictions(url)) == 5)
-            response = client.post("/feedback", json={"prediction_id": ids[0], "outcome": 0})
+            response = client.post("/feedback", json={"prediction_id": ids[0], "outcome": False})
             assert response.status_code == 200
         frame = read_predictions(url).set_index("prediction_id")
         assert frame.loc[ids[0], "outcome"] == 0.0
