@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, HTTPException, Request, Response
 from fastapi.responses import JSONResponse
+from pydantic import TypeAdapter, ValidationError
 
-from app.body import read_json, validate
+from app.body import read_json, unprocessable, validate, validation_errors
 from app.schemas import (
     BatchResponse,
     ErrorResponse,
+    FeedbackBatchResponse,
     FeedbackRequest,
     FeedbackResponse,
     HealthResponse,
@@ -188,4 +191,67 @@ async def reload_model(service: ServiceDep, request: Request) -> dict[str, Any]:
         "model_version": result.model.version,
         "previous_version": result.previous_version,
         "backend": result.model.backend,
+    }
+
+
+# ---------------------------------------------------------------------------- batch feedback
+
+_FEEDBACK_LIST = TypeAdapter(list[FeedbackRequest])
+# Feedback items recorded at once: overlaps the store round-trips without flooding it.
+_FEEDBACK_CONCURRENCY = 8
+
+
+@router.post(
+    "/feedback/batch",
+    response_model=FeedbackBatchResponse,
+    tags=["feedback"],
+    responses=_CLIENT_ERRORS,
+)
+async def feedback_batch(service: ServiceDep, request: Request) -> dict[str, Any]:
+    """Record many outcomes at once: a JSON array of {prediction_id, outcome}.
+
+    The array is validated whole first (422 names the item index and field; nothing is
+    recorded). Then each item is recorded on its own with the same code as POST /feedback:
+    the answer gives each item's status, `recorded` or `unknown_prediction` (an id never
+    logged). Recording an outcome replaces any earlier one, so after a 503 (store down) the
+    whole array can be sent again safely.
+    """
+    payload = await read_json(request)
+    if not isinstance(payload, list):
+        raise unprocessable(
+            "expected a JSON array of {prediction_id, outcome} objects", "list_type"
+        )
+    limit = service.settings.max_batch_size
+    if len(payload) > limit:
+        raise HTTPException(
+            413,
+            detail=f"{len(payload)} feedback items in one call; the limit is "
+            f"{limit} (MAX_BATCH_SIZE): split the array",
+        )
+    try:
+        items = _FEEDBACK_LIST.validate_python(payload)
+    except ValidationError as exc:
+        raise validation_errors(exc) from None
+    gate = asyncio.Semaphore(_FEEDBACK_CONCURRENCY)
+
+    async def record(item: FeedbackRequest) -> str:
+        async with gate:
+            try:
+                await service.record_feedback(item.prediction_id, item.outcome)
+            except UnknownPredictionError:
+                return "unknown_prediction"
+        return "recorded"
+
+    try:
+        statuses = await asyncio.gather(*(record(item) for item in items))
+    except FeedbackUnavailableError as exc:
+        raise HTTPException(503, detail=str(exc)) from None
+    results = [
+        {"prediction_id": item.prediction_id, "outcome": item.outcome, "status": status}
+        for item, status in zip(items, statuses, strict=True)
+    ]
+    return {
+        "recorded": sum(s == "recorded" for s in statuses),
+        "unknown": sum(s == "unknown_prediction" for s in statuses),
+        "results": results,
     }

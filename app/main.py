@@ -19,7 +19,7 @@ from app.fastpath import PredictFastPath
 from app.logging import configure_logging
 from app.metrics import Metrics, mark_process_dead
 from app.middleware import RequestMiddleware
-from app.openapi import custom_openapi
+from app.openapi import OPENAPI_URL, add_docs, custom_openapi
 from app.service import ModelService, ReloadError
 from app.settings import Settings
 from app.watcher import watch
@@ -90,12 +90,18 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         version="1.0.0",
         description=DESCRIPTION,
         lifespan=lifespan,
+        # FastAPI's own pages fetch Swagger UI and ReDoc from a CDN; add_docs serves local ones.
+        docs_url=None,
+        redoc_url=None,
+        openapi_url=OPENAPI_URL if settings.docs_enabled else None,
     )
     app.state.settings = settings
     app.state.metrics = Metrics()
     app.include_router(router)
     if settings.admin_enabled:
         app.include_router(admin_router)
+    if settings.docs_enabled:
+        add_docs(app)
     # Innermost: inside CORS and the request middleware, so both apply to it unchanged.
     app.add_middleware(PredictFastPath, state=app.state, routes=router.routes)
     if settings.cors_origins:
