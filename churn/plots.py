@@ -73,13 +73,20 @@ def feature_importance_figure(rows: list[FeatureImportance]) -> Any:
         xerr=[r.importance_std for r in ranked],
         color=[colours[r.direction] for r in ranked],
     )
+    right = max((r.importance + r.importance_std for r in ranked), default=0.0)
+    left = min((r.importance - r.importance_std for r in ranked), default=0.0)
     for i, r in enumerate(ranked):
         ax.annotate(
-            f"  {r.effect}", (max(r.importance, 0.0), i), va="center", fontsize=8, color="#333333"
+            f"  {r.effect}",
+            (max(r.importance + r.importance_std, 0.0), i),
+            va="center",
+            fontsize=8,
+            color="#333333",
         )
+    # Room on the right for the longest effect text.
+    ax.set_xlim(min(left, 0.0) - 0.02 * right, 2.2 * right if right > 0 else 1.0)
     ax.set_xlabel("drop in validation AUC when the feature is shuffled")
     ax.set_title("Permutation importance (red: raises risk, blue: lowers it)")
-    ax.margins(x=0.45)
     fig.tight_layout()
     return fig
 
