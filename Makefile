@@ -68,7 +68,7 @@ rollback: $(BIN)/.installed ## Return ALIAS to its previous version
 
 .PHONY: ui
 ui: $(BIN)/.installed ## MLflow UI on the embedded store: http://127.0.0.1:$(UI_PORT) (runs, plots, versions)
-	$(BIN)/mlflow ui --backend-store-uri $(MLFLOW_STORE) --host 127.0.0.1 --port $(UI_PORT)
+	$(BIN)/mlflow ui --backend-store-uri $(MLFLOW_STORE) --host 127.0.0.1 --port $(UI_PORT) --workers 1
 
 .PHONY: serve
 serve: $(BIN)/.installed ## Serve artifacts/ on http://$(HOST):$(PORT) (no training)
