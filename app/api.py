@@ -242,10 +242,15 @@ async def feedback_batch(service: ServiceDep, request: Request) -> dict[str, Any
                 return "unknown_prediction"
         return "recorded"
 
+    # An id sent twice: the later outcome wins, as if the items were sent one by one; each id
+    # is recorded once, so no two writes for the same prediction race each other.
+    last = {item.prediction_id: item for item in items}
     try:
-        statuses = await asyncio.gather(*(record(item) for item in items))
+        outcomes = await asyncio.gather(*(record(item) for item in last.values()))
     except FeedbackUnavailableError as exc:
         raise HTTPException(503, detail=str(exc)) from None
+    status_of = dict(zip(last, outcomes, strict=True))
+    statuses = [status_of[item.prediction_id] for item in items]
     results = [
         {"prediction_id": item.prediction_id, "outcome": item.outcome, "status": status}
         for item, status in zip(items, statuses, strict=True)

@@ -128,8 +128,13 @@ def library_versions() -> dict[str, str]:
 # Execution knobs, not hyper-parameters: they change how fast a model trains, never what it is.
 _NOT_HYPERPARAMETERS = {"n_jobs"}
 # Short forms for run names: random_forest-d8-n200-leaf5-<data digest>.
-_RUN_NAME_KEYS = {"max_depth": "d", "n_estimators": "n", "min_samples_leaf": "leaf"}
-_RUN_NAME_KEYS.update({"learning_rate": "lr", "C": "C"})
+_RUN_NAME_KEYS = {
+    "max_depth": "d",
+    "n_estimators": "n",
+    "min_samples_leaf": "leaf",
+    "learning_rate": "lr",
+    "C": "C",
+}
 
 
 def applicable_model_params(config: Config) -> dict[str, Any]:

@@ -12,6 +12,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from app.main import create_app
+from churn.prediction_log import read_predictions
 from tests.api_support import CUSTOMER, make_settings
 from tests.conftest import TrainedModel
 
@@ -91,6 +92,7 @@ def test_openapi_documents_the_batch_feedback_body(client: TestClient) -> None:
 
 
 def test_batch_feedback_records_each_item(client: TestClient) -> None:
+    database_url = str(client.app.state.settings.database_url)
     answer = client.post("/predict/batch", json={"customers": [CUSTOMER] * 3})
     assert answer.status_code == 200, answer.text
     ids = [p["prediction_id"] for p in answer.json()["predictions"]]
@@ -112,9 +114,16 @@ def test_batch_feedback_records_each_item(client: TestClient) -> None:
         "recorded",
     ]
     assert [r["prediction_id"] for r in body["results"]] == [i["prediction_id"] for i in items]
-    # Replaying the same array is safe: an outcome is stored or replaced, never doubled.
-    again = client.post("/feedback/batch", json=items[:2])
-    assert again.status_code == 200 and again.json()["recorded"] == 2
+    # Replaying is safe: an outcome is stored or replaced, never doubled; within one array
+    # the later item for an id wins, as if they were sent one by one.
+    again = client.post(
+        "/feedback/batch",
+        json=[*items[:2], {"prediction_id": ids[0], "outcome": False}],
+    )
+    assert again.status_code == 200 and again.json()["recorded"] == 3
+    outcomes = read_predictions(database_url).set_index("prediction_id")["outcome"]
+    assert (outcomes[ids[0]], outcomes[ids[1]], outcomes[ids[2]]) == (0.0, 0.0, 1.0)
+    assert outcomes.index.is_unique
 
 
 def test_batch_feedback_is_validated_whole_before_anything_is_recorded(
