@@ -16,6 +16,9 @@ SEED ?= 42
 CONFIG ?= config.yaml
 ALIAS ?= production
 PYTEST_ARGS ?=
+UI_PORT ?= 5000
+# The embedded store train.py uses by default (config.yaml: mlflow.tracking_uri).
+MLFLOW_STORE ?= sqlite:///mlflow.db
 
 # Bundle signing (churn/bundle.py): train signs, promote and serve verify. BUNDLE_SIGNING_KEY
 # or BUNDLE_SIGNING_KEY_FILE from the environment wins; otherwise a random key is made once
@@ -28,11 +31,15 @@ KEY_DEP := $(SIGNING_KEY_FILE)
 endif
 
 # Installs are keyed on the requirement files: edit one and the next target reinstalls.
+# pip prints each package it fetches, so the 1-3 minute first install is visibly moving.
 $(BIN)/.installed: requirements-dev.txt requirements.txt requirements-serve.txt
-	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	@test -x $(PY) || { echo "[install] creating $(VENV) with $(PYTHON)"; $(PYTHON) -m venv $(VENV); }
+	@echo "[install] upgrading pip"
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -r requirements-dev.txt
+	@echo "[install] installing the pinned stack from requirements-dev.txt (1-3 minutes the first time)"
+	$(PY) -m pip install --progress-bar on -r requirements-dev.txt
 	@touch $@
+	@echo "[install] done: $(VENV) is ready"
 
 .PHONY: help
 help: ## List the targets with what they do
@@ -76,6 +83,10 @@ gate: $(BIN)/.installed | $(KEY_DEP) ## Run the promotion gate only (exit 1 if t
 .PHONY: rollback
 rollback: $(BIN)/.installed | $(KEY_DEP) ## Return ALIAS to its previous version
 	$(KEY_ENV) $(PY) promote_model.py --config $(CONFIG) --alias $(ALIAS) --rollback
+
+.PHONY: ui
+ui: $(BIN)/.installed ## MLflow UI on the embedded store: http://127.0.0.1:$(UI_PORT) (runs, plots, versions)
+	$(BIN)/mlflow ui --backend-store-uri $(MLFLOW_STORE) --host 127.0.0.1 --port $(UI_PORT) --workers 1
 
 .PHONY: serve
 serve: $(BIN)/.installed | $(KEY_DEP) ## Serve artifacts/ on http://$(HOST):$(PORT) (no training)
@@ -147,6 +158,12 @@ images: $(BIN)/.installed ## Build the API, trainer and MLflow images with podma
 image-run: $(BIN)/.installed | $(KEY_DEP) ## Run the API image's own command via chroot (root; no container runtime)
 	$(PY) scripts/run_image_chroot.py localhost/churn-api:latest --env PORT=$(PORT) \
 	  --env BUNDLE_SIGNING_KEY="$${BUNDLE_SIGNING_KEY:-$$(cat "$${BUNDLE_SIGNING_KEY_FILE:-$(SIGNING_KEY_FILE)}")}"
+
+.PHONY: score
+score: $(BIN)/.installed ## Replay FILE= (a CSV) to the running API in batches; answers to OUT= (URL=, FEEDBACK=column)
+	@test -n "$(FILE)" || { echo "usage: make score FILE=data/x.csv [URL=http://localhost:$(PORT)] [OUT=reports/x_scored.csv] [FEEDBACK=churned]" >&2; exit 2; }
+	$(PY) scripts/score_csv.py $(FILE) --url $(or $(URL),http://localhost:$(PORT)) \
+	  $(if $(OUT),--out $(OUT)) $(if $(FEEDBACK),--feedback $(FEEDBACK))
 
 .PHONY: smoke
 smoke: $(BIN)/.installed ## Smoke-test a running API: make smoke URL=http://localhost:8000

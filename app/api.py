@@ -2,17 +2,26 @@
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, HTTPException, Request, Response
 from fastapi.responses import JSONResponse
+from pydantic import TypeAdapter, ValidationError
 
-from app.codec import RequestError, validate_object
+from app.codec import (
+    RequestError,
+    parse_json_value,
+    unprocessable,
+    validate_object,
+    validation_error,
+)
 from app.lifecycle import ModelLifecycle
 from app.schemas import (
     BatchResponse,
     ErrorResponse,
+    FeedbackBatchResponse,
     FeedbackRequest,
     FeedbackResponse,
     HealthResponse,
@@ -251,4 +260,77 @@ async def reload_model(
         "all_workers_swapped": not report.not_swapped,
         "workers": [w.public() for w in report.workers],
         "not_swapped": report.not_swapped,
+    }
+
+
+# ---------------------------------------------------------------------------- batch feedback
+
+_FEEDBACK_LIST = TypeAdapter(list[FeedbackRequest])
+# Feedback items recorded at once: overlaps the store round-trips without flooding it.
+_FEEDBACK_CONCURRENCY = 8
+
+
+@router.post(
+    "/feedback/batch",
+    response_model=FeedbackBatchResponse,
+    tags=["feedback"],
+    responses=_CLIENT_ERRORS,
+)
+async def feedback_batch(service: ServiceDep, request: Request) -> dict[str, Any]:
+    """Record many outcomes at once: a JSON array of {prediction_id, outcome}.
+
+    The array is validated whole first (422 names the item index and field; nothing is
+    recorded). Then each item is recorded on its own with the same code as POST /feedback:
+    the answer gives each item's status, `recorded` or `unknown_prediction` (an id never
+    logged). Recording an outcome replaces any earlier one, so after a 503 (store down) the
+    whole array can be sent again safely.
+    """
+    try:
+        payload = parse_json_value(
+            await request.body(), request.headers.get("content-type"), "a JSON array"
+        )
+        if not isinstance(payload, list):
+            raise unprocessable(
+                "expected a JSON array of {prediction_id, outcome} objects", "list_type"
+            )
+    except RequestError as exc:
+        raise _client_error(exc) from None
+    limit = service.settings.max_batch_size
+    if len(payload) > limit:
+        raise HTTPException(
+            413,
+            detail=f"{len(payload)} feedback items in one call; the limit is "
+            f"{limit} (MAX_BATCH_SIZE): split the array",
+        )
+    try:
+        items = _FEEDBACK_LIST.validate_python(payload)
+    except ValidationError as exc:
+        raise _client_error(validation_error(exc, list(FeedbackRequest.model_fields))) from None
+    gate = asyncio.Semaphore(_FEEDBACK_CONCURRENCY)
+
+    async def record(item: FeedbackRequest) -> str:
+        async with gate:
+            try:
+                await service.record_feedback(item.prediction_id, item.outcome)
+            except UnknownPredictionError:
+                return "unknown_prediction"
+        return "recorded"
+
+    # An id sent twice: the later outcome wins, as if the items were sent one by one; each id
+    # is recorded once, so no two writes for the same prediction race each other.
+    last = {item.prediction_id: item for item in items}
+    try:
+        outcomes = await asyncio.gather(*(record(item) for item in last.values()))
+    except FeedbackUnavailableError as exc:
+        raise HTTPException(503, detail=str(exc)) from None
+    status_of = dict(zip(last, outcomes, strict=True))
+    statuses = [status_of[item.prediction_id] for item in items]
+    results = [
+        {"prediction_id": item.prediction_id, "outcome": item.outcome, "status": status}
+        for item, status in zip(items, statuses, strict=True)
+    ]
+    return {
+        "recorded": sum(s == "recorded" for s in statuses),
+        "unknown": sum(s == "unknown_prediction" for s in statuses),
+        "results": results,
     }

@@ -89,17 +89,24 @@ _JSON_NAMES = {
 }
 
 
-def parse_json(body: bytes, content_type: str | bytes | None) -> dict[str, Any]:
-    """The body as a JSON object: 415 unless the content type is JSON; 422 if it is empty,
-    malformed, holds NaN or Infinity anywhere, or is not an object."""
+def parse_json_value(
+    body: bytes, content_type: str | bytes | None, expected: str = "a JSON object"
+) -> Any:
+    """The body as any JSON value: 415 unless the content type is JSON; 422 if it is empty,
+    malformed, or holds NaN or Infinity anywhere."""
     if not is_json(content_type):
         raise RequestError(415, UNSUPPORTED_MEDIA_TYPE)
     if not body.strip():
-        raise unprocessable("the body is empty; send a JSON object", "missing")
+        raise unprocessable(f"the body is empty; send {expected}", "missing")
     try:
-        payload = json.loads(body, parse_constant=_refuse_constant)
+        return json.loads(body, parse_constant=_refuse_constant)
     except (ValueError, RecursionError) as exc:  # JSONDecodeError and UnicodeDecodeError
         raise unprocessable(f"malformed JSON: {exc}", "json_invalid") from None
+
+
+def parse_json(body: bytes, content_type: str | bytes | None) -> dict[str, Any]:
+    """The body as a JSON object (see `parse_json_value`; 422 if it is not an object)."""
+    payload = parse_json_value(body, content_type)
     if not isinstance(payload, dict):
         got = _JSON_NAMES.get(type(payload), type(payload).__name__)
         raise unprocessable(f"expected a JSON object, got {got}", "model_type")

@@ -21,7 +21,7 @@ from app.logging import configure_logging
 from app.loopflush import flush_all_and_stop_deferring
 from app.metrics import Metrics, mark_process_dead
 from app.middleware import RequestMiddleware
-from app.openapi import custom_openapi
+from app.openapi import OPENAPI_URL, add_docs, custom_openapi
 from app.service import ModelService
 from app.settings import Settings
 from app.source import bounded_registry_calls
@@ -113,6 +113,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         version="1.0.0",
         description=DESCRIPTION,
         lifespan=lifespan,
+        # FastAPI's own pages fetch Swagger UI and ReDoc from a CDN; add_docs serves local ones.
+        docs_url=None,
+        redoc_url=None,
+        openapi_url=OPENAPI_URL if settings.docs_enabled else None,
     )
     app.state.settings = settings
     app.state.metrics = Metrics()
@@ -121,6 +125,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     if settings.admin_enabled:
         app.include_router(admin_router)
         routes += admin_router.routes
+    if settings.docs_enabled:
+        add_docs(app)
     # Innermost: inside CORS and the request middleware, so both apply to it unchanged.
     app.add_middleware(PredictFastPath, state=app.state, routes=router.routes)
     if settings.cors_origins:

@@ -206,6 +206,18 @@ class FeedbackResponse(BaseModel):
     status: Literal["recorded"] = "recorded"
 
 
+class FeedbackItemResult(BaseModel):
+    prediction_id: str
+    outcome: bool
+    status: Literal["recorded", "unknown_prediction"]
+
+
+class FeedbackBatchResponse(BaseModel):
+    recorded: int = Field(description="Items whose outcome was stored")
+    unknown: int = Field(description="Items naming a prediction id that was never logged")
+    results: list[FeedbackItemResult] = Field(description="One per item, in the order sent")
+
+
 class HealthResponse(BaseModel):
     status: Literal["healthy"] = "healthy"
     model_loaded: bool

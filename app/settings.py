@@ -87,6 +87,9 @@ class Settings(BaseSettings):
     risk_medium: float | None = Field(default=None, gt=0.0, le=1.0)
     decision_threshold: float | None = Field(default=None, gt=0.0, lt=1.0)
 
+    # /docs, /redoc and /openapi.json (and / redirecting to /docs); false removes all of them.
+    docs_enabled: bool = True
+
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     environment: Environment = "production"
 
