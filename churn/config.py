@@ -178,17 +178,14 @@ class Config(_Section):
     monitoring: MonitoringConfig = MonitoringConfig()
 
     @model_validator(mode="after")
-    def _segments_name_features(self) -> Config:
+    def _segments_fit_their_features(self) -> Config:
+        # A segment naming no configured feature is reported once the features themselves
+        # have been checked against the data (churn.data), where a typo in either shows.
         for i, segment in enumerate(self.monitoring.segments):
             where = f"monitoring.segments.{i}"
-            if segment.feature not in self.features.all:
-                hint = difflib.get_close_matches(segment.feature, self.features.all, n=1)
-                did = f"; did you mean '{hint[0]}'?" if hint else ""
-                raise ValueError(f"{where}: '{segment.feature}' is not a feature{did}")
-            numeric = segment.feature in self.features.numeric
-            if numeric and segment.bins is None:
+            if segment.feature in self.features.numeric and segment.bins is None:
                 raise ValueError(f"{where}: numeric feature '{segment.feature}' needs bins")
-            if not numeric and segment.bins is not None:
+            if segment.feature in self.features.categorical and segment.bins is not None:
                 raise ValueError(
                     f"{where}: '{segment.feature}' is categorical; it is split by its "
                     "categories, bins do not apply"

@@ -67,6 +67,15 @@ def _check_columns(df: pd.DataFrame, config: Config, path: Path) -> None:
                 raise DataValidationError(
                     f"config: {section} names '{name}', which is not a column of {path}{suggestion}"
                 )
+    features = config.features.all
+    for i, segment in enumerate(config.monitoring.segments):
+        if segment.feature not in features:
+            hint = difflib.get_close_matches(segment.feature, features, n=1)
+            suggestion = f"; did you mean '{hint[0]}'?" if hint else ""
+            raise DataValidationError(
+                f"config: monitoring.segments.{i} names '{segment.feature}', which is not a "
+                f"feature (features.numeric, features.categorical){suggestion}"
+            )
 
 
 def coerce_target(series: pd.Series, name: str, path: Path) -> pd.Series:

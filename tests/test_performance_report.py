@@ -139,3 +139,21 @@ def test_closed_loop_retrains_when_the_estimated_auc_falls_below_the_gate() -> N
     high = _report(1.0, gate=0.6)
     assert not high.estimated_auc_below_gate
     assert decide(_run_with(high), labelled=1000, min_labelled=200).action != "retrain"
+
+
+def test_segments_are_validated_against_the_features(tmp_path: Path) -> None:
+    from churn.config import ConfigError, load_config
+    from churn.data import DataValidationError, load_training_data
+    from churn.datagen import generate_customers
+    from tests.conftest import write_config
+
+    generate_customers(200, seed=1).to_csv(tmp_path / "churn_train.csv", index=False)
+    path = write_config(tmp_path, monitoring={"segments": [{"feature": "tenur", "bins": [6]}]})
+    with pytest.raises(DataValidationError, match=r"segments.0 names 'tenur'.*'tenure'"):
+        load_training_data(load_config(path))
+    path = write_config(tmp_path, monitoring={"segments": [{"feature": "tenure"}]})
+    with pytest.raises(ConfigError, match="numeric feature 'tenure' needs bins"):
+        load_config(path)
+    path = write_config(tmp_path, monitoring={"segments": [{"feature": "tenure", "bins": [9, 3]}]})
+    with pytest.raises(ConfigError, match="strictly ascending"):
+        load_config(path)
