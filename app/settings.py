@@ -7,7 +7,7 @@ outside development), so a misconfigured pod fails fast instead of serving.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import Field, PrivateAttr, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -28,70 +28,153 @@ class Settings(BaseSettings):
         env_prefix="", case_sensitive=False, extra="ignore", hide_input_in_errors=True
     )
 
+    # Every field's description is its row in the README's settings table (settings_table;
+    # tests/test_settings_docs.py keeps the two equal).
+
     # Where the model comes from: a bundle on disk, or the registry when MODEL_URI is set.
-    model_path: Path = Path("artifacts/model.pkl")
-    model_uri: str | None = None
-    mlflow_tracking_uri: str | None = None
-    model_watch_interval: float = Field(default=0.0, ge=0.0, description="0 disables the watcher")
+    model_path: Path = Field(
+        default=Path("artifacts/model.pkl"),
+        description="bundle on disk (metadata and signature beside it): what promotion exported",
+    )
+    model_uri: str | None = Field(
+        default=None,
+        description="e.g. `models:/churn-classifier@production`; wins over `MODEL_PATH`",
+    )
+    mlflow_tracking_uri: str | None = Field(
+        default=None,
+        description="tracking server for `MODEL_URI` and the alias check (credentials are "
+        "never shown to clients)",
+    )
+    model_watch_interval: float = Field(
+        default=0.0,
+        ge=0.0,
+        description="seconds between checks of the model source for a new version; 0 disables "
+        "the watcher",
+    )
     model_required: bool = Field(
         default=False,
-        description="with a bundle on disk (no MODEL_URI): refuse to start when it cannot be "
+        description="with a bundle on disk (no `MODEL_URI`): refuse to start when it cannot be "
         "loaded; a registry model is always loaded in the background (readiness 503 until then)",
     )
     # Loading and reloading across workers (app.lifecycle, app.workers).
     model_state_dir: Path | None = Field(
         default=None,
-        description="directory the workers share to follow reloads; default: model-state/ "
-        "in PROMETHEUS_MULTIPROC_DIR",
+        description="directory the workers share to follow reloads; default: `model-state/` "
+        "in `PROMETHEUS_MULTIPROC_DIR` (nothing shared with one process)",
     )
     model_sync_interval: float = Field(
-        default=1.0, gt=0.0, description="seconds between a worker's checks for a reload"
+        default=1.0,
+        gt=0.0,
+        description="seconds between a worker's checks for a reload asked of another worker",
     )
     model_retry_max_interval: float = Field(
-        default=30.0, gt=0.0, description="longest wait between attempts to load a model"
+        default=30.0,
+        gt=0.0,
+        description="longest wait (s) between attempts to load a model that is not there yet",
     )
     reload_wait_timeout: float = Field(
-        default=10.0, ge=0.0, description="how long /admin/reload waits for every worker"
+        default=10.0, ge=0.0, description="how long `/admin/reload` waits for every worker to swap"
     )
     registry_timeout: float = Field(
-        default=5.0, gt=0.0, description="seconds per registry HTTP request (MLflow)"
+        default=5.0,
+        gt=0.0,
+        description="seconds per MLflow HTTP request (`MLFLOW_HTTP_REQUEST_TIMEOUT` wins when set)",
     )
-    # auto: the compiled forest (churn.forest) when the pipeline is one it covers, else ONNX
-    # when the bundle has an export, else sklearn; each checked against sklearn at load.
-    # forest / onnx: prefer that one (falling back in the same order); sklearn: always the
-    # pipeline.
-    inference_backend: Literal["auto", "forest", "onnx", "sklearn"] = "auto"
+    inference_backend: Literal["auto", "forest", "onnx", "sklearn"] = Field(
+        default="auto",
+        description="`auto`/`forest`: the compiled forest, else ONNX, else sklearn, each "
+        "checked against sklearn at load; `onnx`: ONNX first; `sklearn`: always the pipeline",
+    )
     # The key bundles are signed with (churn.bundle): an unsigned or wrongly signed bundle is
     # refused. Required in production; one of the two, never both.
-    bundle_signing_key: SecretStr | None = None
-    bundle_signing_key_file: Path | None = None
+    bundle_signing_key: SecretStr | None = Field(
+        default=None,
+        description="the bundle signing key (at least 32 bytes); required in production "
+        "([signed bundles](#security-signed-model-bundles))",
+    )
+    bundle_signing_key_file: Path | None = Field(
+        default=None, description="a file holding the signing key (instead of the key itself)"
+    )
     _signing_key: SigningKey | None = PrivateAttr(default=None)
 
-    database_url: str = DEFAULT_PREDICTION_LOG_URL
-    prediction_log_enabled: bool = True
-    prediction_log_queue_size: int = Field(default=10_000, ge=1)
-    prediction_log_batch_size: int = Field(default=500, ge=1)
-    prediction_log_flush_interval: float = Field(default=0.5, gt=0.0)
+    database_url: str = Field(
+        default=DEFAULT_PREDICTION_LOG_URL,
+        description="prediction log (SQLAlchemy URL; `postgresql+psycopg2://…`)",
+    )
+    prediction_log_enabled: bool = Field(
+        default=True,
+        description="write the prediction log (off: every prediction is counted dropped)",
+    )
+    prediction_log_queue_size: int = Field(
+        default=10_000, ge=1, description="predictions waiting for the log writer, at most"
+    )
+    prediction_log_batch_size: int = Field(
+        default=500, ge=1, description="predictions per write to the store"
+    )
+    prediction_log_flush_interval: float = Field(
+        default=0.5, gt=0.0, description="seconds between writes of a partial batch"
+    )
     # One value bounds a store statement (lock wait, statement_timeout) and the shutdown wait
     # (at most twice this), so a locked store cannot stall shutdown nor lose rows uncounted.
-    prediction_log_write_timeout: float = Field(default=DEFAULT_WRITE_TIMEOUT, gt=0.0, le=60.0)
+    prediction_log_write_timeout: float = Field(
+        default=DEFAULT_WRITE_TIMEOUT,
+        gt=0.0,
+        le=60.0,
+        description="seconds a log statement may wait (SQLite lock, PostgreSQL "
+        "`statement_timeout`); shutdown waits at most twice this, then counts the rest dropped",
+    )
 
-    admin_token: SecretStr | None = None
-    cors_origins: Annotated[list[str], NoDecode] = Field(default_factory=list)
-    max_body_bytes: int = Field(default=1_048_576, ge=1024)
+    admin_token: SecretStr | None = Field(
+        default=None, description="bearer token for `/admin/reload`; unset disables it"
+    )
+    cors_origins: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="comma-separated origins; `*` refused unless `ENVIRONMENT=development`",
+    )
+    max_body_bytes: int = Field(
+        default=1_048_576, ge=1024, description="largest request body (413 above)"
+    )
     # a batch is one prediction-log row; its ids number its predictions in 4 hex digits
-    max_batch_size: int = Field(default=1000, ge=1, le=MAX_BATCH_ROWS)
+    max_batch_size: int = Field(
+        default=1000,
+        ge=1,
+        le=MAX_BATCH_ROWS,
+        description="customers per `/predict/batch` and items per `/feedback/batch` (413 above)",
+    )
 
     # Default: the bundle metadata's "risk" section.
-    risk_high: float | None = Field(default=None, gt=0.0, le=1.0)
-    risk_medium: float | None = Field(default=None, gt=0.0, le=1.0)
-    decision_threshold: float | None = Field(default=None, gt=0.0, lt=1.0)
+    risk_high: float | None = Field(
+        default=None,
+        gt=0.0,
+        le=1.0,
+        description="HIGH tier from this probability (default: the bundle's `risk` section)",
+    )
+    risk_medium: float | None = Field(
+        default=None,
+        gt=0.0,
+        le=1.0,
+        description="MEDIUM tier from this probability (default: the bundle's `risk` section)",
+    )
+    decision_threshold: float | None = Field(
+        default=None,
+        gt=0.0,
+        lt=1.0,
+        description="`churn_prediction` is probability at or above "
+        "this (default: the bundle's `risk` section)",
+    )
 
-    # /docs, /redoc and /openapi.json (and / redirecting to /docs); false removes all of them.
-    docs_enabled: bool = True
+    docs_enabled: bool = Field(
+        default=True,
+        description="`/docs`, `/redoc`, `/openapi.json` and `/` → `/docs`; false removes them",
+    )
 
-    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
-    environment: Environment = "production"
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
+        default="INFO", description="one JSON line per event on stdout"
+    )
+    environment: Environment = Field(
+        default="production",
+        description="`production` requires a signing key; `development` allows `CORS_ORIGINS=*`",
+    )
 
     @field_validator("cors_origins", mode="before")
     @classmethod
@@ -159,3 +242,26 @@ class Settings(BaseSettings):
     @property
     def admin_enabled(self) -> bool:
         return self.admin_token is not None and bool(self.admin_token.get_secret_value())
+
+
+def _default_text(field: Any) -> str:
+    value = field.get_default(call_default_factory=True)
+    if value is None:
+        return "–"
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, list):
+        return "none" if not value else ", ".join(value)
+    if isinstance(value, float):
+        return f"{value:g}"
+    if isinstance(value, (str, Path)):
+        return f"`{value}`"
+    return str(value)
+
+
+def settings_table() -> str:
+    """The README's table of the API's environment variables, from the fields themselves."""
+    rows = ["| Variable | Default | Meaning |", "| --- | --- | --- |"]
+    for name, field in Settings.model_fields.items():
+        rows.append(f"| `{name.upper()}` | {_default_text(field)} | {field.description} |")
+    return "\n".join(rows)
