@@ -142,6 +142,17 @@ closed-loop: $(BIN)/.installed ## One closed-loop cycle: drift + labels -> retra
 bench: $(BIN)/.installed | $(KEY_DEP) ## Benchmarks (bench/RESULTS.md); not part of make test
 	$(KEY_ENV) $(PY) -m bench.run $(BENCH_ARGS)
 
+NANNYML_VENV := .cache/nannyml-venv
+CBPE_DIR := bench/results/cbpe
+
+.PHONY: bench-cbpe
+bench-cbpe: $(BIN)/.installed ## Label-free estimate vs NannyML's CBPE on the same windows (own venv)
+	@test -x $(NANNYML_VENV)/bin/python || ( $(PYTHON) -m venv $(NANNYML_VENV) && \
+	  $(NANNYML_VENV)/bin/pip install --quiet nannyml==0.13.1 statsmodels==0.15.0 )
+	$(PY) -m bench.cbpe_compare prepare $(CBPE_DIR)
+	NML_DISABLE_USAGE_LOGGING=1 $(NANNYML_VENV)/bin/python -P bench/cbpe_compare.py nannyml $(CBPE_DIR)
+	$(PY) -m bench.cbpe_compare compare $(CBPE_DIR)
+
 .PHONY: base-image
 base-image: ## Build (once, then cached) the debootstrap base image for podman builds
 	scripts/build_base_image.sh

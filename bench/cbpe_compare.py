@@ -75,6 +75,9 @@ def prepare(out: Path) -> None:
 
 def nannyml(out: Path) -> None:
     """Runs in NannyML's own virtualenv: CBPE fitted on the reference, one chunk per window."""
+    import os
+
+    os.environ["NML_DISABLE_USAGE_LOGGING"] = "1"  # NannyML phones home otherwise
     import nannyml as nml
     import pandas as pd
 
