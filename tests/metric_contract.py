@@ -33,6 +33,7 @@ DRIFT_METRICS = frozenset(
         "live_precision",
         "live_recall",
         "live_labelled_samples",
+        "drift_insufficient_data",
     }
 )
 # Pushed with them by the estimated-performance section (monitoring.performance).

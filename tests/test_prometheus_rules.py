@@ -118,6 +118,8 @@ def test_expected_alerts_are_defined() -> None:
         "LiveAucBelowGate",
         "EstimatedAucBelowGate",
         "SegmentUnderPredicted",
+        "ModelAliasMismatch",
+        "DriftCheckBlind",
     }
 
 
