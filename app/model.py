@@ -25,12 +25,10 @@ from app.schemas import (
 from app.settings import Settings
 from churn.bundle import BundleError, ModelBundle, load_bundle
 from churn.inference import BackendError, Predictor, choose_predictor
-from churn.risk import Thresholds, risk_tiers
+from churn.risk import PROBABILITY_DECIMALS, Thresholds, risk_tiers
 from churn.schema import FeatureSchema
 
 logger = logging.getLogger("app.model")
-
-_DEFAULT_RISK = {"high": 0.75, "medium": 0.45, "decision_threshold": 0.5}
 
 
 class ModelLoadError(RuntimeError):
@@ -89,7 +87,7 @@ class ServedModel:
         columns = {name: [row[name] for row in rows] for name in self.schema.names}
         probabilities = self.predictor.predict_proba(columns)
         return Answers(
-            probabilities=np.round(probabilities, 4).tolist(),
+            probabilities=np.round(probabilities, PROBABILITY_DECIMALS).tolist(),
             decisions=(probabilities >= self.thresholds.decision).tolist(),
             tiers=self.tiers(probabilities).tolist(),
             columns=columns,
@@ -116,20 +114,17 @@ class ServedModel:
 
 def thresholds_for(settings: Settings, metadata: dict[str, Any]) -> Thresholds:
     """Environment overrides first, then the bundle's "risk" section, then the defaults."""
-    risk = {**_DEFAULT_RISK, **(metadata.get("risk") or {})}
-    high = settings.risk_high if settings.risk_high is not None else float(risk["high"])
-    medium = settings.risk_medium if settings.risk_medium is not None else float(risk["medium"])
-    decision = (
-        settings.decision_threshold
-        if settings.decision_threshold is not None
-        else float(risk["decision_threshold"])
-    )
-    if medium > high:
-        raise ModelLoadError(
-            f"risk thresholds: medium ({medium}) exceeds high ({high}); "
-            "check RISK_MEDIUM/RISK_HIGH against the bundle's risk section"
+    try:
+        return Thresholds.from_metadata(
+            metadata,
+            high=settings.risk_high,
+            medium=settings.risk_medium,
+            decision=settings.decision_threshold,
         )
-    return Thresholds(high=high, medium=medium, decision=decision)
+    except ValueError as exc:
+        raise ModelLoadError(
+            f"risk thresholds: {exc}; check RISK_MEDIUM/RISK_HIGH against the bundle"
+        ) from None
 
 
 def fetch_bundle(settings: Settings) -> tuple[ModelBundle, str]:
