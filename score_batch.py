@@ -106,6 +106,9 @@ def main(argv: list[str] | None = None) -> int:
         "push_job": args.push_job,
     }
     job = BatchJob(**fields, **({"scoring_date": args.date} if args.date else {}))
+    from pyspark.sql import SparkSession
+
+    existing = SparkSession.getActiveSession()  # a caller's session (tests, notebooks) stays up
     spark = spark_session(args.master, dict(args.conf), app_name="churn-score-batch")
     try:
         result = run_batch(spark, job)
@@ -113,7 +116,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"score_batch: error: {exc}", file=sys.stderr)
         return EXIT_ERROR
     finally:
-        spark.stop()
+        if existing is None:
+            spark.stop()
     print(result.line())
     if not result.published:
         print(
