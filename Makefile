@@ -93,8 +93,19 @@ drift: $(BIN)/.installed ## Drift check: prediction log of the last 24h vs the b
 	  --json reports/drift.json --html reports/drift.html $(DRIFT_ARGS)
 
 .PHONY: bench
-bench: $(BIN)/.installed ## Benchmarks (bench/RESULTS.md); not part of make test
+bench: $(BIN)/.installed ## Benchmarks (bench/RESULTS.md, Spark scoring too); not part of make test
 	$(PY) -m bench.run $(BENCH_ARGS)
+	$(PY) -m bench.spark_batch $(SPARK_BENCH_ARGS)
+
+.PHONY: bench-spark
+bench-spark: $(BIN)/.installed ## Spark nightly scoring vs spark_udf vs pandas (SPARK_BENCH_ARGS=--rows N)
+	$(PY) -m bench.spark_batch $(SPARK_BENCH_ARGS)
+
+.PHONY: score-batch
+score-batch: $(BIN)/.installed ## Score a customer table on Spark: make score-batch INPUT=... OUTPUT=...
+	@test -n "$(INPUT)" || { echo "make score-batch: set INPUT=<customer table>"; exit 2; }
+	$(PY) score_batch.py --config $(CONFIG) --input $(INPUT) --output $(or $(OUTPUT),scores) \
+	  --model $(or $(MODEL),artifacts) $(BATCH_ARGS)
 
 .PHONY: base-image
 base-image: ## Build (once, then cached) the debootstrap base image for podman builds
