@@ -30,6 +30,7 @@ import pandas as pd
 from churn.batch.job import BatchJob, prepare_model, run_batch, spark_session
 from churn.batch.scoring import Scorer
 from churn.datagen import generate_customers
+from churn.pipeline import MISSING_CATEGORY
 
 ROOT = Path(__file__).resolve().parents[1]
 CHUNK_ROWS = 1_000_000
@@ -87,7 +88,8 @@ def bench_spark_udf(spark: Any, source: Path, out: Path, bundle: Path) -> tuple[
     udf = mlflow.pyfunc.spark_udf(
         spark, str(model_dir), result_type=T.ArrayType(T.DoubleType()), env_manager="local"
     )
-    frame = spark.read.parquet(str(source))
+    # sklearn's encoder refuses None among strings: give it the imputer's own fill value
+    frame = spark.read.parquet(str(source)).fillna(MISSING_CATEGORY, loaded.schema.categorical)
     names = loaded.schema.names
     scored = frame.select(
         "customer_id", udf(F.struct(*[F.col(n) for n in names]))[1].alias("churn_probability")

@@ -175,9 +175,9 @@ def prepare_model(job: BatchJob) -> PreparedModel:
 
             directory = download_bundle(job.tracking_uri, job.model).directory
         else:
-            directory = bundle_directory(Path(job.model))
-            if not directory.is_dir():
+            if not Path(job.model).exists():
                 raise BatchInputError(f"{job.model}: model bundle not found")
+            directory = bundle_directory(Path(job.model))
         files = bundle_files(directory)
         bundle = materialise(files)
         thresholds = Thresholds.from_metadata(bundle.metadata)
@@ -214,7 +214,7 @@ def check_columns(frame: DataFrame, features: Sequence[str], keys: Sequence[str]
     """Every feature and key column present (with a 'did you mean'), and no key that is also
     a feature (the output would carry it twice)."""
     columns = list(frame.columns)
-    for role, names in (("feature", features), ("key column", keys)):
+    for role, names in (("feature", features), ("key", keys)):
         for name in names:
             if name not in columns:
                 hint = difflib.get_close_matches(name, columns, n=1)

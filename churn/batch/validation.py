@@ -101,6 +101,8 @@ def _categorical_checks(
 
 
 def _describe(spec: FeatureSpec, code: str, value: Any) -> str:
+    if isinstance(value, np.generic):  # numpy 2 writes np.float64(-3.0) otherwise
+        value = value.item()
     shown = "missing" if value is None else repr(value)
     if code == "below_min":
         return f"{spec.name}: {shown} is below the minimum {spec.min:g}"
