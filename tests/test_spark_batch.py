@@ -352,3 +352,70 @@ def test_cli_reports_and_exits(
     assert "no key column 'customer_idd'; did you mean 'customer_id'?" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         score_batch.main([*argv, "--max-invalid-share", "2"])
+
+
+def test_scorer_in_process_matches_its_spark_columns(trained_model: Any) -> None:
+    """The executor's scorer called directly: answers for valid rows, nulls for bad ones, and
+    the features as the model saw them (what the drift statistics read)."""
+    from churn.batch.scoring import SCORE_COLUMNS, BundlePayload, bundle_files, scorer_for
+
+    payload = BundlePayload(bundle_files(trained_model.bundle_dir), "forest", allow_missing=True)
+    scorer = scorer_for(payload)
+    assert scorer_for(payload) is scorer  # once per worker
+    frame = customers(50, seed=81)
+    frame.loc[0, "tenure"] = -2.0
+    out = scorer.score(frame, ["customer_id"], with_features=True)
+    assert list(out.columns) == ["customer_id", *SCORE_COLUMNS, *scorer.schema.names]
+    assert out.loc[0, "status"] == "invalid" and np.isnan(out.loc[0, "churn_probability"])
+    assert np.isnan(out.loc[0, "tenure"]) and out.loc[1, "tenure"] == frame.loc[1, "tenure"]
+    assert out.loc[1:, "churn_probability"].between(0, 1).all()
+    assert set(out.loc[1:, "risk_tier"]) <= {"HIGH", "MEDIUM", "LOW"}
+
+
+def test_thresholds_from_metadata_and_job_errors_read_well() -> None:
+    from churn.batch.job import cause
+    from churn.risk import Thresholds
+
+    assert Thresholds.from_metadata({}) == Thresholds(0.75, 0.45, 0.5)
+    assert Thresholds.from_metadata({"risk": {"high": 0.9}}, medium=0.2).medium == 0.2
+    with pytest.raises(ValueError, match="exceeds high"):
+        Thresholds.from_metadata({"risk": {"high": 0.3, "medium": 0.4}})
+    worker = RuntimeError(
+        "An exception was thrown from the Python worker:\nTraceback (most recent call last):\n"
+        '  File "x.py", line 1\nValueError: bad bundle\n\tat org.apache.spark.Foo(Foo.scala:1)'
+    )
+    assert cause(worker) == "ValueError: bad bundle"
+    assert cause(RuntimeError("Path does not exist: /x\nmore")) == "Path does not exist: /x"
+
+
+def test_model_from_the_registry_is_verified_like_a_bundle(trained_model: Any) -> None:
+    from churn.batch.job import prepare_model
+
+    job = BatchJob(
+        input="unused",
+        output="unused",
+        model=f"models:/{trained_model.config.mlflow.model_name}/1",
+        tracking_uri=trained_model.tracking_uri,
+    )
+    model = prepare_model(job)
+    local = load_bundle(trained_model.bundle_dir)
+    assert model.bundle.version == local.version
+    assert model.payload.files["model.pkl"] == (trained_model.bundle_dir / "model.pkl").read_bytes()
+    assert model.payload.backend == "forest"
+
+
+def test_registry_errors_never_print_credentials(monkeypatch: pytest.MonkeyPatch) -> None:
+    from churn.batch.job import prepare_model
+    from tests._tools import free_port
+
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "2")
+    job = BatchJob(
+        input="unused",
+        output="unused",
+        model="models:/churn-classifier@production",
+        tracking_uri=f"http://batch:hunter2@127.0.0.1:{free_port()}",
+    )
+    with pytest.raises(BatchInputError, match="cannot fetch the model") as caught:
+        prepare_model(job)
+    assert "hunter2" not in str(caught.value)

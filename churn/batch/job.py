@@ -48,6 +48,8 @@ EXIT_OK, EXIT_TOO_MANY_INVALID, EXIT_ERROR = 0, 1, 2
 SUMMARY_FILE, DRIFT_JSON, DRIFT_HTML = "_summary.json", "_drift.json", "_drift.html"
 # Environment the executors need to verify a signed bundle (see churn.bundle).
 SIGNING_ENV = ("BUNDLE_SIGNING_KEY", "BUNDLE_SIGNING_KEY_FILE")
+# user:password@ in a URL (a tracking URI may carry them): never printed.
+_CREDENTIALS = re.compile(r"://[^/@\s]+@")
 # Spark redacts conf values whose key matches this in its UI and logs; add the signing key.
 REDACTION_REGEX = r"(?i)secret|password|token|access[.]?key|signing[._]?key"
 
@@ -187,9 +189,8 @@ def prepare_model(job: BatchJob) -> PreparedModel:
     except (BundleError, ScoringSetupError, ValueError) as exc:
         raise BatchInputError(str(exc)) from None
     except Exception as exc:  # registry and network failures come in many types
-        raise BatchInputError(
-            f"{job.model}: cannot fetch the model ({type(exc).__name__}: {exc})"
-        ) from None
+        detail = _CREDENTIALS.sub("://***@", f"{type(exc).__name__}: {exc}")
+        raise BatchInputError(f"{job.model}: cannot fetch the model ({detail})") from None
     payload = BundlePayload(files=files, backend=predictor.backend, allow_missing=job.allow_missing)
     return PreparedModel(bundle, payload, reason, job.model)
 
