@@ -46,7 +46,7 @@ def write_customers(directory: Path, rows: int, seed: int = 0) -> list[Path]:
         frame = generate_customers(n, seed=seed + i).drop(columns=["churned"])
         frame.insert(0, "customer_id", np.arange(start, start + n, dtype=np.int64))
         path = directory / f"part-{i:05d}.parquet"
-        frame.to_parquet(path, index=False)
+        frame.to_parquet(path, index=False, row_group_size=250_000)
         files.append(path)
     return files
 

@@ -300,6 +300,9 @@ def run_batch(spark: SparkSession, job: BatchJob) -> BatchResult:
         ) from None
     customers = read_customers(spark, job.input, job.input_format)
     check_columns(customers, schema.names, job.key_columns)
+    cores = spark.sparkContext.defaultParallelism
+    if customers.rdd.getNumPartitions() < cores:  # one big file (or one row group): use every core
+        customers = customers.repartition(cores)
     spark.conf.set("spark.sql.execution.arrow.maxRecordsPerBatch", str(job.arrow_batch_rows))
 
     scored_at = datetime.now(UTC).replace(microsecond=0)

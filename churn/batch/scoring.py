@@ -126,22 +126,22 @@ class Scorer:
         n = len(frame)
         probability = np.full(n, np.nan)
         rows = np.flatnonzero(checked.valid)
+        tiers = np.full(n, None, dtype=object)
+        decided = np.zeros(n, dtype=bool)
         if rows.size:
             raw = self.predictor.predict_proba(checked.columns)
             probability[rows] = np.round(raw, PROBABILITY_DECIMALS)
-            tiers = np.full(n, None, dtype=object)
             tiers[rows] = risk_tiers(raw, self.thresholds.high, self.thresholds.medium)
-            decision = pd.array([None] * n, dtype="boolean")
-            decision[rows] = raw >= self.thresholds.decision
-        else:
-            tiers = np.full(n, None, dtype=object)
-            decision = pd.array([None] * n, dtype="boolean")
+            decided[rows] = raw >= self.thresholds.decision
+        decision = pd.arrays.BooleanArray(decided, ~checked.valid)
         out = frame[keys].reset_index(drop=True).copy() if keys else pd.DataFrame(index=range(n))
         out["churn_probability"] = probability
         out["churn_prediction"] = decision
         out["risk_tier"] = tiers
         out["model_version"] = self.version
-        out["status"] = np.where(checked.valid, STATUS_OK, STATUS_INVALID)
+        status = np.full(n, STATUS_OK, dtype=object)
+        status[~checked.valid] = STATUS_INVALID
+        out["status"] = status
         out["error"] = checked.messages
         out["error_reasons"] = checked.reasons
         if with_features:

@@ -13,7 +13,6 @@ them, people read the ``error`` message.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -41,8 +40,8 @@ class ValidatedBatch:
     """One batch after validation: a mask, per-row reasons, and model-ready columns."""
 
     valid: np.ndarray  # bool per row
-    reasons: list[list[str]]  # "<feature>:<code>" per row (empty when valid)
-    messages: list[str | None]  # human-readable error per row (None when valid)
+    reasons: np.ndarray  # object: list of "<feature>:<code>" per invalid row, None when valid
+    messages: np.ndarray  # object: human-readable error per invalid row, None when valid
     columns: dict[str, Any]  # feature -> values of the VALID rows, as the predictors take them
 
 
@@ -61,40 +60,41 @@ def _numeric_values(raw: pd.Series) -> tuple[np.ndarray, np.ndarray]:
 def _numeric_checks(
     spec: FeatureSpec, values: np.ndarray, wrong_type: np.ndarray, allow_missing: bool
 ) -> dict[str, np.ndarray]:
-    missing = np.isnan(values) & ~wrong_type
     finite = np.isfinite(values)
-    with np.errstate(invalid="ignore"):
-        upper = spec.max if spec.max is not None else _FLOAT32_MAX
-        checks = {
-            "wrong_type": wrong_type,
-            "not_finite": np.isinf(values),
-            "below_min": finite & (values < spec.min)
-            if spec.min is not None
-            else np.zeros_like(finite),
-            "above_max": finite & (values > upper),
-            "not_integer": finite & (np.mod(values, 1.0) != 0)
-            if spec.integer
-            else np.zeros_like(finite),
-        }
+    upper = spec.max if spec.max is not None else _FLOAT32_MAX
+    checks = {
+        "wrong_type": wrong_type,
+        "not_finite": np.isinf(values),
+        "above_max": finite & (values > upper),
+    }
+    if spec.min is not None:
+        checks["below_min"] = finite & (values < spec.min)
+    if spec.integer:
+        checks["not_integer"] = finite & (
+            np.mod(values, 1.0, where=finite, out=np.zeros_like(values)) != 0
+        )
     if not allow_missing:
-        checks["missing"] = missing
+        checks["missing"] = np.isnan(values) & ~wrong_type
     return checks
 
 
-def _categorical_values(raw: pd.Series) -> list[str | None]:
-    return [None if v is None or (isinstance(v, float) and np.isnan(v)) else str(v) for v in raw]
+def _categorical_values(raw: pd.Series) -> tuple[np.ndarray, np.ndarray]:
+    """Values as strings (None when missing, as the predictors expect) and the missing mask."""
+    values = np.array(raw.to_numpy(dtype=object, na_value=None), dtype=object)  # writable
+    missing = pd.isna(values)
+    values[missing] = None
+    if pd.api.types.infer_dtype(values, skipna=True) not in ("string", "empty"):
+        present = ~missing
+        values[present] = [str(v) for v in values[present]]
+    return values, missing
 
 
 def _categorical_checks(
-    spec: FeatureSpec, values: Sequence[str | None], allow_missing: bool
+    spec: FeatureSpec, values: np.ndarray, missing: np.ndarray, allow_missing: bool
 ) -> dict[str, np.ndarray]:
-    missing = np.fromiter((v is None for v in values), dtype=bool, count=len(values))
     checks: dict[str, np.ndarray] = {}
     if spec.allowed:
-        allowed = frozenset(spec.allowed)
-        checks["not_allowed"] = np.fromiter(
-            (v is not None and v not in allowed for v in values), dtype=bool, count=len(values)
-        )
+        checks["not_allowed"] = ~missing & ~pd.Series(values).isin(spec.allowed).to_numpy()
     if not allow_missing:
         checks["missing"] = missing
     return checks
@@ -103,7 +103,7 @@ def _categorical_checks(
 def _describe(spec: FeatureSpec, code: str, value: Any) -> str:
     if isinstance(value, np.generic):  # numpy 2 writes np.float64(-3.0) otherwise
         value = value.item()
-    shown = "missing" if value is None else repr(value)
+    shown = "missing" if value is None or value != value else repr(value)
     if code == "below_min":
         return f"{spec.name}: {shown} is below the minimum {spec.min:g}"
     if code == "above_max":
@@ -117,40 +117,38 @@ def _describe(spec: FeatureSpec, code: str, value: Any) -> str:
 def validate_batch(
     frame: pd.DataFrame, schema: FeatureSchema, *, allow_missing: bool = True
 ) -> ValidatedBatch:
-    """Check every row of ``frame`` against ``schema``; never raises for a bad value."""
+    """Check every row of ``frame`` against ``schema``; never raises for a bad value.
+
+    Vectorised per column; only the (few) invalid rows cost Python work per row."""
     n = len(frame)
-    reasons: list[list[str]] = [[] for _ in range(n)]
-    messages: list[list[str]] = [[] for _ in range(n)]
-    parsed: dict[str, Any] = {}
+    parsed: dict[str, np.ndarray] = {}
+    failed: list[tuple[FeatureSpec, str, np.ndarray, Any]] = []
+    bad = np.zeros(n, dtype=bool)
     for spec in schema.features:
         raw = frame[spec.name]
         if spec.kind == "numeric":
             values, wrong_type = _numeric_values(raw)
             checks = _numeric_checks(spec, values, wrong_type, allow_missing)
-            parsed[spec.name] = values
-            shown: Any = raw
+            shown = raw.to_numpy(dtype=object)
         else:
-            cats = _categorical_values(raw)
-            checks = _categorical_checks(spec, cats, allow_missing)
-            parsed[spec.name] = cats
-            shown = cats
+            values, missing = _categorical_values(raw)
+            checks = _categorical_checks(spec, values, missing, allow_missing)
+            shown = values
+        parsed[spec.name] = values
         for code, mask in checks.items():
-            for row in np.flatnonzero(mask):
-                value = shown.iloc[row] if isinstance(shown, pd.Series) else shown[row]
-                reasons[row].append(f"{spec.name}:{code}")
-                messages[row].append(_describe(spec, code, None if pd.isna(value) else value))
-    valid = np.fromiter((not r for r in reasons), dtype=bool, count=n)
-    keep = np.flatnonzero(valid)
-    columns: dict[str, Any] = {}
-    for spec in schema.features:
-        values = parsed[spec.name]
-        if spec.kind == "numeric":
-            columns[spec.name] = values[keep]
-        else:
-            columns[spec.name] = values if keep.size == n else [values[i] for i in keep]
-    return ValidatedBatch(
-        valid=valid,
-        reasons=reasons,
-        messages=["; ".join(m) if m else None for m in messages],
-        columns=columns,
-    )
+            if mask.any():
+                bad |= mask
+                failed.append((spec, code, mask, shown))
+    reasons = np.full(n, None, dtype=object)
+    messages = np.full(n, None, dtype=object)
+    for row in np.flatnonzero(bad):
+        reasons[row], messages[row] = [], []
+    for spec, code, mask, shown in failed:
+        for row in np.flatnonzero(mask):
+            reasons[row].append(f"{spec.name}:{code}")
+            messages[row].append(_describe(spec, code, shown[row]))
+    for row in np.flatnonzero(bad):
+        messages[row] = "; ".join(messages[row])
+    valid = ~bad
+    columns = {name: values if not bad.any() else values[valid] for name, values in parsed.items()}
+    return ValidatedBatch(valid=valid, reasons=reasons, messages=messages, columns=columns)
