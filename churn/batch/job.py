@@ -14,6 +14,7 @@ import logging
 import os
 import re
 import sys
+import time
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, date, datetime
@@ -102,6 +103,7 @@ class BatchResult:
     scored_at: str
     published: bool = False
     exit_code: int = EXIT_OK
+    seconds: dict[str, float] = field(default_factory=dict)  # per phase, for operators
 
     @property
     def invalid_share(self) -> float:
@@ -320,12 +322,22 @@ def run_batch(spark: SparkSession, job: BatchJob) -> BatchResult:
         "error",
         "error_reasons",
     ]
+    clock = [time.perf_counter()]
+    seconds: dict[str, float] = {}
+
+    def lap(name: str) -> None:
+        now = time.perf_counter()
+        seconds[name] = round(now - clock[0], 3)
+        clock[0] = now
+
     try:
         try:
             scored.select(*written).write.mode("overwrite").parquet(paths.staging)
         except Exception as exc:
             raise OutputError(f"scoring into {paths.staging} failed: {cause(exc)}") from exc
+        lap("score_and_write")
         rows, invalid, reasons, tiers = _counts(scored)
+        lap("counts")
         if rows == 0:
             raise BatchInputError(f"{job.input}: the customer table has no rows")
         valid = scored.filter(F.col("status") == STATUS_OK)
@@ -336,12 +348,14 @@ def run_batch(spark: SparkSession, job: BatchJob) -> BatchResult:
             sample_size=job.drift_sample_size,
             seed=job.seed,
         )
+        lap("drift_statistics")
         label = f"{job.input} scored {job.scoring_date.isoformat()}"
         ref_label = f"model {bundle.name} v{bundle.version} training profile"
         run, drift_json, drift_html = judge(
             reference, ref_label, population, label, schema.numeric, schema.categorical,
             alpha=job.alpha,
         )  # fmt: skip
+        lap("drift_report")
         result = BatchResult(
             scoring_date=job.scoring_date.isoformat(),
             partition=paths.partition,
@@ -360,6 +374,7 @@ def run_batch(spark: SparkSession, job: BatchJob) -> BatchResult:
             drifted_features=run.drifted_features,
             drift_summary=run.summary_line(),
             scored_at=scored_at.isoformat(),
+            seconds=seconds,
         )
         too_many = result.invalid_share > job.max_invalid_share
         result.published = not too_many
