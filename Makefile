@@ -139,8 +139,19 @@ closed-loop: $(BIN)/.installed ## One closed-loop cycle: drift + labels -> retra
 	    *) echo "make closed-loop: exit $$code: error (see the line above)" >&2 ;; esac; exit $$code
 
 .PHONY: bench
-bench: $(BIN)/.installed | $(KEY_DEP) ## Benchmarks (bench/RESULTS.md); not part of make test
+bench: $(BIN)/.installed | $(KEY_DEP) ## Benchmarks (bench/RESULTS.md, Spark scoring too); not part of make test
 	$(KEY_ENV) $(PY) -m bench.run $(BENCH_ARGS)
+	$(KEY_ENV) $(PY) -m bench.spark_batch $(SPARK_BENCH_ARGS)
+
+.PHONY: bench-spark
+bench-spark: $(BIN)/.installed | $(KEY_DEP) ## Spark nightly scoring vs spark_udf vs pandas (SPARK_BENCH_ARGS=--rows N)
+	$(KEY_ENV) $(PY) -m bench.spark_batch $(SPARK_BENCH_ARGS)
+
+.PHONY: score-batch
+score-batch: $(BIN)/.installed | $(KEY_DEP) ## Score a customer table on Spark: make score-batch INPUT=... OUTPUT=...
+	@test -n "$(INPUT)" || { echo "make score-batch: set INPUT=<customer table>"; exit 2; }
+	$(KEY_ENV) $(PY) score_batch.py --config $(CONFIG) --input $(INPUT) --output $(or $(OUTPUT),scores) \
+	  --model $(or $(MODEL),artifacts) $(BATCH_ARGS)
 
 NANNYML_VENV := .cache/nannyml-venv
 CBPE_DIR := bench/results/cbpe

@@ -13,15 +13,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from pydantic import ValidationError
 
 from app.batcher import Row
 from app.codec import Reinterpretation, RequestCodec
 from app.settings import Settings
-from churn.bundle import BundleError, ModelBundle, describe_validation_error, load_bundle
-from churn.config import RiskConfig
+from churn.bundle import BundleError, ModelBundle, load_bundle
 from churn.inference import BackendError, Predictor, choose_predictor
-from churn.risk import Thresholds, risk_tiers
+from churn.risk import PROBABILITY_DECIMALS, Thresholds, risk_tiers
 from churn.schema import FeatureSchema
 from churn.stores import DEFAULT_TRACKING_URI
 
@@ -170,7 +168,7 @@ class ServedModel:
         )
         probabilities = self.predictor.predict_prepared(prepared)
         return Answers(
-            probabilities=np.round(probabilities, 4).tolist(),
+            probabilities=np.round(probabilities, PROBABILITY_DECIMALS).tolist(),
             decisions=(probabilities >= self.thresholds.decision).tolist(),
             tiers=self.tiers(probabilities).tolist(),
             columns={
@@ -201,27 +199,16 @@ class ServedModel:
 
 def thresholds_for(settings: Settings, metadata: dict[str, Any]) -> Thresholds:
     """The bundle's "risk" section with the environment's overrides on top, validated with
-    the config's RiskConfig rules (the same ones training applied to config.yaml)."""
-    overrides = {
-        "high": settings.risk_high,
-        "medium": settings.risk_medium,
-        "decision_threshold": settings.decision_threshold,
-    }
+    the config's RiskConfig rules (churn.risk.Thresholds.from_metadata, as batch scoring)."""
     try:
-        risk = RiskConfig.model_validate(metadata.get("risk"))
-    except ValidationError as exc:
-        raise ModelLoadError(
-            f"bundle metadata: {describe_validation_error(exc, prefix='risk')}"
-        ) from None
-    merged = {**risk.model_dump(), **{k: v for k, v in overrides.items() if v is not None}}
-    try:
-        risk = RiskConfig.model_validate(merged)
-    except ValidationError as exc:
-        raise ModelLoadError(
-            f"risk thresholds: {describe_validation_error(exc)}; check RISK_HIGH, RISK_MEDIUM "
-            "and DECISION_THRESHOLD against the bundle's risk section"
-        ) from None
-    return Thresholds(high=risk.high, medium=risk.medium, decision=risk.decision_threshold)
+        return Thresholds.from_metadata(
+            metadata,
+            high=settings.risk_high,
+            medium=settings.risk_medium,
+            decision=settings.decision_threshold,
+        )
+    except ValueError as exc:
+        raise ModelLoadError(str(exc)) from None
 
 
 def fetch_bundle(settings: Settings) -> tuple[ModelBundle, str]:

@@ -166,6 +166,21 @@ class MonitoringConfig(_Section):
     segment_min_rows: int = Field(100, ge=10)
 
 
+class BatchConfig(_Section):
+    """Nightly scoring on Spark (score_batch.py); each key has a CLI flag that wins over it."""
+
+    # Columns copied from the customer table to every scored row (e.g. the customer id).
+    key_columns: list[str] = Field(default_factory=lambda: ["customer_id"])
+    # More invalid rows than this share: the night's partition is not replaced, exit 1.
+    max_invalid_share: float = Field(0.01, ge=0.0, le=1.0)
+    # Missing values are imputed by the model's pipeline; false refuses them like the API.
+    allow_missing: bool = True
+    # Numeric values per feature sampled uniformly for the drift tests (counts are exact).
+    drift_sample_size: int = Field(50_000, ge=100)
+    # Rows per Arrow batch handed to the model on an executor.
+    arrow_batch_rows: int = Field(20_000, ge=100)
+
+
 class Config(_Section):
     mlflow: MlflowConfig = MlflowConfig()
     data: DataConfig = DataConfig()
@@ -176,6 +191,7 @@ class Config(_Section):
     risk: RiskConfig = RiskConfig()
     export: ExportConfig = ExportConfig()
     monitoring: MonitoringConfig = MonitoringConfig()
+    batch: BatchConfig = BatchConfig()
 
     @model_validator(mode="after")
     def _segments_fit_their_features(self) -> Config:

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
 HIGH, MEDIUM, LOW = "HIGH", "MEDIUM", "LOW"
+# Served probabilities are rounded to this many places (the API and the nightly batch agree).
+PROBABILITY_DECIMALS = 4
 
 
 @dataclass(frozen=True)
@@ -16,6 +20,41 @@ class Thresholds:
     high: float
     medium: float
     decision: float
+
+    @classmethod
+    def from_metadata(
+        cls,
+        metadata: Mapping[str, Any],
+        *,
+        high: float | None = None,
+        medium: float | None = None,
+        decision: float | None = None,
+    ) -> Thresholds:
+        """The bundle's "risk" section with explicit overrides (RISK_HIGH...) on top, both
+        validated with the config's RiskConfig rules, the ones training applied.
+
+        Raises ValueError naming the bad key (bundle) or the override."""
+        from pydantic import ValidationError
+
+        from churn.bundle import describe_validation_error
+        from churn.config import RiskConfig
+
+        try:
+            risk = RiskConfig.model_validate(metadata.get("risk"))
+        except ValidationError as exc:
+            raise ValueError(
+                f"bundle metadata: {describe_validation_error(exc, prefix='risk')}"
+            ) from None
+        overrides = {"high": high, "medium": medium, "decision_threshold": decision}
+        merged = {**risk.model_dump(), **{k: v for k, v in overrides.items() if v is not None}}
+        try:
+            risk = RiskConfig.model_validate(merged)
+        except ValidationError as exc:
+            raise ValueError(
+                f"risk thresholds: {describe_validation_error(exc)}; check RISK_HIGH, "
+                "RISK_MEDIUM and DECISION_THRESHOLD against the bundle's risk section"
+            ) from None
+        return cls(high=risk.high, medium=risk.medium, decision=risk.decision_threshold)
 
 
 def risk_tiers(probabilities: np.ndarray, high: float, medium: float) -> np.ndarray:

@@ -32,9 +32,9 @@ REQUIRED_SECRETS = {"POSTGRES_PASSWORD", "GRAFANA_ADMIN_PASSWORD", "BUNDLE_SIGNI
 TEST_SECRETS = {name: f"test-{name.lower()}" for name in REQUIRED_SECRETS}
 EXPECTED_SERVICES = {
     "api", "mlflow", "postgres", "trainer", "prometheus", "pushgateway", "grafana",
-    "drift-monitor",
+    "drift-monitor", "batch-scorer",
 }  # fmt: skip
-ONE_SHOT_SERVICES = {"trainer"}
+ONE_SHOT_SERVICES = {"trainer", "batch-scorer"}
 PINNED_USES = re.compile(r"^[\w.-]+/[\w./-]+@[0-9a-f]{40}$")
 
 

@@ -1,0 +1,14 @@
+"""Nightly scoring of the whole customer base on Apache Spark (``score_batch.py``).
+
+The pieces, each usable and testable on its own:
+
+* :mod:`churn.batch.validation` - per-row checks against the bundle's feature schema (pandas,
+  no Spark): a bad row gets a status and a reason instead of failing the job;
+* :mod:`churn.batch.scoring` - what runs on the executors: the broadcast bundle bytes are
+  verified again with :func:`churn.bundle.load_bundle`, the backend is chosen with
+  :func:`churn.inference.choose_predictor` (the API's choice) and kept per Python worker;
+* :mod:`churn.batch.drift` - population statistics in Spark (exact category counts, a bounded
+  uniform sample of numerics) handed to the monitoring drift detector;
+* :mod:`churn.batch.output` - the date partition replaced by renames, never half-written;
+* :mod:`churn.batch.job` - the job that ties them together.
+"""
