@@ -78,7 +78,7 @@ class GateFailed(RuntimeError):
 @dataclass(frozen=True)
 class GateDecision:
     candidate_version: str
-    candidate_auc: float | None
+    candidate_auc: float | None  # as logged (NaN stays NaN); None when the run has none
     production_version: str | None
     production_auc: float | None
     min_val_auc: float
@@ -123,6 +123,7 @@ class PromotionResult:
 
 
 def _fmt(value: float | None) -> str:
+    """4 decimals; NaN and infinities as themselves, an absent metric as "missing"."""
     return "missing" if value is None else f"{value:.4f}"
 
 
@@ -170,7 +171,7 @@ def check_gate(
             )
     return GateDecision(
         candidate_version=candidate.version,
-        candidate_auc=auc,
+        candidate_auc=candidate.metrics.get(GATE_METRIC),
         production_version=production.version if production is not None else None,
         production_auc=prod_auc,
         min_val_auc=gate.min_val_auc,
