@@ -45,6 +45,7 @@ from churn.registry import (
     promotion_lock,
     read_json_artifact,
     registered_model_tags,
+    registry_call,
     unavailable,
     version_by_alias,
 )
@@ -353,6 +354,7 @@ def _apply(
     staged: _Staged,
     export: bool,
     version_tags: dict[str, str],
+    current_tag: str = "archived_at",
 ) -> Path | None:
     """Move the alias, then put the staged files in place; undo the alias on any failure.
 
@@ -367,7 +369,7 @@ def _apply(
         for key, value in version_tags.items():
             mlflow_client.set_model_version_tag(name, target.version, key, value)
         if current is not None and current != target.version:
-            mlflow_client.set_model_version_tag(name, current, f"{alias}.archived_at", _now())
+            mlflow_client.set_model_version_tag(name, current, f"{alias}.{current_tag}", _now())
         _set_history(mlflow_client, name, alias, after)
         exported = None
         if export:
@@ -439,8 +441,13 @@ def _promote_locked(
     )
     decision = check_gate(candidate, production, config.gate)
     if not dry_run:
-        for key, value in decision.tags(_now()).items():
-            mlflow_client.set_model_version_tag(name, candidate.version, key, value)
+        verdict = decision.tags(_now())
+
+        def record() -> None:
+            for key, value in verdict.items():
+                mlflow_client.set_model_version_tag(name, candidate.version, key, value)
+
+        registry_call(f"recording the gate verdict on {name} v{candidate.version}", record)
     if not decision.passed:
         raise GateFailed(decision)
 
@@ -539,9 +546,7 @@ def rollback(
                     staged,
                     export,
                     {f"{alias}.restored_at": _now()},
-                )
-                mlflow_client.set_model_version_tag(
-                    name, current, f"{alias}.rolled_back_at", _now()
+                    current_tag="rolled_back_at",
                 )
             finally:
                 _drop_card(staged)

@@ -78,7 +78,7 @@ def unavailable(what: str, exc: BaseException) -> RegistryUnavailable:
     return RegistryUnavailable(f"registry error while {what}: {detail[:300]}")
 
 
-def _call(what: str, fn: Callable[[], T]) -> T:
+def registry_call(what: str, fn: Callable[[], T]) -> T:
     """Run one registry call; any failure to get an answer becomes RegistryUnavailable."""
     from mlflow.exceptions import MlflowException
 
@@ -159,7 +159,7 @@ def describe(mlflow_client: Any, name: str, version: str | int) -> VersionInfo:
         raise unavailable(f"reading {name} v{version}", exc) from None
     except OSError as exc:
         raise unavailable(f"reading {name} v{version}", exc) from None
-    run = _call(
+    run = registry_call(
         f"reading run {mv.run_id} of {name} v{version}", lambda: mlflow_client.get_run(mv.run_id)
     )
     return VersionInfo(
@@ -174,7 +174,7 @@ def describe(mlflow_client: Any, name: str, version: str | int) -> VersionInfo:
 
 def latest_version(mlflow_client: Any, name: str) -> str:
     """The highest registered version of `name`; RegistryError when there is none."""
-    versions = _call(
+    versions = registry_call(
         f"listing versions of {name}",
         lambda: mlflow_client.search_model_versions(f"name='{name}'"),
     )
@@ -305,7 +305,7 @@ def _break_stale_lock(mlflow_client: Any, lock_name: str, seen: dict[str, str]) 
         return True
     if current.get("token") != seen.get("token"):
         return False
-    _call(
+    registry_call(
         f"breaking the stale lock {lock_name}",
         lambda: mlflow_client.delete_registered_model(lock_name),
     )
@@ -367,7 +367,7 @@ def read_json_artifact(tracking_uri: str, run_id: str, artifact_path: str) -> di
     import mlflow
 
     with tempfile.TemporaryDirectory() as tmp:
-        local = _call(
+        local = registry_call(
             f"downloading {artifact_path} of run {run_id}",
             lambda: mlflow.artifacts.download_artifacts(
                 run_id=run_id,
