@@ -76,6 +76,9 @@ ENV PATH="/opt/venv/bin:${PATH}" \
     PROMETHEUS_MULTIPROC_DIR=/tmp/prometheus \
     MODEL_PATH=/app/artifacts/model.pkl \
     DATABASE_URL=sqlite:////tmp/predictions.db
+# BUNDLE_SIGNING_KEY is deliberately absent: it is given at run time (compose .env, a
+# Kubernetes Secret), never baked into a layer. Without it the service (ENVIRONMENT defaults
+# to production) refuses to start; with it, only a bundle signed with that key is loaded.
 
 COPY --from=build /opt/venv /opt/venv
 COPY docker/entrypoint.sh /usr/local/bin/churn-entrypoint

@@ -18,6 +18,16 @@ ALIAS ?= production
 VERSION ?=
 PYTEST_ARGS ?=
 
+# Bundle signing (churn/bundle.py): train signs, promote and serve verify. BUNDLE_SIGNING_KEY
+# or BUNDLE_SIGNING_KEY_FILE from the environment wins; otherwise a random key is made once
+# in SIGNING_KEY_FILE (gitignored, mode 600) so a fresh clone works. Keep it: bundles signed
+# with it load only with it.
+SIGNING_KEY_FILE ?= .secrets/bundle_signing.key
+ifeq ($(strip $(BUNDLE_SIGNING_KEY)$(BUNDLE_SIGNING_KEY_FILE)),)
+KEY_ENV := BUNDLE_SIGNING_KEY_FILE=$(abspath $(SIGNING_KEY_FILE))
+KEY_DEP := $(SIGNING_KEY_FILE)
+endif
+
 # Installs are keyed on the requirement files: edit one and the next target reinstalls.
 $(BIN)/.installed: requirements-dev.txt requirements.txt requirements-serve.txt
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -32,6 +42,14 @@ help: ## List the targets with what they do
 .PHONY: install
 install: $(BIN)/.installed ## Create .venv and install the pinned dev stack (once)
 
+$(SIGNING_KEY_FILE):
+	@mkdir -p $(@D) && chmod 700 $(@D)
+	@(umask 077 && $(PYTHON) -c 'import secrets; print(secrets.token_hex(32))' > $@.tmp) && mv $@.tmp $@
+	@echo "created the bundle signing key $@ (gitignored; bundles signed with it need it to load)"
+
+.PHONY: signing-key
+signing-key: $(KEY_DEP) ## Make the local bundle signing key (.secrets/, mode 600) unless one is set
+
 data/churn_train.csv: | $(BIN)/.installed
 	$(PY) -m churn.datagen --rows $(ROWS) --seed $(SEED) --out $@
 
@@ -45,8 +63,8 @@ drifted: $(BIN)/.installed ## Write drifted batches for monitoring demos to data
 	  $(PY) -m churn.datagen --scenario $$s --rows 5000 --seed 7 --out data/drift_$$s.csv; done
 
 .PHONY: train
-train: $(BIN)/.installed data/churn_train.csv ## Train, log and register in MLflow; candidate bundle to candidates/v<N>/
-	$(PY) train.py --config $(CONFIG)
+train: $(BIN)/.installed data/churn_train.csv | $(KEY_DEP) ## Train, log and register in MLflow; candidate bundle to candidates/v<N>/
+	$(KEY_ENV) $(PY) train.py --config $(CONFIG)
 
 # promote_model.py's exit codes: 0 ok, 1 gate refused, 2 error, 3 another promotion running.
 # make turns any failure into its own exit 2, so the recipe names the CLI's code first.
@@ -54,23 +72,23 @@ PROMOTE = $(PY) promote_model.py --config $(CONFIG) --alias $(ALIAS)
 SAY_CODE = || { code=$$?; echo "promote_model.py exited $$code (1 gate refused, 2 error, 3 another promotion running)" >&2; exit $$code; }
 
 .PHONY: promote
-promote: $(BIN)/.installed ## Gate and promote the newest version (or VERSION=N) to ALIAS; production is exported to artifacts/
-	$(PROMOTE) $(if $(VERSION),--version $(VERSION)) $(SAY_CODE)
+promote: $(BIN)/.installed | $(KEY_DEP) ## Gate and promote the newest version (or VERSION=N) to ALIAS; production is exported to artifacts/
+	$(KEY_ENV) $(PROMOTE) $(if $(VERSION),--version $(VERSION)) $(SAY_CODE)
 
 .PHONY: gate
-gate: $(BIN)/.installed ## Run the promotion gate and checks only, change nothing (VERSION=N; exit 1 if refused)
-	$(PROMOTE) $(if $(VERSION),--version $(VERSION)) --dry-run $(SAY_CODE)
+gate: $(BIN)/.installed | $(KEY_DEP) ## Run the promotion gate and checks only, change nothing (VERSION=N; exit 1 if refused)
+	$(KEY_ENV) $(PROMOTE) $(if $(VERSION),--version $(VERSION)) --dry-run $(SAY_CODE)
 
 .PHONY: rollback
-rollback: $(BIN)/.installed ## Return ALIAS to its previous version (production: re-exported to artifacts/)
-	$(PROMOTE) --rollback $(SAY_CODE)
+rollback: $(BIN)/.installed | $(KEY_DEP) ## Return ALIAS to its previous version (production: re-exported to artifacts/)
+	$(KEY_ENV) $(PROMOTE) --rollback $(SAY_CODE)
 
 .PHONY: serve
-serve: $(BIN)/.installed ## Serve the promoted bundle in artifacts/ on http://$(HOST):$(PORT) (no training)
+serve: $(BIN)/.installed | $(KEY_DEP) ## Serve the promoted bundle in artifacts/ on http://$(HOST):$(PORT) (no training)
 	@test -f artifacts/model.pkl || { echo "serve: artifacts/ holds no promoted model; run 'make train promote' first" >&2; exit 1; }
 	@test ! -f artifacts/release.json || echo "serve: $$(tr -d '\n ' < artifacts/release.json)"
 	@rm -rf .cache/prometheus && mkdir -p .cache/prometheus
-	PROMETHEUS_MULTIPROC_DIR=$(CURDIR)/.cache/prometheus \
+	$(KEY_ENV) PROMETHEUS_MULTIPROC_DIR=$(CURDIR)/.cache/prometheus \
 	  $(BIN)/uvicorn app.main:app --host $(HOST) --port $(PORT) --workers $(WORKERS)
 
 # A refused candidate does not stop the demo: serve keeps serving the last promoted model.
@@ -98,14 +116,30 @@ format: $(BIN)/.installed ## Apply ruff fixes and formatting
 	$(BIN)/ruff check --fix .
 	$(BIN)/ruff format .
 
+# The monitoring CLIs' own exit codes (printed on failure; make itself then exits 2 and shows
+# "Error <code>"): drift 1 drift, 2 error, 3 insufficient data (nothing judged); closed loop
+# 1 gate refused the retrained model, 2 error, 3 nothing judged.
 .PHONY: drift
-drift: $(BIN)/.installed ## Drift check: prediction log of the last 24h vs the bundle's profile
+drift: $(BIN)/.installed ## Drift check, last 24h of the log vs the bundle's profile (exit 1 drift, 2 error, 3 nothing judged)
 	$(PY) -m monitoring.drift_detector --reference artifacts/metadata.json --since 24h \
-	  --json reports/drift.json --html reports/drift.html $(DRIFT_ARGS)
+	  --json reports/drift.json --html reports/drift.html $(DRIFT_ARGS); \
+	  code=$$?; case $$code in 0) ;; \
+	    1) echo "make drift: exit 1: drift detected" >&2 ;; \
+	    3) echo "make drift: exit 3: insufficient data, nothing judged (not 'no drift')" >&2 ;; \
+	    *) echo "make drift: exit $$code: error (see the line above)" >&2 ;; esac; exit $$code
+
+.PHONY: closed-loop
+closed-loop: $(BIN)/.installed ## One closed-loop cycle: drift + labels -> retrain, gate, promote (exit 1 refused, 2 error, 3 nothing judged)
+	$(PY) -m monitoring.closed_loop --config $(CONFIG) --since 24h \
+	  --json reports/closed_loop.json $(CLOSED_LOOP_ARGS); \
+	  code=$$?; case $$code in 0) ;; \
+	    1) echo "make closed-loop: exit 1: the gate refused the retrained model" >&2 ;; \
+	    3) echo "make closed-loop: exit 3: insufficient data, nothing judged" >&2 ;; \
+	    *) echo "make closed-loop: exit $$code: error (see the line above)" >&2 ;; esac; exit $$code
 
 .PHONY: bench
-bench: $(BIN)/.installed ## Benchmarks (bench/RESULTS.md); not part of make test
-	$(PY) -m bench.run $(BENCH_ARGS)
+bench: $(BIN)/.installed | $(KEY_DEP) ## Benchmarks (bench/RESULTS.md); not part of make test
+	$(KEY_ENV) $(PY) -m bench.run $(BENCH_ARGS)
 
 .PHONY: base-image
 base-image: ## Build (once, then cached) the debootstrap base image for podman builds
@@ -120,8 +154,9 @@ images: $(BIN)/.installed ## Build the API, trainer and MLflow images with podma
 	scripts/build_image.sh all
 
 .PHONY: image-run
-image-run: $(BIN)/.installed ## Run the API image's own command via chroot (root; no container runtime)
-	$(PY) scripts/run_image_chroot.py localhost/churn-api:latest --env PORT=$(PORT)
+image-run: $(BIN)/.installed | $(KEY_DEP) ## Run the API image's own command via chroot (root; no container runtime)
+	$(PY) scripts/run_image_chroot.py localhost/churn-api:latest --env PORT=$(PORT) \
+	  --env BUNDLE_SIGNING_KEY="$${BUNDLE_SIGNING_KEY:-$$(cat "$${BUNDLE_SIGNING_KEY_FILE:-$(SIGNING_KEY_FILE)}")}"
 
 .PHONY: smoke
 smoke: $(BIN)/.installed ## Smoke-test a running API: make smoke URL=http://localhost:8000

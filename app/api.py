@@ -9,6 +9,7 @@ from fastapi import APIRouter, Depends, HTTPException, Request, Response
 from fastapi.responses import JSONResponse
 
 from app.body import read_json, validate
+from app.lifecycle import ModelLifecycle
 from app.schemas import (
     BatchResponse,
     ErrorResponse,
@@ -26,6 +27,7 @@ from app.service import (
     ReloadError,
     UnknownPredictionError,
 )
+from app.source import STILL_LOADING
 
 
 async def get_service(request: Request) -> ModelService:
@@ -33,7 +35,13 @@ async def get_service(request: Request) -> ModelService:
     return service
 
 
+async def get_lifecycle(request: Request) -> ModelLifecycle:
+    lifecycle: ModelLifecycle = request.app.state.lifecycle
+    return lifecycle
+
+
 ServiceDep = Annotated[ModelService, Depends(get_service)]
+LifecycleDep = Annotated[ModelLifecycle, Depends(get_lifecycle)]
 
 _CLIENT_ERRORS: dict[int | str, dict[str, Any]] = {
     413: {"model": ErrorResponse, "description": "Body (or batch) larger than the limit"},
@@ -56,13 +64,23 @@ def _model_or_503(service: ModelService, request: Request) -> Any:
 
 @router.get("/health", response_model=HealthResponse, tags=["probes"])
 async def health(service: ServiceDep) -> dict[str, Any]:
-    """Liveness: 200 whenever the process is up (never touches the model or the store)."""
+    """Liveness: 200 whenever the process is up (never touches the model, store or registry).
+
+    Also says which version (and registry alias, when known) this worker serves.
+    """
     model = service.model
+    release = service.release
     return {
         "status": "healthy",
         "model_loaded": model is not None,
         "model_version": model.version if model else None,
+        "model_alias": release.alias if model and release else None,
     }
+
+
+# HEAD for probes and load balancers that only ask whether the process is up (undocumented:
+# one operation per route in OpenAPI).
+router.add_api_route("/health", health, methods=["HEAD"], include_in_schema=False)
 
 
 @router.get(
@@ -72,18 +90,32 @@ async def health(service: ServiceDep) -> dict[str, Any]:
     responses={503: {"model": ReadyResponse}},
 )
 async def ready(service: ServiceDep) -> Any:
-    """Readiness: 503 until a model is loaded and verified."""
+    """Readiness: 503 with a stable reason until a model is loaded and verified."""
     model = service.model
     if model is None:
-        reason = service.last_error or "the model is still loading"
+        reason = service.last_error or STILL_LOADING
         return JSONResponse({"status": "not ready", "reason": reason}, status_code=503)
     return {"status": "ready", "model_version": model.version}
 
 
 @router.get("/model", tags=["model"], responses={503: _CLIENT_ERRORS[503]})
-async def model_metadata(service: ServiceDep, request: Request) -> dict[str, Any]:
-    """The served bundle's metadata (version, run id, metrics, schema), no reference profile."""
-    return dict(_model_or_503(service, request).public_metadata())
+async def model_metadata(
+    service: ServiceDep, lifecycle: LifecycleDep, request: Request
+) -> dict[str, Any]:
+    """The served bundle's metadata (version, run id, metrics, schema), no reference profile;
+    the registry alias it stands for and whether that alias still points at it; and what
+    every live worker serves (pid, version, reload generation, loaded_at)."""
+    model = _model_or_503(service, request)
+    release = service.release
+    check = lifecycle.alias_check
+    return {
+        **model.public_metadata(),
+        "model_alias": release.alias if release else None,
+        "alias_check": {"status": check.status, "alias_target": check.alias_target}
+        | ({"reason": check.reason} if check.reason else {}),
+        "worker": lifecycle.record().public(),
+        "workers": [w.public() for w in await lifecycle.workers()],
+    }
 
 
 @router.get("/metrics", tags=["probes"], response_class=Response)
@@ -169,23 +201,33 @@ async def _check_token(service: ServiceDep, request: Request) -> None:
     dependencies=[Depends(_check_token)],
     responses={401: {"model": ErrorResponse}, 409: {"model": ErrorResponse}},
 )
-async def reload_model(service: ServiceDep, request: Request) -> dict[str, Any]:
-    """Load and verify the configured model beside the current one, then swap atomically.
+async def reload_model(
+    service: ServiceDep, lifecycle: LifecycleDep, request: Request
+) -> dict[str, Any]:
+    """Load and verify the configured model beside the current one and swap atomically, then
+    have every worker do the same; answers once all live workers have swapped (or after
+    RELOAD_WAIT_TIMEOUT, naming those that have not).
 
-    A bad bundle is refused with 409 and the reason; the current model keeps serving.
+    A bad bundle is refused with 409 and a stable reason (detail in the log); the current
+    model keeps serving and no other worker is asked to reload.
     """
     serving = service.model
     try:
-        result = await service.load()
+        report = await lifecycle.reload_everywhere()
     except ReloadError as exc:
         keeps = f"version {serving.version} keeps serving" if serving else "no model is serving"
         raise HTTPException(
-            409, detail={"message": f"reload refused; {keeps}", "reason": str(exc)}
+            409, detail={"message": f"reload refused; {keeps}", "reason": exc.reason}
         ) from None
+    result = report.result
     request.state.model_version = result.model.version
     return {
         "status": "reloaded" if result.changed else "unchanged",
         "model_version": result.model.version,
         "previous_version": result.previous_version,
         "backend": result.model.backend,
+        "generation": report.generation,
+        "all_workers_swapped": not report.not_swapped,
+        "workers": [w.public() for w in report.workers],
+        "not_swapped": report.not_swapped,
     }

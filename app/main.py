@@ -16,12 +16,14 @@ from fastapi.middleware.cors import CORSMiddleware
 
 from app.api import admin_router, router
 from app.fastpath import PredictFastPath
+from app.lifecycle import ModelLifecycle, load_checked
 from app.logging import configure_logging
 from app.metrics import Metrics, mark_process_dead
 from app.middleware import RequestMiddleware
 from app.openapi import custom_openapi
-from app.service import ModelService, ReloadError
+from app.service import ModelService
 from app.settings import Settings
+from app.source import bounded_registry_calls
 from app.watcher import watch
 from churn.prediction_log import PredictionLogWriter, make_engine
 
@@ -51,35 +53,52 @@ def _log_writer(settings: Settings, metrics: Metrics) -> PredictionLogWriter | N
 
 @contextlib.asynccontextmanager
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+    """Start the log writer and the model lifecycle; never wait on the registry.
+
+    A bundle on disk (MODEL_PATH) is tried once before serving (local I/O, about a second),
+    so a healthy worker is ready when it starts; a registry model (MODEL_URI) loads only in
+    the background (app.lifecycle), so /health answers at once while /ready stays 503 with
+    the reason until a verified model is in. Either way failed loads are retried with
+    backoff. With MODEL_REQUIRED=true a bundle on disk that cannot be served stops start-up
+    instead of leaving a worker that is never ready.
+    """
     settings: Settings = app.state.settings
     configure_logging(settings.log_level)
-    service = ModelService(settings, app.state.metrics, _log_writer(settings, app.state.metrics))
+    service = ModelService(
+        settings, app.state.metrics, _log_writer(settings, app.state.metrics), loader=load_checked
+    )
+    lifecycle = ModelLifecycle(service, settings)
     app.state.service = service
-    if service.log_writer is not None:
-        await asyncio.to_thread(service.log_writer.prepare)
-    service.start()
-    try:
-        await service.load()
-    except ReloadError as exc:
-        if settings.model_required:
+    app.state.lifecycle = lifecycle
+    with bounded_registry_calls(settings.registry_timeout):
+        if service.log_writer is not None:
+            await asyncio.to_thread(service.log_writer.prepare)
+        service.start()
+        loaded = settings.model_uri is None and await lifecycle.first_load()
+        if settings.model_required and settings.model_uri is None and not loaded:
             await asyncio.to_thread(service.stop)
             raise RuntimeError(
-                f"MODEL_REQUIRED=true and the model cannot be served: {exc}"
-            ) from None
-    watcher = None
-    if settings.model_watch_interval > 0:
-        watcher = asyncio.create_task(watch(service, settings.model_watch_interval))
-    try:
-        yield
-    finally:
-        if watcher is not None:
-            watcher.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await watcher
-        logger.info("shutting down: flushing the prediction log")
-        await asyncio.to_thread(service.stop)
-        app.state.metrics.flush()
-        mark_process_dead()
+                f"MODEL_REQUIRED=true and the model cannot be served: {service.last_error} "
+                f"({settings.model_path}; the log has the detail)"
+            )
+        tasks = [asyncio.create_task(lifecycle.run(), name="model-lifecycle")]
+        if settings.model_watch_interval > 0:
+            tasks.append(asyncio.create_task(watch(lifecycle, settings.model_watch_interval)))
+        try:
+            yield
+        finally:
+            for task in tasks:
+                task.cancel()
+            for task in tasks:
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+            # a registry call still running in its thread keeps the bounds it started with
+            await service.settle(timeout=3 * settings.registry_timeout)
+            await lifecycle.stop()
+            logger.info("shutting down: flushing the prediction log")
+            await asyncio.to_thread(service.stop)
+            app.state.metrics.flush()
+            mark_process_dead()
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import threading
 from collections.abc import Sequence
 from typing import Any
@@ -25,6 +26,8 @@ from prometheus_client import (
     generate_latest,
     multiprocess,
 )
+
+from app.workers import pid_alive
 
 # The *_created series double the exposition size and no dashboard reads them.
 disable_created_metrics()
@@ -101,10 +104,20 @@ class Metrics:
             buckets=HTTP_BUCKETS,
             registry=r,
         )
+        # liveall: one series per live worker (a pid label in multiprocess mode), so a worker
+        # that serves another version shows, and a dead worker's series goes with it
+        # (drop_dead_workers) instead of holding a stale 1.
         self.model_info = Gauge(
             "model_info",
             "The model being served (1) and previously served ones (0)",
             ["model_name", "model_version", "run_id", "backend"],
+            registry=r,
+            multiprocess_mode="liveall",
+        )
+        self.alias_mismatch = Gauge(
+            "model_alias_mismatch",
+            "1 when the registry alias points at another version than the one served",
+            ["alias"],
             registry=r,
             multiprocess_mode="livemax",
         )
@@ -229,11 +242,15 @@ class Metrics:
             self.model_info.labels(*previous).set(0)
         self.model_info.labels(name, version, run_id, backend).set(1)
 
+    def set_alias_mismatch(self, alias: str, mismatch: bool) -> None:
+        self.alias_mismatch.labels(alias).set(1 if mismatch else 0)
+
     def render(self) -> tuple[bytes, str]:
         """The exposition text: summed across workers in multiprocess mode."""
         self.flush()
         if multiprocess_dir() is None:
             return generate_latest(self.registry), CONTENT_TYPE_LATEST
+        drop_dead_workers()
         registry = CollectorRegistry()
         multiprocess.MultiProcessCollector(registry)
         return generate_latest(registry), CONTENT_TYPE_LATEST
@@ -243,3 +260,25 @@ def mark_process_dead() -> None:
     """Remove this worker's live gauges (model_info) from the multiprocess directory."""
     if multiprocess_dir() is not None:
         multiprocess.mark_process_dead(os.getpid())
+
+
+_LIVE_GAUGE_FILE = re.compile(r"^gauge_live[a-z]*_(\d+)\.db$")
+
+
+def drop_dead_workers() -> list[int]:
+    """Remove the live gauges of worker processes that no longer exist.
+
+    A worker killed with SIGKILL never runs its shutdown, so its gauge file would keep its
+    model_info at 1 forever; the survivors notice the missing pid here. Returns those pids.
+    """
+    directory = multiprocess_dir()
+    if directory is None:
+        return []
+    dead = set()
+    for name in os.listdir(directory):
+        match = _LIVE_GAUGE_FILE.match(name)
+        if match and not pid_alive(int(match.group(1))):
+            dead.add(int(match.group(1)))
+    for pid in dead:
+        multiprocess.mark_process_dead(pid, directory)
+    return sorted(dead)

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from pydantic import BaseModel, TypeAdapter
+from pydantic import BaseModel, TypeAdapter, ValidationError
 
 from app.batcher import Row
 from app.schemas import (
@@ -23,14 +23,14 @@ from app.schemas import (
     build_customer_validator,
 )
 from app.settings import Settings
-from churn.bundle import BundleError, ModelBundle, load_bundle
+from churn.bundle import BundleError, ModelBundle, describe_validation_error, load_bundle
+from churn.config import RiskConfig
 from churn.inference import BackendError, Predictor, choose_predictor
 from churn.risk import Thresholds, risk_tiers
 from churn.schema import FeatureSchema
+from churn.stores import DEFAULT_TRACKING_URI
 
 logger = logging.getLogger("app.model")
-
-_DEFAULT_RISK = {"high": 0.75, "medium": 0.45, "decision_threshold": 0.5}
 
 
 class ModelLoadError(RuntimeError):
@@ -115,32 +115,41 @@ class ServedModel:
 
 
 def thresholds_for(settings: Settings, metadata: dict[str, Any]) -> Thresholds:
-    """Environment overrides first, then the bundle's "risk" section, then the defaults."""
-    risk = {**_DEFAULT_RISK, **(metadata.get("risk") or {})}
-    high = settings.risk_high if settings.risk_high is not None else float(risk["high"])
-    medium = settings.risk_medium if settings.risk_medium is not None else float(risk["medium"])
-    decision = (
-        settings.decision_threshold
-        if settings.decision_threshold is not None
-        else float(risk["decision_threshold"])
-    )
-    if medium > high:
+    """The bundle's "risk" section with the environment's overrides on top, validated with
+    the config's RiskConfig rules (the same ones training applied to config.yaml)."""
+    overrides = {
+        "high": settings.risk_high,
+        "medium": settings.risk_medium,
+        "decision_threshold": settings.decision_threshold,
+    }
+    try:
+        risk = RiskConfig.model_validate(metadata.get("risk"))
+    except ValidationError as exc:
         raise ModelLoadError(
-            f"risk thresholds: medium ({medium}) exceeds high ({high}); "
-            "check RISK_MEDIUM/RISK_HIGH against the bundle's risk section"
-        )
-    return Thresholds(high=high, medium=medium, decision=decision)
+            f"bundle metadata: {describe_validation_error(exc, prefix='risk')}"
+        ) from None
+    merged = {**risk.model_dump(), **{k: v for k, v in overrides.items() if v is not None}}
+    try:
+        risk = RiskConfig.model_validate(merged)
+    except ValidationError as exc:
+        raise ModelLoadError(
+            f"risk thresholds: {describe_validation_error(exc)}; check RISK_HIGH, RISK_MEDIUM "
+            "and DECISION_THRESHOLD against the bundle's risk section"
+        ) from None
+    return Thresholds(high=risk.high, medium=risk.medium, decision=risk.decision_threshold)
 
 
 def fetch_bundle(settings: Settings) -> tuple[ModelBundle, str]:
-    """The bundle named by MODEL_URI (registry) or MODEL_PATH (disk), checksums verified."""
+    """The bundle named by MODEL_URI (registry) or MODEL_PATH (disk): signature, metadata and
+    checksums verified with the settings' signing key before anything is unpickled."""
+    key = settings.signing_key
     try:
         if settings.model_uri:
             from churn.registry import download_bundle
 
-            tracking = settings.mlflow_tracking_uri or "sqlite:///mlflow.db"
-            return download_bundle(tracking, settings.model_uri), settings.model_uri
-        return load_bundle(Path(settings.model_path)), str(settings.model_path)
+            tracking = settings.mlflow_tracking_uri or DEFAULT_TRACKING_URI
+            return download_bundle(tracking, settings.model_uri, key=key), settings.model_uri
+        return load_bundle(Path(settings.model_path), key=key), str(settings.model_path)
     except BundleError as exc:
         raise ModelLoadError(str(exc)) from None
     except Exception as exc:  # registry/network failures come in many types

@@ -185,6 +185,9 @@ class HealthResponse(BaseModel):
     status: Literal["healthy"] = "healthy"
     model_loaded: bool
     model_version: str | None
+    model_alias: str | None = Field(
+        default=None, description="Registry alias the served version stands for, when known"
+    )
 
 
 class ReadyResponse(BaseModel):
@@ -193,11 +196,29 @@ class ReadyResponse(BaseModel):
     reason: str | None = None
 
 
+class WorkerStatus(BaseModel):
+    pid: int
+    status: str
+    generation: int = Field(description="Newest reload generation this worker applied")
+    heartbeat: float
+    model_version: str | None = None
+    model_alias: str | None = None
+    run_id: str | None = None
+    loaded_at: float | None = Field(default=None, description="Unix time of the swap")
+    reason: str | None = None
+
+
 class ReloadResponse(BaseModel):
     status: Literal["reloaded", "unchanged"]
     model_version: str
     previous_version: str | None
     backend: str
+    generation: int = Field(description="The reload generation every worker follows")
+    all_workers_swapped: bool
+    workers: list[WorkerStatus]
+    not_swapped: list[dict[str, Any]] = Field(
+        description="Workers that did not swap within RELOAD_WAIT_TIMEOUT, with the reason"
+    )
 
 
 class ErrorResponse(BaseModel):

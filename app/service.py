@@ -8,7 +8,6 @@ serving and the reason is returned, logged and counted.
 from __future__ import annotations
 
 import asyncio
-import gc
 import logging
 import time
 from collections.abc import Callable, Sequence
@@ -20,8 +19,9 @@ from sqlalchemy.exc import SQLAlchemyError
 from app.batcher import MicroBatcher, Row
 from app.ids import RandomHex
 from app.metrics import Metrics
-from app.model import Answers, ModelLoadError, ServedModel, load_model
+from app.model import Answers, ServedModel, load_model
 from app.settings import Settings
+from app.source import STILL_LOADING, Release, describe, failure_reason, served_release
 from churn.prediction_log import (
     PredictionBatch,
     PredictionLogWriter,
@@ -30,6 +30,7 @@ from churn.prediction_log import (
     record_feedback,
     split_prediction_id,
 )
+from churn.redact import redact
 
 logger = logging.getLogger("app.service")
 
@@ -39,7 +40,16 @@ class ModelNotReadyError(RuntimeError):
 
 
 class ReloadError(RuntimeError):
-    """A reload was refused; the previous model is still serving."""
+    """A reload was refused; the previous model is still serving.
+
+    ``str()`` is a stable reason a client may read (app.source); ``detail`` is the redacted
+    exception text, for logs only.
+    """
+
+    def __init__(self, reason: str, detail: str = "") -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.detail = detail
 
 
 @dataclass(frozen=True)
@@ -66,8 +76,13 @@ class ModelService:
         self.batcher = MicroBatcher()
         self._ids = RandomHex()
         self.model: ServedModel | None = None
+        # client-safe reason of the last failed load (None after a good one)
         self.last_error: str | None = None
+        # what the served model stands for (its alias) and when it was swapped in
+        self.release: Release | None = None
+        self.loaded_at: float | None = None
         self._reload_lock = asyncio.Lock()
+        self._inflight: asyncio.Future[ServedModel] | None = None
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -82,21 +97,39 @@ class ModelService:
             self.log_writer.close()
 
     async def load(self) -> ReloadResult:
-        """Load and verify the configured model, then swap it in (serialised with reloads)."""
+        """Load and verify the configured model, then swap it in (serialised with reloads).
+
+        A failure raises ReloadError with a stable reason; the detail (credentials redacted)
+        goes to the log, never to a client.
+        """
         async with self._reload_lock:
             previous = self.model
             try:
-                model = await asyncio.to_thread(self.loader, self.settings)
-            except ModelLoadError as exc:
-                self.last_error = str(exc)
+                # Shielded: a cancelled caller (shutdown) cannot stop the thread, so `settle`
+                # waits for it instead of leaving it running behind the lifespan's back.
+                self._inflight = asyncio.ensure_future(
+                    asyncio.to_thread(self.loader, self.settings)
+                )
+                # retrieved here too, so an abandoned failure is not logged with its raw text
+                self._inflight.add_done_callback(_consume)
+                model = await asyncio.shield(self._inflight)
+                release = await asyncio.to_thread(
+                    served_release, self.settings, model.name, model.version
+                )
+            except Exception as exc:  # ModelLoadError, registry errors: fail closed, serve on
+                reason = failure_reason(exc, self.settings)
+                detail = describe(exc)
+                self.last_error = reason
                 self.metrics.reloads.labels("failure").inc()
                 logger.error(
-                    "model load failed; %s",
+                    "model load failed: %s (%s); %s",
+                    reason,
+                    detail,
                     "previous model keeps serving" if previous else "not ready",
-                    extra={"reason": str(exc)},
+                    extra={"reason": reason, "detail": detail},
                 )
-                raise ReloadError(str(exc)) from None
-            self._swap(model, previous)
+                raise ReloadError(reason, detail) from None
+            self._swap(model, previous, release)
             return ReloadResult(
                 changed=previous is None
                 or previous.version != model.version
@@ -105,22 +138,28 @@ class ModelService:
                 previous_version=previous.version if previous else None,
             )
 
-    def _swap(self, model: ServedModel, previous: ServedModel | None) -> None:
+    async def settle(self, timeout: float) -> None:
+        """Wait (bounded) for a load still running in its thread, e.g. after a shutdown
+        cancelled the task that started it."""
+        inflight = self._inflight
+        if inflight is not None and not inflight.done():
+            await asyncio.wait([inflight], timeout=timeout)
+
+    def _swap(self, model: ServedModel, previous: ServedModel | None, release: Release) -> None:
+        self.release = release
+        self.loaded_at = time.time()
         self.model = model  # one reference: requests in flight keep the model they took
         self.last_error = None
-        # The loaded libraries and model are many long-lived objects; every full
-        # collection walked them all (~100 ms pauses, the /predict p99 in bench/). Frozen
-        # objects are skipped by the collector and still freed by reference counting.
-        gc.freeze()
         self.metrics.set_model(*model.labels, previous=previous.labels if previous else None)
         self.metrics.reloads.labels("success").inc()
         logger.info(
             "model loaded",
             extra={
                 "model_version": model.version,
+                "model_alias": release.alias,
                 "backend": model.backend,
                 "backend_reason": model.backend_reason,
-                "source": model.source,
+                "source": redact(model.source),
                 "previous_version": previous.version if previous else None,
             },
         )
@@ -128,7 +167,7 @@ class ModelService:
     def require_model(self) -> ServedModel:
         model = self.model
         if model is None:
-            raise ModelNotReadyError(self.last_error or "the model is still loading")
+            raise ModelNotReadyError(self.last_error or STILL_LOADING)
         return model
 
     # ------------------------------------------------------------------ prediction
@@ -215,6 +254,11 @@ class ModelService:
             raise FeedbackUnavailableError(
                 f"the prediction log store is unavailable ({type(exc).__name__}); retry later"
             ) from None
+
+
+def _consume(future: asyncio.Future[Any]) -> None:
+    if not future.cancelled():
+        future.exception()
 
 
 class UnknownPredictionError(LookupError):

@@ -142,7 +142,7 @@ def training(config_path: Path, rows: int, work_dir: Path) -> dict[str, Any]:
 
 def drift(row_counts: tuple[int, ...]) -> dict[str, Any]:
     """Seconds for the drift check on n rows × 7 features (monitoring's own benchmark)."""
-    from monitoring.drift_detector import benchmark_feature_drift
+    from bench.drift import benchmark_feature_drift
 
     out: dict[str, Any] = {}
     for n in row_counts:

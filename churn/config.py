@@ -7,12 +7,15 @@ names it (and suggests the closest valid key), before anything touches MLflow.
 from __future__ import annotations
 
 import difflib
+import itertools
 import os
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from churn.stores import DEFAULT_TRACKING_URI
 
 
 class ConfigError(ValueError):
@@ -28,7 +31,7 @@ class MlflowConfig(_Section):
     model_name: str = "churn-classifier"
     # MLflow's own default: an embedded SQLite store, no server needed.
     # The MLFLOW_TRACKING_URI environment variable wins over this.
-    tracking_uri: str = "sqlite:///mlflow.db"
+    tracking_uri: str = DEFAULT_TRACKING_URI
 
 
 class DataConfig(_Section):
@@ -135,6 +138,36 @@ class ExportConfig(_Section):
     model_card: Path = Path("artifacts/MODEL_CARD.md")
 
 
+class SegmentConfig(_Section):
+    """One segmentation for monitoring: a categorical feature by its training categories, or a
+    numeric feature by band edges (`bins: [6, 12, 24]` gives <6, 6-12, 12-24, >=24)."""
+
+    feature: str
+    bins: list[float] | None = Field(default=None, min_length=1)
+
+    @model_validator(mode="after")
+    def _check(self) -> SegmentConfig:
+        if self.bins is not None and any(a >= b for a, b in itertools.pairwise(self.bins)):
+            raise ValueError(f"bins of '{self.feature}' must be strictly ascending")
+        return self
+
+
+def _default_segments() -> list[SegmentConfig]:
+    return []
+
+
+class MonitoringConfig(_Section):
+    """Label-free performance estimation and per-segment checks (monitoring.performance)."""
+
+    segments: list[SegmentConfig] = Field(default_factory=_default_segments)
+    # The band each estimate gives for the realised metric; outside it, a window is flagged.
+    estimate_band: float = Field(0.99, gt=0.5, lt=1.0)
+    # Family-wise false-alarm rate of the segment test, across all segments.
+    segment_alpha: float = Field(0.05, gt=0.0, lt=0.5)
+    # Rows (or labelled rows) a segment needs before its AUC and its test are reported.
+    segment_min_rows: int = Field(100, ge=10)
+
+
 class Config(_Section):
     mlflow: MlflowConfig = MlflowConfig()
     data: DataConfig = DataConfig()
@@ -144,6 +177,25 @@ class Config(_Section):
     gate: GateConfig = GateConfig()
     risk: RiskConfig = RiskConfig()
     export: ExportConfig = ExportConfig()
+    monitoring: MonitoringConfig = MonitoringConfig()
+
+    @model_validator(mode="after")
+    def _segments_name_features(self) -> Config:
+        for i, segment in enumerate(self.monitoring.segments):
+            where = f"monitoring.segments.{i}"
+            if segment.feature not in self.features.all:
+                hint = difflib.get_close_matches(segment.feature, self.features.all, n=1)
+                did = f"; did you mean '{hint[0]}'?" if hint else ""
+                raise ValueError(f"{where}: '{segment.feature}' is not a feature{did}")
+            numeric = segment.feature in self.features.numeric
+            if numeric and segment.bins is None:
+                raise ValueError(f"{where}: numeric feature '{segment.feature}' needs bins")
+            if not numeric and segment.bins is not None:
+                raise ValueError(
+                    f"{where}: '{segment.feature}' is categorical; it is split by its "
+                    "categories, bins do not apply"
+                )
+        return self
 
     @model_validator(mode="after")
     def _target_not_a_feature(self) -> Config:

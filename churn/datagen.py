@@ -108,8 +108,10 @@ def generate_with_truth(n_rows: int, seed: int = 42) -> tuple[pd.DataFrame, np.n
     return _finish(df, rng)
 
 
-def _finish(df: pd.DataFrame, rng: np.random.Generator) -> tuple[pd.DataFrame, np.ndarray]:
-    probability = 1.0 / (1.0 + np.exp(-_true_logit(df)))
+def _finish(
+    df: pd.DataFrame, rng: np.random.Generator, logit_shift: np.ndarray | float = 0.0
+) -> tuple[pd.DataFrame, np.ndarray]:
+    probability = 1.0 / (1.0 + np.exp(-(_true_logit(df) + logit_shift)))
     df["churned"] = (rng.random(len(df)) < probability).astype(int)
     return _add_missing(df, rng), probability
 
@@ -146,11 +148,24 @@ def _none(df: pd.DataFrame, rng: np.random.Generator) -> pd.DataFrame:
     return df
 
 
+def _fibre_competitor(df: pd.DataFrame) -> np.ndarray:
+    """A competitor targets fibre customers: their churn odds rise (x2.7) while nothing in
+    their features changes. A concept shift: invisible to input drift and to estimates."""
+    return np.where(df["internet_service"].to_numpy() == "Fiber optic", 1.0, 0.0)
+
+
+# Scenarios that change how churn depends on the features (the features stay as they were).
+CONCEPT_SHIFTS: dict[str, Callable[[pd.DataFrame], np.ndarray]] = {
+    "fibre_competitor": _fibre_competitor,
+}
+
+
 DRIFT_SCENARIOS: dict[str, Callable[[pd.DataFrame, np.random.Generator], pd.DataFrame]] = {
     "none": _none,
     "price_increase": _price_increase,
     "new_payment_method": _new_payment_method,
     "month_to_month_shift": _month_to_month_shift,
+    "fibre_competitor": _none,  # features unchanged; see CONCEPT_SHIFTS
 }
 
 
@@ -168,7 +183,8 @@ def generate_drifted_with_truth(
         raise ValueError(f"unknown drift scenario '{scenario}'; known: {known}")
     rng = np.random.default_rng(seed)
     df = DRIFT_SCENARIOS[scenario](_sample_features(n_rows, rng), rng)
-    return _finish(df, rng)
+    shift = CONCEPT_SHIFTS[scenario](df) if scenario in CONCEPT_SHIFTS else 0.0
+    return _finish(df, rng, shift)
 
 
 def bayes_optimal_auc(probability: np.ndarray, labels: np.ndarray) -> float:

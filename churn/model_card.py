@@ -12,6 +12,8 @@ _METRIC_LABELS = {
     "val_f1": "F1 @ threshold",
     "val_log_loss": "Log loss",
     "val_brier": "Brier score",
+    "calibration_ece_raw": "Calibration error (ECE) of the raw probabilities",
+    "calibration_ece": "Calibration error (ECE) after the fitted calibrator, out of fold",
 }
 
 
@@ -117,8 +119,10 @@ def render_model_card(metadata: dict[str, Any], alias: str, generated_at: str) -
         "- Validation is a random split of one snapshot: no out-of-time test. Monitor live AUC "
         "(`live_auc`) and drift (`monitoring/drift_detector.py`) after deployment.",
         "- Categories unseen in training are ignored by the encoder; their effect is unknown.",
-        "- Probabilities from a random forest are not perfectly calibrated; see the "
-        "calibration plot in the MLflow run before using them as absolute rates.",
+        "- Probabilities from a random forest are not perfectly calibrated; the served answers "
+        "are the raw ones. A calibrator fitted on the validation predictions"
+        f" ({(metadata.get('calibration') or {}).get('method', 'none')}) is stored in the bundle "
+        "and used only to estimate performance without labels (monitoring.performance).",
         "",
     ]
     return "\n".join(lines)

@@ -303,3 +303,30 @@ def _finite_or_none(value: float) -> float | None:
 
 def _float_or_nan(value: Any) -> float:
     return float("nan") if value is None else float(value)
+
+
+VALIDATION_SAMPLE_ROWS = 20_000
+
+
+def validation_sample(
+    features: pd.DataFrame,
+    probabilities: np.ndarray,
+    labels: np.ndarray,
+    rows: int = VALIDATION_SAMPLE_ROWS,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """Validation rows, column-wise (features with None for missing, the model's probability
+    and the label), at most `rows` of them, for ``reference_profile["validation"]``."""
+    index = np.arange(len(features))
+    if len(index) > rows:
+        index = np.sort(np.random.default_rng(seed).choice(index, rows, replace=False))
+    part = features.iloc[index]
+    columns = {
+        name: [None if pd.isna(v) else (v if isinstance(v, str) else float(v)) for v in part[name]]
+        for name in part.columns
+    }
+    return {
+        "features": columns,
+        "probability": np.round(np.asarray(probabilities, dtype=float)[index], 6).tolist(),
+        "label": np.asarray(labels, dtype=int)[index].tolist(),
+    }

@@ -20,7 +20,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, TypeVar
 
-from churn.bundle import METADATA_FILE, ModelBundle, load_bundle
+from churn.bundle import FROM_ENVIRONMENT, METADATA_FILE, KeyChoice, ModelBundle, load_bundle
 
 BUNDLE_ARTIFACT_PATH = "bundle"
 ARCHIVED_TAG = "archived"
@@ -403,15 +403,32 @@ def resolve_version(mlflow_client: Any, uri: str) -> str:
     return str(version)
 
 
-def download_bundle(tracking_uri: str, uri: str, destination: Path | None = None) -> ModelBundle:
-    """Fetch the bundle logged with the run behind a models:/ URI, verify it and load it."""
+def download_bundle(
+    tracking_uri: str,
+    uri: str,
+    destination: Path | None = None,
+    *,
+    key: KeyChoice = FROM_ENVIRONMENT,
+) -> ModelBundle:
+    """Fetch the bundle logged with the run behind a models:/ URI, verify it and load it.
+
+    Without `destination` the files go to a temporary directory that is removed once the
+    bundle is in memory, so a watcher reloading every minute leaves nothing behind. With
+    `destination` the files stay there (the caller wants them, e.g. the metadata).
+    """
+    if destination is not None:
+        return _download_and_load(tracking_uri, uri, destination, key)
+    with tempfile.TemporaryDirectory(prefix="churn-bundle-") as tmp:
+        return _download_and_load(tracking_uri, uri, Path(tmp), key)
+
+
+def _download_and_load(tracking_uri: str, uri: str, target: Path, key: KeyChoice) -> ModelBundle:
     import mlflow
 
     mlflow_client = client(tracking_uri)
     name, _, _ = parse_models_uri(uri)
     version = resolve_version(mlflow_client, uri)
     run_id = mlflow_client.get_model_version(name, version).run_id
-    target = destination or Path(tempfile.mkdtemp(prefix=f"bundle-{name}-v{version}-"))
     local = mlflow.artifacts.download_artifacts(
         run_id=run_id,
         artifact_path=BUNDLE_ARTIFACT_PATH,
@@ -423,4 +440,4 @@ def download_bundle(tracking_uri: str, uri: str, destination: Path | None = None
         raise RegistryError(
             f"run {run_id} of {name} v{version} has no '{BUNDLE_ARTIFACT_PATH}/' artifacts"
         )
-    return load_bundle(path)
+    return load_bundle(path, key=key)

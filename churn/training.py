@@ -34,12 +34,13 @@ from sklearn.model_selection import train_test_split
 from sklearn.pipeline import Pipeline
 
 from churn.bundle import save_bundle
+from churn.calibration import Calibrator, fit_calibrator
 from churn.config import Config
 from churn.data import TrainingData, load_training_data
 from churn.forest import check_compiled_forest
 from churn.onnx_export import OnnxExport, export_onnx
 from churn.pipeline import build_pipeline, inference_ready
-from churn.profile import build_reference_profile
+from churn.profile import build_reference_profile, validation_sample
 from churn.registry import BUNDLE_ARTIFACT_PATH, tracking_to
 from churn.schema import FeatureSchema
 
@@ -152,8 +153,22 @@ def build_metadata(
     version: str,
     onnx: OnnxExport,
     compiled_forest: dict[str, Any] | None = None,
+    calibrator: Calibrator | None = None,
 ) -> dict[str, Any]:
     """Everything serving and monitoring need to know about the model, without the raw data."""
+    reference = build_reference_profile(
+        parts.X_train,
+        schema.numeric,
+        schema.categorical,
+        val_probability,
+        sample_size=config.export.profile_sample_size,
+        seed=config.training.random_state,
+    )
+    # Validation rows with their predictions and labels: the baseline against which the
+    # monitoring job judges whether a segment's calibration gap has changed.
+    reference["validation"] = validation_sample(
+        parts.X_val, val_probability, parts.y_val.to_numpy(), seed=config.training.random_state
+    )
     return {
         "model_name": config.mlflow.model_name,
         "model_version": version,
@@ -166,6 +181,8 @@ def build_metadata(
         "feature_schema": schema.to_dict(),
         "metrics": metrics,
         "risk": config.risk.model_dump(),
+        "gate": config.gate.model_dump(),
+        "target_column": config.data.target_column,
         "onnx": onnx.as_metadata(),
         "compiled_forest": compiled_forest or {"supported": False, "reason": "not checked"},
         "training_data": {
@@ -178,14 +195,9 @@ def build_metadata(
             "dropped_unlabelled": data.dropped_unlabelled,
             "snapshot": datetime.fromtimestamp(data.path.stat().st_mtime, UTC).date().isoformat(),
         },
-        "reference_profile": build_reference_profile(
-            parts.X_train,
-            schema.numeric,
-            schema.categorical,
-            val_probability,
-            sample_size=config.export.profile_sample_size,
-            seed=config.training.random_state,
-        ),
+        "calibration": (calibrator or Calibrator("identity")).as_metadata(),
+        "monitoring": config.monitoring.model_dump(),
+        "reference_profile": reference,
     }
 
 
@@ -257,6 +269,11 @@ def train(
     _say(progress, f"evaluate  on {len(parts.X_val):,} validation rows")
     val_probability = pipeline.predict_proba(parts.X_val)[:, 1]
     metrics = evaluate(parts.y_val.to_numpy(), val_probability, config.risk.decision_threshold)
+    calibrator = fit_calibrator(
+        val_probability, parts.y_val.to_numpy(), seed=config.training.random_state
+    )
+    metrics["calibration_ece_raw"] = float(calibrator.ece_before or 0.0)
+    metrics["calibration_ece"] = float(calibrator.ece_after or 0.0)
     onnx = (
         export_onnx(pipeline, schema, parts.X_val, config.export, config.risk)
         if config.export.onnx
@@ -335,6 +352,7 @@ def train(
             version=version,
             onnx=onnx,
             compiled_forest=forest,
+            calibrator=calibrator,
         )
         # A fresh directory: files of an older bundle with the same number (a registry that
         # was reset) must not ride along into the run's bundle/ artifacts.

@@ -16,6 +16,12 @@ from churn.training import TrainResult, train
 
 ROOT = Path(__file__).resolve().parents[1]
 
+# Every bundle in the tests is signed and verified, as in production, with a fixed test-only
+# key (not a secret). Set before anything trains; subprocesses (servers, CLIs) inherit it.
+TEST_SIGNING_KEY = "test-only-bundle-signing-key-not-a-secret-0123456789"
+os.environ.pop("BUNDLE_SIGNING_KEY_FILE", None)
+os.environ["BUNDLE_SIGNING_KEY"] = TEST_SIGNING_KEY
+
 
 def write_config(tmp: Path, **overrides: dict) -> Path:
     """A config.yaml in `tmp` based on the repo's, with sections overridden, small and fast."""

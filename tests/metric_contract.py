@@ -16,6 +16,7 @@ API_METRICS = API_HISTOGRAMS | {
     "prediction_log_dropped_total",
     "unknown_category_total",
     "model_reloads_total",
+    "model_alias_mismatch",
 }
 # Pushed by `monitoring.drift_detector --pushgateway` (job drift_monitor).
 DRIFT_METRICS = frozenset(
@@ -33,4 +34,18 @@ DRIFT_METRICS = frozenset(
         "live_labelled_samples",
     }
 )
-CONTRACT_METRICS = API_METRICS | DRIFT_METRICS
+# Pushed with them by the estimated-performance section (monitoring.performance).
+PERFORMANCE_METRICS = frozenset(
+    {
+        "churn_estimated_metric",
+        "churn_realised_metric",
+        "churn_estimation_error",
+        "churn_concept_shift",
+        "churn_estimated_rows",
+        "churn_gate_min_auc",
+        "churn_segment_predicted_rate",
+        "churn_segment_observed_rate",
+        "churn_segment_miscalibrated",
+    }
+)
+CONTRACT_METRICS = API_METRICS | DRIFT_METRICS | PERFORMANCE_METRICS

@@ -27,12 +27,17 @@ def stop_process(process: subprocess.Popen[bytes], timeout: float = 20.0) -> Non
 
 
 def _wait_for_workers(
-    url: str, log_path: Path, workers: int, process: subprocess.Popen[bytes], timeout: float
+    url: str,
+    log_path: Path,
+    workers: int,
+    process: subprocess.Popen[bytes],
+    timeout: float,
+    probe: str = "/ready",
 ) -> None:
-    """/ready answers 200 and every worker has logged its start-up (requests may hit any)."""
+    """`probe` answers 200 and every worker has logged its start-up (requests may hit any)."""
     from tests.mlflow_server import wait_http
 
-    wait_http(f"{url}/ready", timeout, process)
+    wait_http(f"{url}{probe}", timeout, process)
     deadline = time.monotonic() + timeout
     while log_path.read_text(errors="replace").count("Application startup complete") < workers:
         if process.poll() is not None or time.monotonic() > deadline:
@@ -42,9 +47,14 @@ def _wait_for_workers(
 
 @contextlib.contextmanager
 def api_server(
-    env: Mapping[str, str], log_path: Path, workers: int = 1, timeout: float = 120.0
+    env: Mapping[str, str],
+    log_path: Path,
+    workers: int = 1,
+    timeout: float = 120.0,
+    probe: str = "/ready",
 ) -> Iterator[str]:
-    """`uvicorn app.main:app` on a free loopback port, as the image runs it; yields its URL."""
+    """`uvicorn app.main:app` on a free loopback port, as the image runs it; yields its URL
+    once `probe` answers 200 (``/health`` for a server that is not expected to be ready)."""
     port = free_port()
     argv = [sys.executable, "-m", "uvicorn", "app.main:app", "--host", "127.0.0.1"]
     with log_path.open("wb") as log:
@@ -58,7 +68,7 @@ def api_server(
     url = f"http://127.0.0.1:{port}"
     try:
         try:
-            _wait_for_workers(url, log_path, workers, process, timeout)
+            _wait_for_workers(url, log_path, workers, process, timeout, probe)
         except (TimeoutError, RuntimeError) as exc:
             tail = log_path.read_text(errors="replace")[-4000:]
             raise AssertionError(f"API did not start: {exc}\n{tail}") from exc

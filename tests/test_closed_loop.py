@@ -15,7 +15,7 @@ import subprocess
 import sys
 import threading
 import time
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -226,18 +226,30 @@ def test_rows_served_by_another_version_are_not_judged(
 
     code = run_cli(trained_model, log_url, "--min-labelled", "100")
 
-    assert code == closed_loop.EXIT_OK
+    assert code == closed_loop.EXIT_INSUFFICIENT
     out = capsys.readouterr().out
+    assert "insufficient data: nothing judged" in out
     assert "(0 current rows)" in out
-    assert "nothing to do" in out
+    assert "no feature drift" not in out
 
 
-def test_gate_refusal_exits_1_and_keeps_production(
+def test_a_missing_prediction_log_is_an_error(
     trained_model: TrainedModel,
     registry: str,
     tmp_path: Path,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
+    missing = tmp_path / "prediction_log.db"
+
+    code = run_cli(trained_model, f"sqlite:///{missing}")
+
+    assert code == closed_loop.EXIT_ERROR
+    assert str(missing) in capsys.readouterr().err
+    assert not missing.exists()
+
+
+def refusing_config(trained_model: TrainedModel, tmp_path: Path) -> Path:
+    """The session's config with its own training data copy and a gate no model can pass."""
     raw = yaml.safe_load(trained_model.config_path.read_text())
     train_path = shutil.copy(trained_model.config.data.train_path, tmp_path / "train.csv")
     raw["data"]["train_path"] = str(train_path)
@@ -245,25 +257,139 @@ def test_gate_refusal_exits_1_and_keeps_production(
     raw["gate"]["min_val_auc"] = 0.999  # no model of this data can reach it
     config_path = tmp_path / "config.yaml"
     config_path.write_text(yaml.safe_dump(raw))
+    return config_path
+
+
+def test_gate_refusal_is_remembered_cleaned_up_and_backed_off(
+    trained_model: TrainedModel,
+    registry: str,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """A refused retrain: exit 1, production kept, its CSV removed, the version tagged; the
+    same window is never retrained; a new window waits out the backoff, then is tried."""
+    from churn.registry import client, version_by_alias
+
+    name = trained_model.result.model_name
+    config_path = refusing_config(trained_model, tmp_path)
     customers = generate_drifted("month_to_month_shift", 600, seed=5)
     log_url = log_served(trained_model, tmp_path, customers, labelled=600)
     report = tmp_path / "cycle.json"
-
     args = ["--config", str(config_path), "--since", "1h", "--database-url", log_url]
-    code = closed_loop.main([*args, "--min-labelled", "300", "--json", str(report)])
+    args += ["--min-labelled", "300", "--json", str(report)]
+
+    # 1. Drift and labels: retrain, the gate refuses.
+    code = closed_loop.main(args)
 
     assert code == closed_loop.EXIT_GATE_REFUSED
     out = capsys.readouterr().out
     assert "gate failed, production stays v" in out
     assert "is below the minimum 0.9990" in out
     result = json.loads(report.read_text())
-    assert result["candidate_version"] is not None
+    refused = result["candidate_version"]
+    assert refused is not None
     assert result["promoted"] is False
-    from churn.registry import client, version_by_alias
-
-    production = version_by_alias(client(registry), trained_model.result.model_name, "production")
-    assert production == trained_model.result.model_version
+    assert result["consecutive_refusals"] == 1
+    assert result["retrain_data"] is None  # the refused cycle's CSV is gone
+    assert not list(tmp_path.glob("retrain-*.csv*"))
+    mlflow = client(registry)
+    assert version_by_alias(mlflow, name, "production") == trained_model.result.model_version
     assert not (tmp_path / "artifacts").exists()  # a refused bundle is not published
+    window = result["window"]
+    assert mlflow.get_model_version(name, refused).tags["closed_loop.refused_window"] == window
+    assert f"closed_loop.refused.{window}" in mlflow.get_registered_model(name).tags
+    before = versions(registry, name)
+
+    # 2. The same window again: nothing is trained.
+    assert closed_loop.main(args) == closed_loop.EXIT_OK
+    out = capsys.readouterr().out
+    assert f"the gate refused v{refused}, trained on this same data window" in out
+    assert json.loads(report.read_text())["action"] == "skip"
+    assert versions(registry, name) == before
+
+    # 3. New labels make a new window, but the backoff (default 4h) is in force.
+    more = generate_drifted("month_to_month_shift", 200, seed=6)
+    version = trained_model.result.model_version
+    write_log(log_url, more, version, served(trained_model, more), labelled=200)
+    assert closed_loop.main(args) == closed_loop.EXIT_OK
+    out = capsys.readouterr().out
+    assert "1 refused retrain(s) in a row; backing off until" in out
+    assert json.loads(report.read_text())["action"] == "backoff"
+    assert versions(registry, name) == before
+
+    # 4. Once the backoff has passed, the new window is tried (and refused again).
+    time.sleep(1.1)
+    code = closed_loop.main([*args, "--backoff", "1s", "--max-backoff", "1s"])
+    assert code == closed_loop.EXIT_GATE_REFUSED
+    second = json.loads(report.read_text())
+    assert second["window"] != window
+    assert second["consecutive_refusals"] == 2
+    assert len(versions(registry, name)) == len(before) + 1
+    assert not list(tmp_path.glob("retrain-*.csv*"))
+
+
+def test_memory_is_kept_in_the_registry_and_cleared_by_a_promotion(
+    trained_model: TrainedModel, registry: str
+) -> None:
+    from churn.registry import client
+
+    name = trained_model.result.model_name
+    memory = closed_loop.RegistryMemory(client(registry), name)
+    assert memory.load() == closed_loop.LoopMemory()
+    now = datetime(2030, 1, 1, tzinfo=UTC)
+    version = trained_model.result.model_version
+    memory.remember_refusal("a" * 64, version, now)
+    state = memory.remember_refusal("b" * 64, version, now + timedelta(hours=1))
+    assert state.refusals == 2
+    assert set(state.refused) == {"a" * 64, "b" * 64}
+    backoff = closed_loop.Backoff(timedelta(hours=4), timedelta(hours=10))
+    assert state.next_attempt_at(backoff) == now + timedelta(hours=9)
+    memory.forget()
+    assert memory.load() == closed_loop.LoopMemory()
+
+
+def test_corrupt_memory_fails_closed(
+    trained_model: TrainedModel,
+    registry: str,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """An unreadable memory is an error (exit 2), never "nothing refused so far"."""
+    from churn.registry import client
+
+    name = trained_model.result.model_name
+    client(registry).set_registered_model_tag(name, "closed_loop.backoff", "{not json")
+    customers = generate_drifted("month_to_month_shift", 600, seed=5)
+    log_url = log_served(trained_model, tmp_path, customers, labelled=600)
+    before = versions(registry, name)
+
+    code = run_cli(trained_model, log_url, "--min-labelled", "300")
+
+    assert code == closed_loop.EXIT_ERROR
+    err = capsys.readouterr().err
+    assert "closed_loop.backoff" in err
+    assert err.count("\n") == 1
+    assert versions(registry, name) == before
+
+
+def test_backoff_doubles_and_is_bounded() -> None:
+    backoff = closed_loop.Backoff(timedelta(hours=4), timedelta(days=3))
+    delays = [backoff.delay(n) for n in range(7)]
+    assert delays[:6] == [timedelta(0)] + [timedelta(hours=h) for h in (4, 8, 16, 32, 64)]
+    assert delays[6] == timedelta(days=3)
+    assert backoff.delay(10_000) == timedelta(days=3)
+
+
+def test_window_digest_changes_with_labels_data_and_config() -> None:
+    frame = pd.DataFrame({"prediction_id": ["a1", "b2", "c3"], "outcome": [1.0, np.nan, 0.0]})
+    base = closed_loop.window_digest("3", frame, "d" * 64, "{}")
+    assert base == closed_loop.window_digest("3", frame.iloc[::-1], "d" * 64, "{}")
+    assert base != closed_loop.window_digest("3", frame.assign(outcome=1.0), "d" * 64, "{}")
+    assert base != closed_loop.window_digest("4", frame, "d" * 64, "{}")
+    assert base != closed_loop.window_digest("3", frame, "e" * 64, "{}")
+    assert base != closed_loop.window_digest("3", frame, "d" * 64, '{"gate": 1}')
+    unlabelled = frame.assign(outcome=[1.0, np.nan, 0.0], prediction_id=["a1", "zz", "c3"])
+    assert base == closed_loop.window_digest("3", unlabelled, "d" * 64, "{}")
 
 
 def test_missing_production_alias_is_an_error(

@@ -97,8 +97,15 @@ def model_bundle() -> Path:
     """artifacts/ holds a promoted bundle (the API image bakes it in); train and promote one
     if missing (training alone writes only candidates/)."""
     _require_build_tools()
+    from churn.bundle import BundleError, verify_bundle
+
     artifacts = ROOT / "artifacts"
-    if not (artifacts / "model.pkl").exists() or not (artifacts / "metadata.json").exists():
+    try:
+        verify_bundle(artifacts)  # signed with the tests' key (conftest), else retrained
+        usable = True
+    except BundleError:
+        usable = False
+    if not usable:
         if not (ROOT / "data/churn_train.csv").exists():
             subprocess.run([sys.executable, "-m", "churn.datagen"], cwd=ROOT, check=True)
         subprocess.run([sys.executable, "train.py"], cwd=ROOT, check=True)
@@ -214,7 +221,8 @@ def _uids(pid: int) -> dict[int, int]:
 @pytest.fixture(scope="module")
 def api(api_image: BuiltImage, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningImage]:
     port = free_port()
-    running = _start(api_image.ref, tmp_path_factory.mktemp("api"), port, {"PORT": str(port)})
+    env = {"PORT": str(port), "BUNDLE_SIGNING_KEY": os.environ["BUNDLE_SIGNING_KEY"]}
+    running = _start(api_image.ref, tmp_path_factory.mktemp("api"), port, env)
     try:
         _wait_for(running, "/ready")
         yield running

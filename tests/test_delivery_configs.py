@@ -28,7 +28,7 @@ WORKFLOWS = sorted((ROOT / ".github/workflows").glob("*.yml"))
 DOCKERFILES = [ROOT / "Dockerfile", ROOT / "docker/mlflow.Dockerfile"]
 K8S_DIR = ROOT / "deploy/k8s"
 SHELL_SCRIPTS = [*sorted((ROOT / "scripts").glob("*.sh")), ROOT / "docker/entrypoint.sh"]
-REQUIRED_SECRETS = {"POSTGRES_PASSWORD", "GRAFANA_ADMIN_PASSWORD"}
+REQUIRED_SECRETS = {"POSTGRES_PASSWORD", "GRAFANA_ADMIN_PASSWORD", "BUNDLE_SIGNING_KEY"}
 TEST_SECRETS = {name: f"test-{name.lower()}" for name in REQUIRED_SECRETS}
 EXPECTED_SERVICES = {
     "api", "mlflow", "postgres", "trainer", "prometheus", "pushgateway", "grafana",

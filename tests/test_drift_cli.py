@@ -19,6 +19,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from app.ids import RandomHex
+from churn.config import RiskConfig
 from churn.datagen import generate_customers, generate_drifted
 from churn.prediction_log import (
     PredictionBatch,
@@ -29,8 +30,9 @@ from churn.prediction_log import (
 )
 from churn.profile import build_reference_profile
 from churn.schema import FeatureSchema, FeatureSpec
+from monitoring.drift.results import EXIT_CODES, EXIT_INSUFFICIENT
 from monitoring.drift_detector import main, parse_duration
-from monitoring.live_quality import compute_live_quality
+from monitoring.quality.live import compute_live_quality
 from tests._tools import free_port
 from tests.conftest import TrainedModel
 from tests.metric_contract import DRIFT_METRICS
@@ -132,9 +134,11 @@ def test_parquet_current_and_csv_reference(tmp_path: Path) -> None:
     current = tmp_path / "current.parquet"
     generate_drifted("price_increase", 2000, seed=2).to_parquet(current)
     out_json = tmp_path / "drift.json"
-    assert run_cli("--reference", reference, "--current", current, "--json", out_json) == 1
+    config = ROOT / "config.yaml"
+    args = ["--reference", reference, "--config", config, "--current", current]
+    assert run_cli(*args, "--json", out_json) == 1
     report = json.loads(out_json.read_text())
-    # The CSV schema is inferred: the target column is not a feature.
+    # The feature lists come from the config: the target column is not a feature.
     assert [f["feature"] for f in report["features"]] == FEATURES
     assert "monthly_charges" in report["drifted_features"]
 
@@ -155,7 +159,7 @@ def test_missing_feature_column_exits_2_with_one_line(
     ("make", "fragment"),
     [
         (lambda d: d / "absent.csv", "not found"),
-        (lambda d: _write(d / "garbage.parquet", "not parquet"), "cannot read"),
+        (lambda d: _write(d / "garbage.parquet", "not parquet"), "cannot be read"),
     ],
 )
 def test_unreadable_current_exits_2(
@@ -256,24 +260,109 @@ def test_since_reads_the_prediction_log(bundle_metadata: Path, tmp_path: Path) -
     assert live["recall"] is not None
 
 
-def test_an_empty_window_is_insufficient_data(bundle_metadata: Path, tmp_path: Path) -> None:
+def test_an_empty_window_is_insufficient_data_never_no_drift(
+    bundle_metadata: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """An existing log with no row in the window: nothing was judged, and it says so."""
     url = f"sqlite:///{tmp_path / 'empty.db'}"
-    out_json = tmp_path / "drift.json"
-    assert (
-        run_cli(
-            "--reference",
-            bundle_metadata,
-            "--since",
-            "1h",
-            "--database-url",
-            url,
-            "--json",
-            out_json,
-        )
-        == 0
-    )
+    fill_log(url, generate_customers(300, seed=8), labelled=0, age=timedelta(days=3))
+    out_json, out_html = tmp_path / "drift.json", tmp_path / "drift.html"
+    code = run_cli(
+        "--reference", bundle_metadata, "--since", "1h", "--database-url", url,
+        "--json", out_json, "--html", out_html,
+    )  # fmt: skip
+    assert code == EXIT_INSUFFICIENT == 3
+    printed = capsys.readouterr().out
+    assert "insufficient data: nothing judged" in printed
+    assert "no feature drift" not in printed
     report = json.loads(out_json.read_text())
+    assert report["verdict"] == "insufficient_data"
+    assert report["summary"].startswith("insufficient data: nothing judged")
     assert {f["status"] for f in report["features"]} == {"insufficient_data"}
+    assert 'class="verdict insufficient_data"' in out_html.read_text()
+
+
+def test_a_few_judged_features_are_not_insufficient_data(
+    bundle_metadata: Path, tmp_path: Path
+) -> None:
+    """One feature with enough values is a verdict; the others are listed as unjudged."""
+    current = generate_customers(300, seed=4)
+    current.loc[:, ["tenure", "monthly_charges", "total_charges"]] = np.nan
+    path = tmp_path / "current.csv"
+    current.to_csv(path, index=False)
+    out_json = tmp_path / "drift.json"
+    code = run_cli(
+        "--reference", bundle_metadata, "--current", path, "--min-rows", "250",
+        "--json", out_json,
+    )  # fmt: skip
+    report = json.loads(out_json.read_text())
+    assert code == 1  # three numeric columns went entirely missing: the missing rate drifted
+    assert report["verdict"] == "drift"
+    assert "insufficient" not in report["summary"].split(";")[0]
+
+
+def test_a_missing_sqlite_log_is_an_error_and_creates_nothing(
+    bundle_metadata: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    missing = tmp_path / "typo" / "predicton_log.db"
+    code = run_cli(
+        "--reference", bundle_metadata, "--since", "1h", "--database-url", f"sqlite:///{missing}"
+    )
+    assert code == 2
+    err = capsys.readouterr().err
+    assert str(missing) in err
+    assert "not found" in err
+    assert err.count("\n") == 1
+    assert not missing.exists()
+    assert not missing.parent.exists()
+
+
+def test_help_documents_every_exit_code(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    text = capsys.readouterr().out
+    for code, meaning in EXIT_CODES.items():
+        assert f"{code}  " in text
+        assert f"{code}  {meaning}" in text
+
+
+def test_live_quality_uses_the_bundles_decision_threshold(
+    bundle_metadata: Path, tmp_path: Path
+) -> None:
+    """Precision and recall are taken at the threshold the served model decided with."""
+    metadata = json.loads(bundle_metadata.read_text())
+    url = f"sqlite:///{tmp_path / 'log.db'}"
+    fill_log(url, generate_customers(800, seed=12), labelled=800)
+    recalls = {}
+    for threshold in (0.2, 0.8):
+        path = tmp_path / f"metadata-{threshold}.json"
+        path.write_text(json.dumps({**metadata, "risk": {"decision_threshold": threshold}}))
+        out_json = tmp_path / f"drift-{threshold}.json"
+        run_cli("--reference", path, "--since", "1d", "--database-url", url, "--json", out_json)
+        live = json.loads(out_json.read_text())["live_quality"]
+        assert live["threshold"] == threshold
+        recalls[threshold] = live["recall"]
+    assert recalls[0.2] > recalls[0.8]
+    default = tmp_path / "default.json"
+    run_cli(
+        "--reference", bundle_metadata, "--since", "1d", "--database-url", url, "--json", default
+    )
+    assert json.loads(default.read_text())["live_quality"]["threshold"] == (
+        RiskConfig().decision_threshold
+    )
+
+
+def test_an_invalid_risk_section_is_refused(
+    bundle_metadata: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    metadata = json.loads(bundle_metadata.read_text())
+    path = tmp_path / "metadata.json"
+    path.write_text(json.dumps({**metadata, "risk": {"decision_threshold": 7}}))
+    current = write_batch(tmp_path, "none", 200)
+    assert run_cli("--reference", path, "--current", current) == 2
+    err = capsys.readouterr().err
+    assert "decision_threshold" in err
+    assert str(path) in err
 
 
 # --------------------------------------------------------------------------- Pushgateway
@@ -336,6 +425,7 @@ def test_pushes_the_contracted_metric_names(
     assert samples[("drift_feature_drifted", "payment_method")] == 1
     assert samples[("drift_feature_drifted", "tenure")] == 0
     assert samples[("drift_detected", "")] == 1
+    assert samples[("drift_insufficient_data", "")] == 0
     assert samples[("live_labelled_samples", "")] == 300
     assert all(v == v for v in samples.values())  # no NaN
 
@@ -363,6 +453,20 @@ def test_live_metrics_are_not_pushed_without_enough_labels(
     assert "live_labelled_samples 10.0" in body
     assert "live_auc" not in body
     assert "live_recall" not in body
+    assert "drift_detected 0.0" in body
+
+
+def test_a_blind_window_is_pushed_as_insufficient_data(
+    bundle_metadata: Path, tmp_path: Path, pushgateway: tuple[str, list]
+) -> None:
+    """Nothing judged: no drift is claimed and drift_insufficient_data says why."""
+    address, received = pushgateway
+    url = f"sqlite:///{tmp_path / 'log.db'}"
+    fill_log(url, generate_customers(50, seed=14), labelled=0)
+    args = ["--reference", bundle_metadata, "--since", "1d", "--database-url", url]
+    assert run_cli(*args, "--pushgateway", address) == EXIT_INSUFFICIENT
+    body = received[0][2]
+    assert "drift_insufficient_data 1.0" in body
     assert "drift_detected 0.0" in body
 
 
@@ -406,19 +510,19 @@ def test_live_quality_skips_what_is_undefined() -> None:
     score = rng.random(500)
     outcome = (rng.random(500) < score).astype(float)
     frame = pd.DataFrame({"probability": score, "outcome": outcome})
-    full = compute_live_quality(frame)
+    full = compute_live_quality(frame, threshold=0.5)
     assert full.labelled_samples == 500
     assert full.auc is not None
     assert full.auc > 0.7
-    few = compute_live_quality(frame.head(20))
+    few = compute_live_quality(frame.head(20), threshold=0.5)
     assert few.auc is None
     assert few.precision is None
     assert few.labelled_samples == 20
-    one_class = compute_live_quality(frame.assign(outcome=0.0))
+    one_class = compute_live_quality(frame.assign(outcome=0.0), threshold=0.5)
     assert one_class.auc is None
     assert one_class.recall is None
     assert one_class.precision == 0.0
-    unlabelled = compute_live_quality(frame.assign(outcome=np.nan))
+    unlabelled = compute_live_quality(frame.assign(outcome=np.nan), threshold=0.5)
     assert unlabelled.labelled_samples == 0
     assert unlabelled.auc is None
 

@@ -33,6 +33,11 @@ from prometheus_client import (
     push_to_gateway,
 )
 
+from churn.datagen import generate_with_truth
+from monitoring.drift.push import add_performance_metrics
+from monitoring.performance.estimate import estimate_performance
+from monitoring.performance.results import PerformanceReport
+from monitoring.performance.segments import SegmentSpec, analyse_segments
 from tests._tools import free_port, require_binary
 from tests.metric_contract import API_HISTOGRAMS, CONTRACT_METRICS
 from tests.prometheus_fixture import (
@@ -65,6 +70,8 @@ REQUIRED_TITLES = {
     "Per-feature drift",
     "Live AUC vs gate",
     "Model version",
+    "Estimated vs realised AUC",
+    "Per-segment calibration",
 }
 
 GRAFANA_INTERVAL_VARS = re.compile(r"\$\{?__(?:rate_interval|interval|range)\}?")
@@ -331,7 +338,22 @@ def push_drift_result(pushgateway: str) -> None:
     }
     for name, value in values.items():
         Gauge(name, "", registry=registry).set(value)
+    add_performance_metrics(performance_report(), registry)
     push_to_gateway(pushgateway, job="drift_monitor", registry=registry)
+
+
+def performance_report() -> PerformanceReport:
+    """What the drift job's estimated-performance section pushes, from the real emitter, for a
+    labelled window of generated customers scored with their true probabilities."""
+    frame, truth = generate_with_truth(2000, seed=3)
+    labels = frame["churned"].to_numpy(dtype=float)
+    specs = [SegmentSpec("internet_service", ("DSL", "Fiber optic", "No"))]
+    return PerformanceReport(
+        estimate_performance(truth, truth, 0.5, labels=labels),
+        analyse_segments(frame, specs, truth, truth, labels),
+        "identity",
+        gate_auc=0.88,
+    )
 
 
 @dataclass

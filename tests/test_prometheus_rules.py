@@ -116,6 +116,8 @@ def test_expected_alerts_are_defined() -> None:
         "HighRiskRateSpike",
         "DriftCheckStale",
         "LiveAucBelowGate",
+        "EstimatedAucBelowGate",
+        "SegmentUnderPredicted",
     }
 
 
