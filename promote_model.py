@@ -24,7 +24,8 @@ from pathlib import Path
 from churn.bundle import BundleError
 from churn.config import ConfigError, load_config
 from churn.promotion import GateFailed, PromotionError, PromotionResult, promote, rollback
-from churn.registry import PromotionLocked, RegistryError, bounded_http_retries, redact
+from churn.redact import redact
+from churn.registry import PromotionLocked, RegistryError, bounded_http_retries
 
 EXIT_OK = 0
 EXIT_GATE_REFUSED = 1

@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import re
 import socket
 import tempfile
 import uuid
@@ -21,6 +20,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from churn.bundle import FROM_ENVIRONMENT, METADATA_FILE, KeyChoice, ModelBundle, load_bundle
+from churn.redact import redact
 
 BUNDLE_ARTIFACT_PATH = "bundle"
 ARCHIVED_TAG = "archived"
@@ -54,14 +54,6 @@ class RegistryUnavailable(RegistryError):
 
 class PromotionLocked(RegistryError):
     """Another promotion or rollback of the same model holds the registry lock."""
-
-
-_USERINFO = re.compile(r"(?P<scheme>[a-zA-Z][a-zA-Z0-9+.-]*://)[^/@\s]+@")
-
-
-def redact(text: str) -> str:
-    """`text` with the user info (user:password@) of every URL in it replaced by ***@."""
-    return _USERINFO.sub(r"\g<scheme>***@", text)
 
 
 def is_absent(exc: BaseException) -> bool:
