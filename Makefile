@@ -17,6 +17,9 @@ CONFIG ?= config.yaml
 ALIAS ?= production
 VERSION ?=
 PYTEST_ARGS ?=
+UI_PORT ?= 5000
+# The embedded store train.py uses by default (config.yaml: mlflow.tracking_uri).
+MLFLOW_STORE ?= sqlite:///mlflow.db
 
 # Bundle signing (churn/bundle.py): train signs, promote and serve verify. BUNDLE_SIGNING_KEY
 # or BUNDLE_SIGNING_KEY_FILE from the environment wins; otherwise a random key is made once
@@ -29,11 +32,15 @@ KEY_DEP := $(SIGNING_KEY_FILE)
 endif
 
 # Installs are keyed on the requirement files: edit one and the next target reinstalls.
+# pip prints each package it fetches, so the 1-3 minute first install is visibly moving.
 $(BIN)/.installed: requirements-dev.txt requirements.txt requirements-serve.txt
-	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	@test -x $(PY) || { echo "[install] creating $(VENV) with $(PYTHON)"; $(PYTHON) -m venv $(VENV); }
+	@echo "[install] upgrading pip"
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -r requirements-dev.txt
+	@echo "[install] installing the pinned stack from requirements-dev.txt (1-3 minutes the first time)"
+	$(PY) -m pip install --progress-bar on -r requirements-dev.txt
 	@touch $@
+	@echo "[install] done: $(VENV) is ready"
 
 .PHONY: help
 help: ## List the targets with what they do
@@ -83,13 +90,18 @@ gate: $(BIN)/.installed | $(KEY_DEP) ## Run the promotion gate and checks only, 
 rollback: $(BIN)/.installed | $(KEY_DEP) ## Return ALIAS to its previous version (production: re-exported to artifacts/)
 	$(KEY_ENV) $(PROMOTE) --rollback $(SAY_CODE)
 
+.PHONY: ui
+ui: $(BIN)/.installed ## MLflow UI on the embedded store: http://127.0.0.1:$(UI_PORT) (runs, plots, versions)
+	$(BIN)/mlflow ui --backend-store-uri $(MLFLOW_STORE) --host 127.0.0.1 --port $(UI_PORT) --workers 1
+
 .PHONY: serve
 serve: $(BIN)/.installed | $(KEY_DEP) ## Serve the promoted bundle in artifacts/ on http://$(HOST):$(PORT) (no training)
 	@test -f artifacts/model.pkl || { echo "serve: artifacts/ holds no promoted model; run 'make train promote' first" >&2; exit 1; }
 	@test ! -f artifacts/release.json || echo "serve: $$(tr -d '\n ' < artifacts/release.json)"
 	@rm -rf .cache/prometheus && mkdir -p .cache/prometheus
 	$(KEY_ENV) PROMETHEUS_MULTIPROC_DIR=$(CURDIR)/.cache/prometheus \
-	  $(BIN)/uvicorn app.main:app --host $(HOST) --port $(PORT) --workers $(WORKERS)
+	  $(BIN)/uvicorn app.main:app --host $(HOST) --port $(PORT) --workers $(WORKERS) \
+	  --no-server-header
 
 # A refused candidate does not stop the demo: serve keeps serving the last promoted model.
 .PHONY: run
@@ -157,6 +169,12 @@ images: $(BIN)/.installed ## Build the API, trainer and MLflow images with podma
 image-run: $(BIN)/.installed | $(KEY_DEP) ## Run the API image's own command via chroot (root; no container runtime)
 	$(PY) scripts/run_image_chroot.py localhost/churn-api:latest --env PORT=$(PORT) \
 	  --env BUNDLE_SIGNING_KEY="$${BUNDLE_SIGNING_KEY:-$$(cat "$${BUNDLE_SIGNING_KEY_FILE:-$(SIGNING_KEY_FILE)}")}"
+
+.PHONY: score
+score: $(BIN)/.installed ## Replay FILE= (a CSV) to the running API in batches; answers to OUT= (URL=, FEEDBACK=column)
+	@test -n "$(FILE)" || { echo "usage: make score FILE=data/x.csv [URL=http://localhost:$(PORT)] [OUT=reports/x_scored.csv] [FEEDBACK=churned]" >&2; exit 2; }
+	$(PY) scripts/score_csv.py $(FILE) --url $(or $(URL),http://localhost:$(PORT)) \
+	  $(if $(OUT),--out $(OUT)) $(if $(FEEDBACK),--feedback $(FEEDBACK))
 
 .PHONY: smoke
 smoke: $(BIN)/.installed ## Smoke-test a running API: make smoke URL=http://localhost:8000

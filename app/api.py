@@ -2,17 +2,26 @@
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, HTTPException, Request, Response
 from fastapi.responses import JSONResponse
+from pydantic import TypeAdapter, ValidationError
 
-from app.body import read_json, validate
+from app.codec import (
+    RequestError,
+    parse_json_value,
+    unprocessable,
+    validate_object,
+    validation_error,
+)
 from app.lifecycle import ModelLifecycle
 from app.schemas import (
     BatchResponse,
     ErrorResponse,
+    FeedbackBatchResponse,
     FeedbackRequest,
     FeedbackResponse,
     HealthResponse,
@@ -125,36 +134,51 @@ def metrics(service: ServiceDep) -> Response:
     return Response(body, media_type=content_type)
 
 
+def _client_error(exc: RequestError) -> HTTPException:
+    return HTTPException(exc.status, detail=exc.detail)
+
+
+def _json_answer(content: bytes) -> Response:
+    return Response(content, media_type="application/json")
+
+
 @router.post(
     "/predict", response_model=PredictionResponse, tags=["predict"], responses=_CLIENT_ERRORS
 )
-async def predict(service: ServiceDep, request: Request) -> dict[str, Any]:
-    """Churn probability, decision and risk tier for one customer."""
+async def predict(service: ServiceDep, request: Request) -> Response:
+    """Churn probability, decision and risk tier for one customer.
+
+    Strict input: numbers as JSON numbers (integers for integer features), `null` where the
+    model imputes the feature, unknown fields refused (422 naming the likely intended field).
+    `warnings` appears only when a value was reinterpreted (a category not seen in training,
+    a number outside the training range)."""
     model = _model_or_503(service, request)
-    customer = validate(model.customer_model, await read_json(request))
-    rows = service.rows_of(model, [customer.__dict__])
-    return (await service.predict(model, rows))[0]
+    try:
+        rows = model.codec.decode_customer(
+            await request.body(), request.headers.get("content-type")
+        )
+    except RequestError as exc:
+        raise _client_error(exc) from None
+    answers, ids = await service.answer(model, rows)
+    return _json_answer(model.codec.encode_customer(answers, ids))
 
 
 @router.post(
     "/predict/batch", response_model=BatchResponse, tags=["predict"], responses=_CLIENT_ERRORS
 )
-async def predict_batch(service: ServiceDep, request: Request) -> dict[str, Any]:
-    """Predictions for up to MAX_BATCH_SIZE customers, answered in the order sent."""
+async def predict_batch(service: ServiceDep, request: Request) -> Response:
+    """Predictions for up to MAX_BATCH_SIZE customers, answered in the order sent.
+
+    All or nothing: if any customer is invalid, nothing is scored and the 422 names every
+    invalid customer (`loc` = body, customers, index, field) with the reason."""
     model = _model_or_503(service, request)
-    payload = await read_json(request)
-    limit = service.settings.max_batch_size
-    customers = payload.get("customers") if isinstance(payload, dict) else None
-    if isinstance(customers, list) and len(customers) > limit:
-        raise HTTPException(
-            413,
-            detail=f"{len(customers)} customers in one call; the limit is "
-            f"{limit} (MAX_BATCH_SIZE): split the batch",
-        )
-    batch = validate(model.batch_model, payload)
-    items = batch.customers  # type: ignore[attr-defined]
-    predictions = await service.predict(model, service.rows_of(model, [c.__dict__ for c in items]))
-    return {"model_version": model.version, "count": len(predictions), "predictions": predictions}
+    try:
+        content_type = request.headers.get("content-type")
+        rows = model.codec.decode_batch(await request.body(), content_type)
+    except RequestError as exc:
+        raise _client_error(exc) from None
+    answers, ids = await service.answer(model, rows)
+    return _json_answer(model.codec.encode_batch(answers, ids))
 
 
 @router.post(
@@ -164,8 +188,14 @@ async def predict_batch(service: ServiceDep, request: Request) -> dict[str, Any]
     responses={404: {"model": ErrorResponse}, **_CLIENT_ERRORS},
 )
 async def feedback(service: ServiceDep, request: Request) -> dict[str, Any]:
-    """Record the true outcome of an earlier prediction, for live accuracy."""
-    item = validate(FeedbackRequest, await read_json(request))
+    """Record the true outcome (JSON true or false) of an earlier prediction, for live
+    accuracy."""
+    try:
+        item = validate_object(
+            FeedbackRequest, await request.body(), request.headers.get("content-type")
+        )
+    except RequestError as exc:
+        raise _client_error(exc) from None
     assert isinstance(item, FeedbackRequest)
     try:
         await service.record_feedback(item.prediction_id, item.outcome)
@@ -230,4 +260,77 @@ async def reload_model(
         "all_workers_swapped": not report.not_swapped,
         "workers": [w.public() for w in report.workers],
         "not_swapped": report.not_swapped,
+    }
+
+
+# ---------------------------------------------------------------------------- batch feedback
+
+_FEEDBACK_LIST = TypeAdapter(list[FeedbackRequest])
+# Feedback items recorded at once: overlaps the store round-trips without flooding it.
+_FEEDBACK_CONCURRENCY = 8
+
+
+@router.post(
+    "/feedback/batch",
+    response_model=FeedbackBatchResponse,
+    tags=["feedback"],
+    responses=_CLIENT_ERRORS,
+)
+async def feedback_batch(service: ServiceDep, request: Request) -> dict[str, Any]:
+    """Record many outcomes at once: a JSON array of {prediction_id, outcome}.
+
+    The array is validated whole first (422 names the item index and field; nothing is
+    recorded). Then each item is recorded on its own with the same code as POST /feedback:
+    the answer gives each item's status, `recorded` or `unknown_prediction` (an id never
+    logged). Recording an outcome replaces any earlier one, so after a 503 (store down) the
+    whole array can be sent again safely.
+    """
+    try:
+        payload = parse_json_value(
+            await request.body(), request.headers.get("content-type"), "a JSON array"
+        )
+        if not isinstance(payload, list):
+            raise unprocessable(
+                "expected a JSON array of {prediction_id, outcome} objects", "list_type"
+            )
+    except RequestError as exc:
+        raise _client_error(exc) from None
+    limit = service.settings.max_batch_size
+    if len(payload) > limit:
+        raise HTTPException(
+            413,
+            detail=f"{len(payload)} feedback items in one call; the limit is "
+            f"{limit} (MAX_BATCH_SIZE): split the array",
+        )
+    try:
+        items = _FEEDBACK_LIST.validate_python(payload)
+    except ValidationError as exc:
+        raise _client_error(validation_error(exc, list(FeedbackRequest.model_fields))) from None
+    gate = asyncio.Semaphore(_FEEDBACK_CONCURRENCY)
+
+    async def record(item: FeedbackRequest) -> str:
+        async with gate:
+            try:
+                await service.record_feedback(item.prediction_id, item.outcome)
+            except UnknownPredictionError:
+                return "unknown_prediction"
+        return "recorded"
+
+    # An id sent twice: the later outcome wins, as if the items were sent one by one; each id
+    # is recorded once, so no two writes for the same prediction race each other.
+    last = {item.prediction_id: item for item in items}
+    try:
+        outcomes = await asyncio.gather(*(record(item) for item in last.values()))
+    except FeedbackUnavailableError as exc:
+        raise HTTPException(503, detail=str(exc)) from None
+    status_of = dict(zip(last, outcomes, strict=True))
+    statuses = [status_of[item.prediction_id] for item in items]
+    results = [
+        {"prediction_id": item.prediction_id, "outcome": item.outcome, "status": status}
+        for item, status in zip(items, statuses, strict=True)
+    ]
+    return {
+        "recorded": sum(s == "recorded" for s in statuses),
+        "unknown": sum(s == "unknown_prediction" for s in statuses),
+        "results": results,
     }

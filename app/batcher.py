@@ -1,8 +1,8 @@
 """Micro-batching: one inference thread serves every request, one model call per wake-up.
 
 Handlers on the event loop add their rows to the current loop iteration's jobs and await a
-future; at the end of the iteration those jobs go to the thread in one queue put (one
-wake-up, however many requests). The thread takes everything pending, runs a single
+future; at the end of the iteration (app.loopflush) those jobs go to the thread in one queue
+put (one wake-up, however many requests). The thread takes everything pending, runs a single
 predictor call for all of it, and resolves the futures with one
 ``loop.call_soon_threadsafe``. The event loop never does model work (so /health
 stays fast under load), there is no thread-pool hand-off per request, and under load the
@@ -18,6 +18,8 @@ import queue
 import threading
 from collections.abc import Mapping
 from typing import Any, Protocol
+
+from app.loopflush import defer
 
 logger = logging.getLogger("app.batcher")
 
@@ -80,7 +82,7 @@ class MicroBatcher:
         future: asyncio.Future[Any] = loop.create_future()
         self._pending.append(_Job(model, rows, future, loop))
         if len(self._pending) == 1:
-            loop.call_soon(self._hand_over)
+            defer(self._hand_over)
         return await future
 
     def _hand_over(self) -> None:

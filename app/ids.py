@@ -9,7 +9,8 @@ release per thousands of ids; the ids stay unpredictable.
 from __future__ import annotations
 
 import os
-import time
+
+from churn.prediction_log.ids import BATCH_RANDOM_CHARS, new_batch_id
 
 CHUNK_BYTES = 65_536
 
@@ -40,7 +41,6 @@ class RandomHex:
         return [raw[i : i + chars] for i in range(0, n * chars, chars)]
 
     def batch_id(self) -> str:
-        """A prediction batch id (churn.prediction_log): 12 hex digits of Unix time in
-        milliseconds, then 16 random (64 bits), so ids sort by creation time like a UUIDv7's
-        and the log's primary-key index is appended to, not written at random pages."""
-        return f"{time.time_ns() // 1_000_000:012x}{self.take(16)}"
+        """A prediction batch id, in the format churn.prediction_log.ids owns, from this
+        pool's random digits."""
+        return new_batch_id(self.take(BATCH_RANDOM_CHARS))

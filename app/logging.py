@@ -12,7 +12,9 @@ import logging
 import sys
 import time
 from contextvars import ContextVar
-from typing import Any, TextIO
+from typing import Any, TextIO, cast
+
+from app.loopflush import defer, flush_at_exit
 
 request_id_var: ContextVar[str | None] = ContextVar("request_id", default=None)
 
@@ -54,14 +56,25 @@ def _iso(created: float) -> str:
     return f"{cached[1]}.{int(created % 1 * 1000):03d}Z"
 
 
+class _CurrentStdout:
+    """Whatever ``sys.stdout`` is at write time (a test harness may swap it between apps)."""
+
+    def write(self, text: str) -> int:
+        return sys.stdout.write(text)
+
+    def flush(self) -> None:
+        sys.stdout.flush()
+
+
 class LoopBatchingHandler(logging.StreamHandler):
     """A StreamHandler that writes the lines of one event-loop iteration with one write.
 
     Each write to stdout is a system call that releases the GIL; under load, one per access
     line let the inference or prediction-log thread take the GIL, and the loop then waited to
     get it back. Lines logged on a running loop are joined and written at the end of the
-    current iteration (``call_soon``); lines from other threads are written at once, after
-    anything pending, so the order is kept.
+    current iteration (app.loopflush); lines from other threads are written at once, after
+    anything pending, so the order is kept. Lines still pending when the process ends are
+    written by the flusher's exit hooks (the last lines of a worker are not lost).
     """
 
     terminator = "\n"
@@ -94,15 +107,18 @@ class LoopBatchingHandler(logging.StreamHandler):
         self._pending.append(line)
         if loop is None:
             self._write_pending()
-        elif len(self._pending) == 1:
-            loop.call_soon(self.flush)
+        else:
+            defer(self.flush)
 
     def _write_pending(self) -> None:
         if self._pending:
             text = self.terminator.join(self._pending) + self.terminator
             self._pending.clear()
-            self.stream.write(text)
-            super().flush()
+            try:
+                self.stream.write(text)
+                super().flush()
+            except (OSError, ValueError):  # stdout closed or gone: a log line never raises
+                pass
 
     def flush(self) -> None:
         self.acquire()
@@ -173,8 +189,9 @@ class StructuredLogger:
 
 def configure_logging(level: str) -> None:
     """Route the root, app and uvicorn loggers through one JSON handler on stdout."""
-    handler = LoopBatchingHandler(sys.stdout)
+    handler = LoopBatchingHandler(cast(TextIO, _CurrentStdout()))
     handler.setFormatter(JsonFormatter())
+    flush_at_exit()  # uvicorn's last lines ("Finished server process") come after the loop
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)

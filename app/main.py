@@ -18,9 +18,10 @@ from app.api import admin_router, router
 from app.fastpath import PredictFastPath
 from app.lifecycle import ModelLifecycle, load_checked
 from app.logging import configure_logging
+from app.loopflush import flush_all_and_stop_deferring
 from app.metrics import Metrics, mark_process_dead
 from app.middleware import RequestMiddleware
-from app.openapi import custom_openapi
+from app.openapi import OPENAPI_URL, add_docs, custom_openapi
 from app.service import ModelService
 from app.settings import Settings
 from app.source import bounded_registry_calls
@@ -43,11 +44,12 @@ def _log_writer(settings: Settings, metrics: Metrics) -> PredictionLogWriter | N
     if not settings.prediction_log_enabled:
         return None
     return PredictionLogWriter(
-        make_engine(settings.database_url),
+        make_engine(settings.database_url, timeout=settings.prediction_log_write_timeout),
         queue_size=settings.prediction_log_queue_size,
         batch_size=settings.prediction_log_batch_size,
         flush_interval=settings.prediction_log_flush_interval,
-        on_drop=lambda reason, n: metrics.dropped.labels(reason).inc(n),
+        on_drop=metrics.count_dropped,
+        write_timeout=settings.prediction_log_write_timeout,
     )
 
 
@@ -97,6 +99,8 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
             await lifecycle.stop()
             logger.info("shutting down: flushing the prediction log")
             await asyncio.to_thread(service.stop)
+            # Access lines and metrics still due; uvicorn's lines after this are written at once.
+            flush_all_and_stop_deferring()
             app.state.metrics.flush()
             mark_process_dead()
 
@@ -109,12 +113,20 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         version="1.0.0",
         description=DESCRIPTION,
         lifespan=lifespan,
+        # FastAPI's own pages fetch Swagger UI and ReDoc from a CDN; add_docs serves local ones.
+        docs_url=None,
+        redoc_url=None,
+        openapi_url=OPENAPI_URL if settings.docs_enabled else None,
     )
     app.state.settings = settings
     app.state.metrics = Metrics()
     app.include_router(router)
+    routes = list(router.routes)  # the API's own routes, for labelling requests
     if settings.admin_enabled:
         app.include_router(admin_router)
+        routes += admin_router.routes
+    if settings.docs_enabled:
+        add_docs(app)
     # Innermost: inside CORS and the request middleware, so both apply to it unchanged.
     app.add_middleware(PredictFastPath, state=app.state, routes=router.routes)
     if settings.cors_origins:
@@ -125,7 +137,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             allow_headers=["Content-Type", "Authorization", "X-Request-ID"],
         )
     app.add_middleware(
-        RequestMiddleware, metrics=app.state.metrics, max_body_bytes=settings.max_body_bytes
+        RequestMiddleware,
+        metrics=app.state.metrics,
+        max_body_bytes=settings.max_body_bytes,
+        routes=routes,
     )
     app.openapi = custom_openapi(app)  # type: ignore[method-assign]
     return app

@@ -8,7 +8,6 @@ can build many apps in one process.
 
 from __future__ import annotations
 
-import asyncio
 import os
 import re
 import threading
@@ -27,6 +26,7 @@ from prometheus_client import (
     multiprocess,
 )
 
+from app.loopflush import defer
 from app.workers import pid_alive
 
 # The *_created series double the exposition size and no dashboard reads them.
@@ -73,8 +73,19 @@ class Metrics:
 
     def __init__(self) -> None:
         r = self.registry = CollectorRegistry(auto_describe=True)
+        # outcome="success" | "error" (a validated request whose prediction failed), as
+        # the dashboards and alerts people copy expect; the decision split is its own metric.
         self.predictions = Counter(
-            "predictions_total", "Predictions served, by outcome", ["outcome"], registry=r
+            "predictions_total",
+            "Predictions by outcome: success (answered) or error (validated, then failed)",
+            ["outcome"],
+            registry=r,
+        )
+        self.decisions = Counter(
+            "prediction_decisions_total",
+            "Answered predictions by decision (churn / no_churn)",
+            ["decision"],
+            registry=r,
         )
         self.high_risk = Counter(
             "high_risk_predictions_total", "Predictions in the HIGH risk tier", registry=r
@@ -140,15 +151,16 @@ class Metrics:
             self.reloads.labels(result)
         for reason in ("queue_full", "write_error", "shutdown", "disabled"):
             self.dropped.labels(reason)
-        self.outcome = {
-            True: self.predictions.labels("churn"),
-            False: self.predictions.labels("no_churn"),
+        self.success = self.predictions.labels("success")
+        self.error = self.predictions.labels("error")
+        self.decision = {
+            True: self.decisions.labels("churn"),
+            False: self.decisions.labels("no_churn"),
         }
         self._http: dict[tuple[str, str, int], tuple[Any, Any]] = {}
         self._lock = threading.Lock()
-        self._flush_scheduled = False
         self._pending_http: dict[tuple[str, str, int], list[float]] = {}
-        self._pending_counts = [0, 0, 0]  # churn, no churn, high risk
+        self._pending_counts = [0, 0, 0, 0]  # churn, no churn, high risk, errors
         self._pending_probabilities: list[float] = []
         self._pending_latencies: list[float] = []
 
@@ -180,37 +192,44 @@ class Metrics:
             self._pending_latencies.append(seconds)
         self._schedule()
 
+    def observe_prediction_errors(self, rows: int) -> None:
+        """Count `rows` validated predictions that failed (the model or the server)."""
+        with self._lock:
+            self._pending_counts[3] += rows
+        self._schedule()
+
+    def count_dropped(self, reason: str, rows: int) -> None:
+        """Count prediction-log records dropped for `reason`, at once (never deferred: a
+        count made at shutdown must reach the metrics before the process ends)."""
+        self.dropped.labels(reason).inc(rows)
+
     def _schedule(self) -> None:
         """Apply pending observations at the end of the current loop iteration (at once when
         there is no running loop). In multiprocess mode every increment is a locked write to
         the worker's mmap file; summed per iteration they cost a few writes, not a few per
         request."""
-        if self._flush_scheduled:
-            return
-        try:
-            loop = asyncio.get_running_loop()
-        except RuntimeError:
-            self.flush()
-            return
-        self._flush_scheduled = True
-        loop.call_soon(self.flush)
+        defer(self.flush)
 
     def flush(self) -> None:
         """Apply every pending observation to the metrics."""
         with self._lock:
-            self._flush_scheduled = False
             http, self._pending_http = self._pending_http, {}
-            (churn, no_churn, high_risk), self._pending_counts = self._pending_counts, [0, 0, 0]
+            counts, self._pending_counts = self._pending_counts, [0, 0, 0, 0]
             probabilities, self._pending_probabilities = self._pending_probabilities, []
             latencies, self._pending_latencies = self._pending_latencies, []
         for key, durations in http.items():
             counter, histogram = self._http_children(*key)
             counter.inc(len(durations))
             observe_many(histogram, durations)
+        churn, no_churn, high_risk, errors = counts
+        if churn or no_churn:
+            self.success.inc(churn + no_churn)
         if churn:
-            self.outcome[True].inc(churn)
+            self.decision[True].inc(churn)
         if no_churn:
-            self.outcome[False].inc(no_churn)
+            self.decision[False].inc(no_churn)
+        if errors:
+            self.error.inc(errors)
         if high_risk:
             self.high_risk.inc(high_risk)
         if probabilities:

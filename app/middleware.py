@@ -1,5 +1,8 @@
 """One pure ASGI middleware for every request: id, body limit, metrics, one access log line.
 
+Compressed bodies (any Content-Encoding but identity) are refused with 415 here, for both
+transports (the fast path and the routes), before anything is read.
+
 Pure ASGI (not BaseHTTPMiddleware) keeps the per-request cost to a few function calls and
 never buffers bodies. The body limit refuses a declared Content-Length over the limit before
 reading anything, and counts streamed bytes for chunked uploads.
@@ -11,9 +14,11 @@ import json
 import logging
 import re
 import time
+from collections.abc import Sequence
 from typing import Any
 
 from starlette.requests import ClientDisconnect
+from starlette.routing import BaseRoute, Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.ids import RandomHex
@@ -25,6 +30,14 @@ access_log = StructuredLogger(logging.getLogger("app.access"))
 _VALID_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
 # Probes and scrapes: no request metrics, access lines only at DEBUG.
 QUIET_PATHS = frozenset({"/health", "/metrics", "/ready"})
+
+
+def _encoded(encoding: bytes) -> dict[str, Any]:
+    name = encoding.decode("latin-1")[:40]
+    return {
+        "detail": f"Content-Encoding {name!r} is not supported: send the body uncompressed "
+        "(no Content-Encoding header)"
+    }
 
 
 class BodyTooLargeError(Exception):
@@ -58,10 +71,18 @@ async def _send_json(send: Send, status: int, body: dict[str, Any], request_id: 
 class RequestMiddleware:
     """Request id (X-Request-ID in, echoed out, in every log line), size limit, metrics, log."""
 
-    def __init__(self, app: ASGIApp, metrics: Metrics, max_body_bytes: int) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        metrics: Metrics,
+        max_body_bytes: int,
+        routes: Sequence[BaseRoute] = (),
+    ) -> None:
         self.app = app
         self.metrics = metrics
         self.max_body_bytes = max_body_bytes
+        # To label requests answered before routing (413, 415, a client gone mid-body).
+        self.routes = routes
         self._ids = RandomHex()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -79,6 +100,11 @@ class RequestMiddleware:
             if self._declared_too_large(scope):
                 state["status"] = 413
                 await _send_json(send, 413, self._too_large(), request_id)
+                return
+            encoding = _header(scope, b"content-encoding")
+            if encoding is not None and encoding.strip().lower() not in (b"", b"identity"):
+                state["status"] = 415
+                await _send_json(send, 415, _encoded(encoding), request_id)
                 return
             await self._call(scope, receive, send, state, request_id)
         finally:
@@ -145,7 +171,7 @@ class RequestMiddleware:
         # Route templates only (never raw paths), so label cardinality stays bounded.
         path = getattr(route, "path", None)
         if path is None:
-            path = scope["path"] if "endpoint" in scope else "unmatched"
+            path = scope["path"] if "endpoint" in scope else self._template(scope)
         status = state["status"]
         quiet = path in QUIET_PATHS
         if not quiet:
@@ -163,3 +189,12 @@ class RequestMiddleware:
                     "model_version": scope["state"].get("model_version"),
                 },
             )
+
+    def _template(self, scope: Scope) -> str:
+        """The route template a request was for when it was answered before routing (413,
+        415, a client gone while the body was read); "unmatched" for no route."""
+        for route in self.routes:
+            match, _ = route.matches(scope)
+            if match != Match.NONE:
+                return str(getattr(route, "path", "unmatched"))
+        return "unmatched"

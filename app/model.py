@@ -1,4 +1,4 @@
-"""A served model: a verified bundle, its predictor, its request models and thresholds.
+"""A served model: a verified bundle, its predictor, its request codec, input checks and thresholds.
 
 Everything a request needs hangs off one immutable ``ServedModel``; a hot reload builds a new
 one beside the old and swaps a single reference, so a request in flight keeps the model it
@@ -13,15 +13,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from pydantic import BaseModel, TypeAdapter, ValidationError
+from pydantic import ValidationError
 
 from app.batcher import Row
-from app.schemas import (
-    build_batch_model,
-    build_batch_validator,
-    build_customer_model,
-    build_customer_validator,
-)
+from app.codec import Reinterpretation, RequestCodec
 from app.settings import Settings
 from churn.bundle import BundleError, ModelBundle, describe_validation_error, load_bundle
 from churn.config import RiskConfig
@@ -47,6 +42,8 @@ class Answers:
     tiers: list[str]
     # the features the model saw, by name (for the prediction log: transposed once)
     columns: dict[str, list[Any]] = field(default_factory=dict)
+    # per row, what was reinterpreted (None if nothing); empty when no row of the call was
+    warnings: list[tuple[Reinterpretation, ...] | None] = field(default_factory=list)
 
     def __len__(self) -> int:
         return len(self.probabilities)
@@ -57,7 +54,91 @@ class Answers:
             self.decisions[part],
             self.tiers[part],
             {name: values[part] for name, values in self.columns.items()},
+            self.warnings[part],
         )
+
+    @property
+    def warned(self) -> bool:
+        """Whether any answer carries warnings."""
+        return any(self.warnings)
+
+    def unknown_categories(self) -> dict[str, int]:
+        """Categories not seen in training, counted per feature (after normalisation)."""
+        counts: dict[str, int] = {}
+        for found in filter(None, self.warnings):
+            for w in found:
+                if w.kind == "unknown_category":
+                    counts[w.feature] = counts.get(w.feature, 0) + 1
+        return counts
+
+
+_SMALL = 16  # rows
+
+
+@dataclass(frozen=True)
+class InputChecks:
+    """What counts as reinterpreted input for one model: categories outside those seen in
+    training, numbers outside the observed training range (from the feature schema)."""
+
+    known: dict[str, frozenset[str | None]]
+    ranges: dict[str, tuple[float, float]]
+
+    @classmethod
+    def from_schema(cls, schema: FeatureSchema) -> InputChecks:
+        return cls(
+            known={  # None (missing) is not unknown: the model imputes it
+                s.name: frozenset([*s.categories, None])
+                for s in schema.features
+                if s.kind == "categorical" and s.categories
+            },
+            ranges={
+                s.name: (s.observed_min, s.observed_max)
+                for s in schema.features
+                if s.kind == "numeric" and s.observed_min is not None and s.observed_max is not None
+            },
+        )
+
+    def find(self, columns: dict[str, Any], rows: int) -> list[tuple[Reinterpretation, ...] | None]:
+        """Per row, what was reinterpreted; [] if nothing was. The usual case costs a set test
+        per categorical feature and a NaN-skipping min and max per numeric one."""
+        flagged: dict[str, np.ndarray] = {}
+        for name, known in self.known.items():
+            values = columns[name]
+            if not known.issuperset(values):
+                unknown = {v: v not in known for v in set(values)}
+                flagged[name] = np.fromiter(map(unknown.__getitem__, values), bool, rows)
+        small = rows <= _SMALL
+        for name, (low, high) in self.ranges.items():
+            values = columns[name]
+            if small:  # a numpy call costs more than a few rows of Python
+                if all(low <= v <= high for v in values.tolist() if v == v):  # NaN: missing
+                    continue
+            elif low <= np.fmin.reduce(values) and np.fmax.reduce(values) <= high:
+                continue  # (all missing: NaN compares False, so the mask below decides)
+            outside = (values < low) | (values > high)
+            if outside.any():
+                flagged[name] = outside
+        if not flagged:
+            return []
+        found: list[list[Reinterpretation] | None] = [None] * rows
+        for name, mask in flagged.items():
+            bounds = self.ranges.get(name)
+            for row in np.flatnonzero(mask).tolist():
+                value = columns[name][row]
+                if bounds is None:
+                    note = Reinterpretation(name, value, "unknown_category")
+                else:
+                    note = Reinterpretation(name, float(value), "out_of_range", *bounds)
+                entry = found[row]
+                if entry is None:
+                    found[row] = [note]
+                else:
+                    entry.append(note)
+        order = {name: i for i, name in enumerate(columns)}
+        return [
+            None if entry is None else tuple(sorted(entry, key=lambda w: order[w.feature]))
+            for entry in found
+        ]
 
 
 @dataclass(frozen=True)
@@ -71,28 +152,32 @@ class ServedModel:
     schema: FeatureSchema
     predictor: Predictor
     thresholds: Thresholds
-    customer_model: type[BaseModel]
-    batch_model: type[BaseModel]
-    # the same requests as plain dicts, for the fast path (app.schemas)
-    customer_validator: TypeAdapter[Any]
-    batch_validator: TypeAdapter[Any]
+    # decodes this model's requests and encodes its answers (both transports use it)
+    codec: RequestCodec
+    checks: InputChecks
     backend_reason: str = ""
-    # feature -> categories seen in training, for free-text features only
-    known_categories: dict[str, frozenset[str]] = field(default_factory=dict)
 
     @property
     def labels(self) -> tuple[str, str, str, str]:
         return (self.name, self.version, self.run_id, self.backend)
 
     def predict_rows(self, rows: list[Row]) -> Answers:
-        """Answers for rows in feature order (runs on the inference thread)."""
-        columns = {name: [row[name] for row in rows] for name in self.schema.names}
-        probabilities = self.predictor.predict_proba(columns)
+        """Answers for rows in feature order (runs on the inference thread). The columns are
+        prepared once (churn.data.prepare_columns), scored, checked for reinterpreted values
+        and logged as the model saw them (missing values as null)."""
+        prepared = self.predictor.prepare(
+            {name: [row[name] for row in rows] for name in self.schema.names}
+        )
+        probabilities = self.predictor.predict_prepared(prepared)
         return Answers(
             probabilities=np.round(probabilities, 4).tolist(),
             decisions=(probabilities >= self.thresholds.decision).tolist(),
             tiers=self.tiers(probabilities).tolist(),
-            columns=columns,
+            columns={
+                name: values.tolist() if isinstance(values, np.ndarray) else values
+                for name, values in prepared.items()
+            },
+            warnings=self.checks.find(prepared, len(rows)),
         )
 
     def tiers(self, probabilities: np.ndarray) -> np.ndarray:
@@ -174,12 +259,6 @@ def load_model(settings: Settings) -> ServedModel:
         raise ModelLoadError(
             f"{bundle.directory}: the model fails on sample rows ({type(exc).__name__}: {exc})"
         ) from None
-    customer = build_customer_model(schema)
-    known = {
-        s.name: frozenset(s.categories or [])
-        for s in schema.features
-        if s.kind == "categorical" and not s.allowed
-    }
     return ServedModel(
         name=bundle.name,
         version=bundle.version,
@@ -191,9 +270,6 @@ def load_model(settings: Settings) -> ServedModel:
         schema=schema,
         predictor=predictor,
         thresholds=thresholds,
-        customer_model=customer,
-        batch_model=build_batch_model(customer, settings.max_batch_size, schema),
-        customer_validator=build_customer_validator(schema),
-        batch_validator=build_batch_validator(schema, settings.max_batch_size),
-        known_categories=known,
+        codec=RequestCodec(schema, settings.max_batch_size, bundle.version),
+        checks=InputChecks.from_schema(schema),
     )

@@ -1,15 +1,17 @@
-"""Request and response models. The request model is built from the bundle's FeatureSchema.
+"""Request and response types. The request types are built from the bundle's FeatureSchema.
 
 Numeric features become floats (ints when the rule says integer) with the schema's min/max,
 categorical features with an ``allowed`` list become a Literal of those values, others free
-strings. A model retrained on another feature list is therefore served with no code change.
+strings; ``null`` is accepted where the pipeline imputes the feature. A model retrained on
+another feature list is therefore served with no code change. app.codec validates requests
+with these types and formats the answers that `PredictionResponse` documents.
 """
 
 from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, create_model
+from pydantic import BaseModel, ConfigDict, Field, create_model
 from typing_extensions import TypedDict
 
 from churn.schema import FeatureSchema, FeatureSpec
@@ -39,29 +41,50 @@ def example_customer(schema: FeatureSchema) -> dict[str, Any]:
 
 
 def _field(spec: FeatureSpec) -> tuple[Any, Any]:
+    """One feature's type and constraints: the single definition both the validator and the
+    OpenAPI document use. Strict types (the request model's config): a number is a JSON
+    number (never a string or a boolean), an integer feature a JSON integer. ``null`` is
+    accepted where the model imputes the feature (``spec.imputed``)."""
+    kind: Any
     if spec.kind == "numeric":
         if spec.integer:
             # An int is never NaN or infinite; allow_inf_nan on one would add a Python
             # validator call per value (pydantic applies it outside pydantic-core).
-            return int, Field(
-                ge=spec.min,
-                le=spec.max if spec.max is not None else FLOAT32_MAX,
-                description=_describe_numeric(spec),
+            kind, info = (
+                int,
+                Field(
+                    ge=spec.min,
+                    le=spec.max if spec.max is not None else FLOAT32_MAX,
+                    description=_describe_numeric(spec),
+                ),
             )
-        return float, Field(
-            ge=spec.min,
-            le=spec.max if spec.max is not None else FLOAT32_MAX,
-            allow_inf_nan=False,
-            description=_describe_numeric(spec),
+        else:
+            kind, info = (
+                float,
+                Field(
+                    ge=spec.min,
+                    le=spec.max if spec.max is not None else FLOAT32_MAX,
+                    allow_inf_nan=False,
+                    description=_describe_numeric(spec),
+                ),
+            )
+    elif spec.allowed:
+        kind, info = Literal[tuple(spec.allowed)], Field(description=f"One of {spec.allowed}")
+    else:
+        seen = ", ".join(spec.categories or [])
+        kind, info = (
+            str,
+            Field(
+                max_length=MAX_CATEGORY_LENGTH,
+                description=f"Free text; values seen in training: {seen}. Others are accepted, "
+                "scored as unknown, counted in unknown_category_total and named in the answer's "
+                "warnings.",
+            ),
         )
-    if spec.allowed:
-        return Literal[tuple(spec.allowed)], Field(description=f"One of {spec.allowed}")
-    seen = ", ".join(spec.categories or [])
-    return str, Field(
-        max_length=MAX_CATEGORY_LENGTH,
-        description=f"Free text; values seen in training: {seen}. Others are accepted "
-        "(the model treats them as unknown) and counted in unknown_category_total.",
-    )
+    if spec.imputed:
+        kind = kind | None
+        info.description = f"{info.description}; null if unknown (the model imputes it)"
+    return kind, info
 
 
 def _describe_numeric(spec: FeatureSpec) -> str:
@@ -74,61 +97,55 @@ def _describe_numeric(spec: FeatureSpec) -> str:
     return f"{kind} {' and '.join(bounds)}".strip()
 
 
-def build_customer_model(schema: FeatureSchema) -> type[BaseModel]:
-    """The request model of one customer, fields in the schema's feature order."""
-    fields: dict[str, Any] = {spec.name: _field(spec) for spec in schema.features}
-    config = ConfigDict(
-        extra="ignore",
-        json_schema_extra={"examples": [example_customer(schema)]},
-    )
-    model: type[BaseModel] = create_model("Customer", __config__=config, **fields)
-    return model
-
+# Strict (no "2" or true as numbers, no "off" as a boolean) and closed: an unknown field is a
+# 422 naming it (with the likely intended field when one is missing), never silently dropped.
+REQUEST_CONFIG = ConfigDict(strict=True, extra="forbid")
 
 # TypedDict's functional form, called with fields known only at run time (not a static type)
 _typed_dict: Any = TypedDict
 
 
-def _customer_fields(schema: FeatureSchema) -> Any:
-    """A TypedDict with the very fields of `build_customer_model`."""
+def customer_type(schema: FeatureSchema) -> Any:
+    """One customer as a TypedDict, fields in the schema's feature order: validated in
+    pydantic-core (Rust) straight from the JSON bytes into a plain dict, and documented in
+    OpenAPI as the ``Customer`` schema."""
     fields = {}
     for spec in schema.features:
         kind, info = _field(spec)
         fields[spec.name] = Annotated[kind, info]
-    customer = _typed_dict("CustomerFields", fields)
-    customer.__pydantic_config__ = ConfigDict(extra="ignore")
+    customer = _typed_dict("Customer", fields)
+    customer.__pydantic_config__ = ConfigDict(
+        **REQUEST_CONFIG, json_schema_extra={"examples": [example_customer(schema)]}
+    )
     return customer
 
 
-def build_customer_validator(schema: FeatureSchema) -> TypeAdapter[Any]:
-    """One customer as a TypedDict validator: the JSON `build_customer_model` accepts or
-    refuses, but the customer comes out as a plain dict (fields in schema order) rather than
-    a model instance, at half the cost. The serving fast path uses it; the route and the
-    docs use the model."""
-    return TypeAdapter(_customer_fields(schema))
-
-
-def build_batch_validator(schema: FeatureSchema, max_batch_size: int) -> TypeAdapter[Any]:
-    """The batch request as a TypedDict validator (see `build_customer_validator`)."""
-    customer = _customer_fields(schema)
-    customers = Annotated[list[customer], Field(min_length=1, max_length=max_batch_size)]  # type: ignore[valid-type]
-    batch = _typed_dict("BatchFields", {"customers": customers})
-    batch.__pydantic_config__ = ConfigDict(extra="ignore")
-    return TypeAdapter(batch)
-
-
-def build_batch_model(
-    customer: type[BaseModel], max_batch_size: int, schema: FeatureSchema
-) -> type[BaseModel]:
-    config = ConfigDict(
-        extra="ignore",
+def batch_type(schema: FeatureSchema, max_batch_size: int) -> Any:
+    """The batch request (``{"customers": [...]}``) as a TypedDict; see `customer_type`."""
+    customer = customer_type(schema)
+    customers = Annotated[
+        list[customer],  # type: ignore[valid-type]
+        Field(
+            min_length=1,
+            max_length=max_batch_size,
+            description=f"1 to {max_batch_size} customers (MAX_BATCH_SIZE). All or nothing: "
+            "if any customer is invalid, nothing is scored and the 422 lists every invalid "
+            "customer by index, field and reason.",
+        ),
+    ]
+    batch = _typed_dict("BatchRequest", {"customers": customers})
+    batch.__pydantic_config__ = ConfigDict(
+        **REQUEST_CONFIG,
         json_schema_extra={"examples": [{"customers": [example_customer(schema)]}]},
     )
-    model: type[BaseModel] = create_model(
-        "BatchRequest",
-        __config__=config,
-        customers=(list[customer], Field(min_length=1, max_length=max_batch_size)),  # type: ignore[valid-type]
-    )
+    return batch
+
+
+def build_customer_model(schema: FeatureSchema) -> type[BaseModel]:
+    """The same customer as a BaseModel, for the benchmark baselines (bench/) that declare
+    a FastAPI body the usual way; serving uses `customer_type`."""
+    fields: dict[str, Any] = {spec.name: _field(spec) for spec in schema.features}
+    model: type[BaseModel] = create_model("Customer", __config__=REQUEST_CONFIG, **fields)
     return model
 
 
@@ -136,11 +153,18 @@ RiskTier = Literal["HIGH", "MEDIUM", "LOW"]
 
 
 class PredictionResponse(BaseModel):
+    """The answer for one customer (formatted by app.codec; this model documents it)."""
+
     churn_probability: float = Field(description="Probability of churn, rounded to 4 places")
     churn_prediction: bool = Field(description="probability >= the decision threshold")
     risk_tier: RiskTier
     model_version: str = Field(description="Registered version of the model that answered")
     prediction_id: str = Field(description="Send it back to POST /feedback with the outcome")
+    warnings: list[str] | None = Field(
+        default=None,
+        description="Present only when the input was reinterpreted: a category not seen in "
+        "training (scored as unknown) or a value outside the training range.",
+    )
 
     model_config = ConfigDict(
         json_schema_extra={
@@ -165,20 +189,33 @@ class BatchResponse(BaseModel):
 
 class FeedbackRequest(BaseModel):
     model_config = ConfigDict(
-        extra="ignore",
+        strict=True,
+        extra="forbid",
         json_schema_extra={
             "examples": [{"prediction_id": "5f0c1e2a9b3d4c6e8f7a1b2c3d4e5f60", "outcome": True}]
         },
     )
 
     prediction_id: str = Field(min_length=1, max_length=64)
-    outcome: bool = Field(description="Did the customer actually churn?")
+    outcome: bool = Field(description="Did the customer actually churn? JSON true or false")
 
 
 class FeedbackResponse(BaseModel):
     prediction_id: str
     outcome: bool
     status: Literal["recorded"] = "recorded"
+
+
+class FeedbackItemResult(BaseModel):
+    prediction_id: str
+    outcome: bool
+    status: Literal["recorded", "unknown_prediction"]
+
+
+class FeedbackBatchResponse(BaseModel):
+    recorded: int = Field(description="Items whose outcome was stored")
+    unknown: int = Field(description="Items naming a prediction id that was never logged")
+    results: list[FeedbackItemResult] = Field(description="One per item, in the order sent")
 
 
 class HealthResponse(BaseModel):

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -172,19 +172,15 @@ class ModelService:
 
     # ------------------------------------------------------------------ prediction
 
-    def rows_of(self, model: ServedModel, customers: Sequence[Row]) -> list[Row]:
-        """The validated customers as rows (feature name -> value; the validator's dicts or a
-        model's ``__dict__``, used as they are); counts categories unseen in training."""
-        for name, known in model.known_categories.items():
-            unknown = sum(1 for c in customers if c[name] not in known)
-            if unknown:
-                self.metrics.unknown_category.labels(name).inc(unknown)
-        return list(customers)
-
     async def answer(self, model: ServedModel, rows: list[Row]) -> tuple[Answers, list[str]]:
-        """Answers and new prediction ids for `rows`, in order; logged and counted."""
+        """Answers and new prediction ids for `rows` (validated by the model's codec), in
+        order; logged and counted (categories unseen in training too, as the model saw them)."""
         started = time.perf_counter()
-        answers: Answers = await self.batcher.predict(model, rows)
+        try:
+            answers: Answers = await self.batcher.predict(model, rows)
+        except Exception:
+            self.metrics.observe_prediction_errors(len(rows))
+            raise
         elapsed = time.perf_counter() - started
         batch_id = self._ids.batch_id()
         ids = prediction_ids(batch_id, len(rows))
@@ -192,28 +188,17 @@ class ModelService:
         self.metrics.observe_predictions(
             answers.probabilities, answers.decisions, tiers.count("HIGH"), elapsed
         )
+        if answers.warned:
+            for name, count in answers.unknown_categories().items():
+                self.metrics.unknown_category.labels(name).inc(count)
         self._log(model, answers, batch_id)
         return answers, ids
 
-    async def predict(self, model: ServedModel, rows: list[Row]) -> list[dict[str, Any]]:
-        """One response dict per row, in order; logged and counted."""
-        answers, ids = await self.answer(model, rows)
-        version = model.version
-        return [
-            {
-                "churn_probability": p,
-                "churn_prediction": d,
-                "risk_tier": t,
-                "model_version": version,
-                "prediction_id": i,
-            }
-            for p, d, t, i in zip(
-                answers.probabilities, answers.decisions, answers.tiers, ids, strict=True
-            )
-        ]
-
     def _log(self, model: ServedModel, answers: Answers, batch_id: str) -> None:
+        """Hand the answers to the log writer; with the log disabled they are counted as
+        dropped ("disabled"), so every served prediction is written or counted."""
         if self.log_writer is None:
+            self.metrics.count_dropped("disabled", len(answers.probabilities))
             return
         self.log_writer.enqueue(
             PredictionBatch(

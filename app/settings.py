@@ -13,7 +13,7 @@ from pydantic import Field, PrivateAttr, SecretStr, field_validator, model_valid
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from churn.bundle import KEY_FILE_VARIABLE, KEY_VARIABLE, SigningKey, SigningKeyError
-from churn.prediction_log import MAX_BATCH_ROWS
+from churn.prediction_log import DEFAULT_WRITE_TIMEOUT, MAX_BATCH_ROWS
 from churn.stores import DEFAULT_PREDICTION_LOG_URL
 
 Environment = Literal["development", "test", "staging", "production"]
@@ -72,6 +72,9 @@ class Settings(BaseSettings):
     prediction_log_queue_size: int = Field(default=10_000, ge=1)
     prediction_log_batch_size: int = Field(default=500, ge=1)
     prediction_log_flush_interval: float = Field(default=0.5, gt=0.0)
+    # One value bounds a store statement (lock wait, statement_timeout) and the shutdown wait
+    # (at most twice this), so a locked store cannot stall shutdown nor lose rows uncounted.
+    prediction_log_write_timeout: float = Field(default=DEFAULT_WRITE_TIMEOUT, gt=0.0, le=60.0)
 
     admin_token: SecretStr | None = None
     cors_origins: Annotated[list[str], NoDecode] = Field(default_factory=list)
@@ -83,6 +86,9 @@ class Settings(BaseSettings):
     risk_high: float | None = Field(default=None, gt=0.0, le=1.0)
     risk_medium: float | None = Field(default=None, gt=0.0, le=1.0)
     decision_threshold: float | None = Field(default=None, gt=0.0, lt=1.0)
+
+    # /docs, /redoc and /openapi.json (and / redirecting to /docs); false removes all of them.
+    docs_enabled: bool = True
 
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     environment: Environment = "production"

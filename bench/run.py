@@ -181,7 +181,8 @@ def run_http(
         server_cpu=server_cpu,
         load_cpu=load_cpu,
     )
-    complete = generate_customers(200, seed=3).dropna().to_dict("records")
+    # only the features: the API refuses unknown fields (the target column among them)
+    complete = generate_customers(200, seed=3).dropna()[bundle.schema.names].to_dict("records")
     bodies = http.Bodies(work, complete)
     model_uri = args.model_uri or f"models:/{bundle.name}/{bundle.version}"
     sections = {s for s in SECTIONS if s not in skip}

@@ -9,6 +9,7 @@ from __future__ import annotations
 import difflib
 import itertools
 import os
+import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -27,6 +28,10 @@ class _Section(BaseModel):
 
 
 class MlflowConfig(_Section):
+    """Where runs and versions go. A config file that leaves the names out gets them from
+    its data file (see `Config._names_from_data`), so training on your own CSV never adds a
+    version to the demo's `churn-classifier` unless the config names it."""
+
     experiment_name: str = "churn-prediction"
     model_name: str = "churn-classifier"
     # MLflow's own default: an embedded SQLite store, no server needed.
@@ -196,6 +201,26 @@ class Config(_Section):
                     "categories, bins do not apply"
                 )
         return self
+
+    @model_validator(mode="before")
+    @classmethod
+    def _names_from_data(cls, raw: Any) -> Any:
+        """Missing mlflow.model_name: the data file's name (`data/acme.csv` -> `acme`);
+        missing mlflow.experiment_name: the model name. One key, or none, to change."""
+        if not isinstance(raw, dict):
+            return raw
+        mlflow = raw.get("mlflow") or {}
+        data = raw.get("data") or {}
+        if not isinstance(mlflow, dict) or not isinstance(data, dict):
+            return raw
+        mlflow = dict(mlflow)
+        if "model_name" not in mlflow:
+            path = Path(str(data.get("train_path", DataConfig().train_path)))
+            mlflow["model_name"] = re.sub(r"[^A-Za-z0-9_.-]+", "-", path.stem).strip("-") or (
+                MlflowConfig().model_name
+            )
+        mlflow.setdefault("experiment_name", mlflow["model_name"])
+        return {**raw, "mlflow": mlflow}
 
     @model_validator(mode="after")
     def _target_not_a_feature(self) -> Config:

@@ -8,8 +8,10 @@ the file and column.
 from __future__ import annotations
 
 import difflib
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -96,14 +98,46 @@ def _coerce_numeric(df: pd.DataFrame, names: list[str], path: Path) -> None:
         df[name] = values.astype(float)
 
 
+def clean_category(value: Any) -> str | None:
+    """The one normalisation of a categorical value, for training and every serving backend:
+    missing (None or NaN) is None, anything else its text with surrounding whitespace removed.
+    Case is kept: categories are labels, and "fiber optic" is a different label from "Fiber
+    optic" (served answers warn that it was scored as unknown)."""
+    if value is None or (not isinstance(value, str) and pd.isna(value)):
+        return None
+    return str(value).strip()
+
+
 def prepare_features(df: pd.DataFrame, numeric: list[str], categorical: list[str]) -> pd.DataFrame:
-    """The frame the pipeline expects: float numerics, object-typed categories (NaN if missing)."""
+    """The frame the pipeline expects: float numerics, object-typed categories (NaN if missing),
+    categories normalised by `clean_category`."""
     out = pd.DataFrame(index=df.index)
     for name in numeric:
         out[name] = pd.to_numeric(df[name], errors="coerce").astype(float)
     for name in categorical:
         column = df[name].astype(object)
-        out[name] = column.where(column.isna(), column.astype(str).str.strip()).astype(object)
+        cleaned = {v: clean_category(v) for v in column.dropna().unique()}
+        out[name] = column.map(cleaned).where(column.notna(), np.nan).astype(object)
+    return out
+
+
+PreparedColumns = dict[str, Any]
+
+
+def prepare_columns(
+    columns: Mapping[str, Sequence[Any] | np.ndarray], numeric: list[str], categorical: list[str]
+) -> PreparedColumns:
+    """Columns as every backend receives them (see `prepare_features` for frames): numerics a
+    float64 array (missing as NaN), categories a list of `clean_category` values (missing as
+    None). Each distinct category is cleaned once, so a large batch costs a dict lookup per
+    value, in C."""
+    out: PreparedColumns = {}
+    for name in numeric:
+        out[name] = np.asarray(columns[name], dtype=np.float64)
+    for name in categorical:
+        values = columns[name]
+        cleaned = {v: clean_category(v) for v in set(values)}
+        out[name] = list(map(cleaned.__getitem__, values))
     return out
 
 

@@ -36,7 +36,8 @@ from sklearn.impute import SimpleImputer
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import OneHotEncoder, StandardScaler
 
-from churn.inference import Columns, Predictor, frame_to_columns
+from churn.data import PreparedColumns
+from churn.inference import Predictor, frame_to_columns
 from churn.schema import FeatureSchema
 
 # A complete layout has 2**depth leaves per tree: bound the depth and the total size.
@@ -208,9 +209,9 @@ class NumericBlock:
     def width(self) -> int:
         return len(self.names)
 
-    def write(self, columns: Columns, out: np.ndarray, offset: int) -> None:
+    def write(self, columns: PreparedColumns, out: np.ndarray, offset: int) -> None:
         for j, name in enumerate(self.names):
-            values = np.asarray(columns[name], dtype=np.float64)  # None -> NaN
+            values = np.asarray(columns[name], dtype=np.float64)
             values = np.where(np.isnan(values), self.fill[j], values)
             if self.mean is not None:
                 values = values - self.mean[j]
@@ -228,13 +229,13 @@ class OneHotBlock:
     codes: tuple[dict[str, int], ...]  # per column: category -> output column
     width: int
 
-    def write(self, columns: Columns, out: np.ndarray, offset: int) -> None:
+    def write(self, columns: PreparedColumns, out: np.ndarray, offset: int) -> None:
         n = out.shape[0]
         for name, code in zip(self.names, self.codes, strict=True):
-            values = columns[name]
+            values = columns[name]  # cleaned by churn.data.clean_category; None if missing
             fill = code.get(self.fill, -1)
             # a few distinct values per column: look each up once, then map in C
-            lookup = {v: fill if v is None else code.get(str(v).strip(), -1) for v in set(values)}
+            lookup = {v: fill if v is None else code.get(v, -1) for v in set(values)}
             found = np.fromiter(map(lookup.__getitem__, values), dtype=np.intp, count=n)
             rows = np.flatnonzero(found >= 0)
             out[rows, offset + found[rows]] = 1.0
@@ -298,7 +299,7 @@ class Preprocessor:
     blocks: tuple[NumericBlock | OneHotBlock, ...]
     width: int
 
-    def matrix(self, columns: Columns, rows: int) -> np.ndarray:
+    def matrix(self, columns: PreparedColumns, rows: int) -> np.ndarray:
         out = np.zeros((rows, self.width), dtype=np.float32)
         offset = 0
         for block in self.blocks:
@@ -354,7 +355,7 @@ class ForestPredictor(Predictor):
                 f"the forest expects {self.forest.n_features}"
             )
 
-    def predict_proba(self, columns: Columns) -> np.ndarray:
+    def predict_prepared(self, columns: PreparedColumns) -> np.ndarray:
         rows = len(columns[self.schema.names[0]])
         return self.forest.predict(self.preprocessor.matrix(columns, rows))
 

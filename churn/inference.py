@@ -7,6 +7,8 @@ both call it, so a customer gets the same answer from either.
 
 Inputs are columns (feature name -> sequence of values) so the serving fast path never builds
 a pandas DataFrame; the sklearn fallback does, because ColumnTransformer selects by name.
+Every backend receives the same prepared columns (`churn.data.prepare_columns`: float
+numerics, categories stripped, missing as NaN/None), so they answer alike on any input.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ import numpy as np
 import pandas as pd
 
 from churn.bundle import ModelBundle
-from churn.data import prepare_features
+from churn.data import PreparedColumns, prepare_columns
 from churn.risk import Thresholds, risk_tiers
 from churn.schema import FeatureSchema
 
@@ -37,8 +39,19 @@ class Predictor:
 
     def __init__(self, schema: FeatureSchema) -> None:
         self.schema = schema
+        self.numeric = schema.numeric
+        self.categorical = schema.categorical
+
+    def prepare(self, columns: Columns) -> PreparedColumns:
+        """The columns every backend receives (one normalisation for all of them)."""
+        return prepare_columns(columns, self.numeric, self.categorical)
 
     def predict_proba(self, columns: Columns) -> np.ndarray:
+        return self.predict_prepared(self.prepare(columns))
+
+    def predict_prepared(self, columns: PreparedColumns) -> np.ndarray:
+        """Probabilities for columns that went through `prepare` (callers that also use the
+        prepared columns, like serving, prepare them once)."""
         raise NotImplementedError
 
 
@@ -49,10 +62,14 @@ class SklearnPredictor(Predictor):
         super().__init__(schema)
         self.pipeline = pipeline
 
-    def predict_proba(self, columns: Columns) -> np.ndarray:
-        frame = prepare_features(
-            pd.DataFrame(dict(columns)), self.schema.numeric, self.schema.categorical
-        )
+    def predict_prepared(self, columns: PreparedColumns) -> np.ndarray:
+        frame = pd.DataFrame({name: columns[name] for name in self.numeric})
+        for name in self.categorical:
+            # the pipeline's imputer recognises NaN as missing, not None
+            values = columns[name]
+            frame[name] = pd.Series(values, dtype=object).where(
+                [v is not None for v in values], np.nan
+            )
         return np.asarray(self.pipeline.predict_proba(frame)[:, 1], dtype=float)
 
 
@@ -71,21 +88,19 @@ class OnnxPredictor(Predictor):
         self.session = ort.InferenceSession(onnx_bytes, options, providers=["CPUExecutionProvider"])
         outputs = [o.name for o in self.session.get_outputs()]
         self._output = "probabilities" if "probabilities" in outputs else outputs[-1]
-        self._numeric = schema.numeric
-        self._categorical = schema.categorical
 
-    def feeds(self, columns: Columns) -> dict[str, np.ndarray]:
+    def feeds(self, columns: PreparedColumns) -> dict[str, np.ndarray]:
         feeds: dict[str, np.ndarray] = {}
-        for name in self._numeric:
+        for name in self.numeric:
             feeds[name] = np.asarray(columns[name], dtype=np.float32).reshape(-1, 1)
-        for name in self._categorical:
+        for name in self.categorical:
             # ONNX string tensors have no NaN: a missing category is the empty string,
             # which the exported imputer maps to the same fill value as training.
-            values = ["" if v is None else str(v) for v in columns[name]]
+            values = ["" if v is None else v for v in columns[name]]
             feeds[name] = np.asarray(values, dtype=object).reshape(-1, 1)
         return feeds
 
-    def predict_proba(self, columns: Columns) -> np.ndarray:
+    def predict_prepared(self, columns: PreparedColumns) -> np.ndarray:
         result = self.session.run([self._output], self.feeds(columns))[0]
         return np.asarray(result[:, 1], dtype=float)
 
@@ -112,21 +127,28 @@ class BackendError(RuntimeError):
 
 
 def sample_rows(bundle: ModelBundle, n: int = PARITY_ROWS, seed: int = 0) -> dict[str, list[Any]]:
-    """Synthetic customers drawn per feature from the reference profile (or the schema)."""
+    """Synthetic customers drawn per feature from the reference profile (or the schema), with
+    what clients also send: padded categories and, where the model imputes, missing values
+    (so the load-time check covers the shared preparation too)."""
     rng = np.random.default_rng(seed)
     profile = bundle.metadata.get("reference_profile") or {}
     columns: dict[str, list[Any]] = {}
     for spec in bundle.schema.features:
+        values: list[Any]
         if spec.kind == "numeric":
             sample = (profile.get("numeric", {}).get(spec.name) or {}).get("sample")
             if not sample:
                 low = spec.observed_min if spec.observed_min is not None else (spec.min or 0.0)
                 high = spec.observed_max if spec.observed_max is not None else low + 100.0
                 sample = np.linspace(low, high, 17).tolist()
-            columns[spec.name] = [float(v) for v in rng.choice(sample, n)]
+            values = [float(v) for v in rng.choice(sample, n)]
         else:
             choices = spec.allowed or spec.categories or ["unknown"]
-            columns[spec.name] = [str(v) for v in rng.choice(choices, n)]
+            values = [str(v) for v in rng.choice(choices, n)]
+            values[3::7] = [f" {v} " for v in values[3::7]]
+        if spec.imputed:
+            values[5::11] = [None] * len(values[5::11])
+        columns[spec.name] = values
     return columns
 
 

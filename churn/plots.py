@@ -15,7 +15,8 @@ from sklearn.metrics import (
     PrecisionRecallDisplay,
     RocCurveDisplay,
 )
-from sklearn.pipeline import Pipeline
+
+from churn.importance import FeatureImportance
 
 
 def evaluation_figures(
@@ -57,22 +58,35 @@ def evaluation_figures(
     return figures
 
 
-def feature_importance(pipeline: Pipeline) -> dict[str, float]:
-    """Importance per transformed feature: impurity importance for trees, |coef| for linear."""
-    names = pipeline.named_steps["preprocess"].get_feature_names_out()
-    classifier = pipeline.named_steps["classifier"]
-    if hasattr(classifier, "feature_importances_"):
-        values = np.asarray(classifier.feature_importances_)
-    else:
-        values = np.abs(np.ravel(classifier.coef_))
-    return {str(n): float(v) for n, v in zip(names, values, strict=True)}
+def feature_importance_figure(rows: list[FeatureImportance]) -> Any:
+    """Horizontal bars of permutation importance per original feature, coloured by direction.
 
-
-def feature_importance_figure(importance: dict[str, float], top: int = 20) -> Any:
-    ranked = sorted(importance.items(), key=lambda kv: kv[1])[-top:]
-    fig, ax = plt.subplots(figsize=(7, max(3, 0.35 * len(ranked))))
-    ax.barh([k for k, _ in ranked], [v for _, v in ranked], color="#3b7dd8")
-    ax.set_title("Feature importance")
+    Red: a higher value raises the predicted churn risk; blue: it lowers it; grey: categorical
+    (the effect text names the riskiest and safest category). Error bars: one std over repeats.
+    """
+    ranked = sorted(rows, key=lambda r: r.importance)
+    colours = {1: "#d8453b", -1: "#3b7dd8", 0: "#8c8c8c"}
+    fig, ax = plt.subplots(figsize=(8, max(3, 0.45 * len(ranked) + 1)))
+    ax.barh(
+        [r.feature for r in ranked],
+        [r.importance for r in ranked],
+        xerr=[r.importance_std for r in ranked],
+        color=[colours[r.direction] for r in ranked],
+    )
+    right = max((r.importance + r.importance_std for r in ranked), default=0.0)
+    left = min((r.importance - r.importance_std for r in ranked), default=0.0)
+    for i, r in enumerate(ranked):
+        ax.annotate(
+            f"  {r.effect}",
+            (max(r.importance + r.importance_std, 0.0), i),
+            va="center",
+            fontsize=8,
+            color="#333333",
+        )
+    # Room on the right for the longest effect text.
+    ax.set_xlim(min(left, 0.0) - 0.02 * right, 2.2 * right if right > 0 else 1.0)
+    ax.set_xlabel("drop in validation AUC when the feature is shuffled")
+    ax.set_title("Permutation importance (red: raises risk, blue: lowers it)")
     fig.tight_layout()
     return fig
 

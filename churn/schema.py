@@ -33,6 +33,10 @@ class FeatureSpec(BaseModel):
     observed_max: float | None = None
     categories: list[str] | None = None
     missing_rate: float = 0.0
+    # The pipeline fills a missing value of this feature (an imputer is its first step), so a
+    # request may send null for it. From the pipeline builder (`imputed_features`); False in
+    # bundles saved before this was recorded, which therefore keep refusing nulls.
+    imputed: bool = False
 
 
 class FeatureSchema(BaseModel):
@@ -79,7 +83,27 @@ class FeatureSchema(BaseModel):
             _categorical_spec(name, features[name], rules.get(name, FeatureRule()))
             for name in config.features.categorical
         ]
+        imputed = imputed_features(config)
+        specs = [spec.model_copy(update={"imputed": spec.name in imputed}) for spec in specs]
         return cls(target=config.data.target_column, features=specs)
+
+
+def imputed_features(config: Config) -> set[str]:
+    """The features whose missing values the configured pipeline fills (its transformer for
+    them starts with an imputer): read from the pipeline builder itself, so the schema cannot
+    promise nulls the model would choke on."""
+    from sklearn.impute import SimpleImputer
+    from sklearn.pipeline import Pipeline
+
+    from churn.pipeline import build_pipeline
+
+    preprocess = build_pipeline(config).named_steps["preprocess"]
+    imputed: set[str] = set()
+    for _, transformer, columns in preprocess.transformers:
+        first = transformer.steps[0][1] if isinstance(transformer, Pipeline) else transformer
+        if isinstance(first, SimpleImputer):
+            imputed.update(columns)
+    return imputed
 
 
 def _finite_or_none(value: float) -> float | None:

@@ -39,7 +39,7 @@ from churn.config import Config
 from churn.data import TrainingData, load_training_data
 from churn.forest import check_compiled_forest
 from churn.onnx_export import OnnxExport, export_onnx
-from churn.pipeline import build_pipeline, inference_ready
+from churn.pipeline import build_classifier, build_pipeline, inference_ready
 from churn.profile import build_reference_profile, validation_sample
 from churn.registry import BUNDLE_ARTIFACT_PATH, tracking_to
 from churn.schema import FeatureSchema
@@ -127,8 +127,36 @@ def library_versions() -> dict[str, str]:
     return versions
 
 
+# Execution knobs, not hyper-parameters: they change how fast a model trains, never what it is.
+_NOT_HYPERPARAMETERS = {"n_jobs"}
+# Short forms for run names: random_forest-d8-n200-leaf5-<data digest>.
+_RUN_NAME_KEYS = {
+    "max_depth": "d",
+    "n_estimators": "n",
+    "min_samples_leaf": "leaf",
+    "learning_rate": "lr",
+    "C": "C",
+}
+
+
+def applicable_model_params(config: Config) -> dict[str, Any]:
+    """The `model.*` settings the chosen classifier really uses, with the values it got.
+
+    Read back from the classifier `build_classifier` makes (the one place that decides which
+    setting applies to which type), so a random forest logs no `learning_rate` or `C`, and a
+    gradient-boosting `max_depth: null` logs the 3 it actually trains with.
+    """
+    used = build_classifier(config.model, config.training.random_state).get_params()
+    return {
+        name: used[name]
+        for name in type(config.model).model_fields
+        if name in used and name not in _NOT_HYPERPARAMETERS
+    }
+
+
 def _model_params(config: Config) -> dict[str, Any]:
-    params: dict[str, Any] = {f"model.{k}": v for k, v in config.model.model_dump().items()}
+    params: dict[str, Any] = {"model.type": config.model.type}
+    params.update({f"model.{k}": v for k, v in applicable_model_params(config).items()})
     params.update(
         {
             "training.val_size": config.training.val_size,
@@ -139,6 +167,18 @@ def _model_params(config: Config) -> dict[str, Any]:
         }
     )
     return params
+
+
+def run_name(config: Config, data_digest: str) -> str:
+    """A name that says what was trained on what: `random_forest-d8-n200-leaf5-1a2b3c4d`."""
+    applied = applicable_model_params(config)
+    parts: list[str] = [config.model.type]
+    parts += [
+        f"{short}{applied[key]}"
+        for key, short in _RUN_NAME_KEYS.items()
+        if applied.get(key) is not None
+    ]
+    return "-".join([*parts, data_digest[:8]])
 
 
 def build_metadata(
@@ -202,19 +242,62 @@ def build_metadata(
 
 
 def _log_evaluation(
-    pipeline: Pipeline, y_val: np.ndarray, probability: np.ndarray, config: Config
+    pipeline: Pipeline, parts: Split, probability: np.ndarray, config: Config
 ) -> None:
+    """Evaluation plots, and importance per original feature as a plot, a CSV and JSON."""
     import mlflow
 
     from churn import plots
+    from churn.importance import feature_importance, importance_table
 
+    y_val = parts.y_val.to_numpy()
     figures = plots.evaluation_figures(y_val, probability, config.risk.decision_threshold)
-    importance = plots.feature_importance(pipeline)
+    importance = feature_importance(
+        pipeline,
+        parts.X_val,
+        y_val,
+        list(config.features.numeric),
+        list(config.features.categorical),
+        seed=config.training.random_state,
+    )
     figures["feature_importance.png"] = plots.feature_importance_figure(importance)
     for name, fig in figures.items():
         mlflow.log_figure(fig, f"plots/{name}")
     plots.close(figures)
-    mlflow.log_dict(importance, "feature_importance.json")
+    table = importance_table(importance)
+    mlflow.log_text(table.to_csv(index=False), "feature_importance.csv")
+    mlflow.log_dict({"features": table.to_dict(orient="records")}, "feature_importance.json")
+
+
+def model_signature(
+    schema: FeatureSchema, training_features: pd.DataFrame, output: np.ndarray
+) -> Any:
+    """An MLflow signature that accepts what callers send, nulls included.
+
+    Every feature may be null (the pipeline imputes each one). Integer-valued numeric
+    features are declared `Any`: MLflow's column types cannot hold both the int64 a caller
+    sends ({"tenure": 3}) and the float64-with-NaN pandas reads from a CSV with blanks (a
+    `long` column refuses the NaN, a `double` column refuses int64). Other numerics are
+    `double`, categoricals `string`.
+    """
+    from mlflow.models import ModelSignature
+    from mlflow.types.schema import AnyType, ColSpec, DataType, Schema, TensorSpec
+
+    columns: list[ColSpec | TensorSpec] = []
+    for spec in schema.features:
+        if spec.kind == "categorical":
+            columns.append(ColSpec(DataType.string, spec.name))
+        elif spec.integer or _integer_valued(training_features[spec.name]):
+            columns.append(ColSpec(AnyType(), spec.name))
+        else:
+            columns.append(ColSpec(DataType.double, spec.name))
+    outputs = Schema([TensorSpec(np.dtype(output.dtype), (-1, output.shape[1]))])
+    return ModelSignature(inputs=Schema(columns), outputs=outputs)
+
+
+def _integer_valued(column: pd.Series) -> bool:
+    known = pd.to_numeric(column, errors="coerce").dropna()
+    return bool(len(known)) and bool((known == np.round(known)).all())
 
 
 def candidate_bundle_dir(config: Config, version: str) -> Path:
@@ -230,12 +313,23 @@ def _say(progress: Progress | None, message: str) -> None:
         progress(message)
 
 
+# MLflow 3's UI opens an experiment in its GenAI view (traces, "No data available") unless
+# the experiment says it is classic model development: this is the tag and value the UI sets
+# itself when you pick "Machine learning" (mlflow/server/js: ExperimentKind).
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+EXPERIMENT_KIND = "custom_model_development"
+
+
 @contextlib.contextmanager
-def _start_run(experiment_name: str) -> Iterator[Any]:
+def _start_run(experiment_name: str, name: str) -> Iterator[Any]:
     import mlflow
 
-    mlflow.set_experiment(experiment_name)
-    with mlflow.start_run() as run:
+    experiment = mlflow.set_experiment(experiment_name)
+    if experiment.tags.get(EXPERIMENT_KIND_TAG) != EXPERIMENT_KIND:
+        mlflow.MlflowClient().set_experiment_tag(
+            experiment.experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND
+        )
+    with mlflow.start_run(run_name=name) as run:
         yield run
 
 
@@ -244,7 +338,6 @@ def train(
 ) -> TrainResult:
     """Run the whole recipe. Data is validated before MLflow is touched."""
     import mlflow
-    from mlflow.models import infer_signature
 
     started = time.perf_counter()
     _say(progress, f"load      reading {config.data.train_path}")
@@ -292,7 +385,7 @@ def train(
     )
     with (
         tracking_to(tracking_uri),
-        _start_run(config.mlflow.experiment_name) as run,
+        _start_run(config.mlflow.experiment_name, run_name(config, data.digest)) as run,
         warnings.catch_warnings(),
     ):
         # MLflow's hints about integer columns and ambiguous local sources are noise here:
@@ -321,10 +414,10 @@ def train(
             digest=data.digest[:32],
         )
         mlflow.log_input(dataset, context="training")
-        _log_evaluation(pipeline, parts.y_val.to_numpy(), val_probability, config)
+        _log_evaluation(pipeline, parts, val_probability, config)
 
         example = parts.X_val.head(5)
-        signature = infer_signature(example, pipeline.predict_proba(example))
+        signature = model_signature(schema, parts.X_train, pipeline.predict_proba(example))
         info = mlflow.sklearn.log_model(
             pipeline,
             name="model",

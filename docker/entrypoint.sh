@@ -22,4 +22,5 @@ exec uvicorn app.main:app \
     --workers "${WEB_CONCURRENCY:-2}" \
     --proxy-headers \
     --forwarded-allow-ips "${FORWARDED_ALLOW_IPS:-127.0.0.1}" \
-    --timeout-graceful-shutdown "${GRACEFUL_TIMEOUT:-20}"
+    --timeout-graceful-shutdown "${GRACEFUL_TIMEOUT:-20}" \
+    --no-server-header

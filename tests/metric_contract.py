@@ -9,7 +9,8 @@ API_HISTOGRAMS = frozenset(
     {"prediction_latency_seconds", "prediction_probability", "http_request_duration_seconds"}
 )
 API_METRICS = API_HISTOGRAMS | {
-    "predictions_total",
+    "predictions_total",  # outcome="success" | "error"
+    "prediction_decisions_total",  # decision="churn" | "no_churn"
     "high_risk_predictions_total",
     "http_requests_total",
     "model_info",

@@ -113,14 +113,20 @@ def test_probes_and_model_metadata(client: TestClient, trained_model: TrainedMod
 def test_openapi_has_the_bundle_schema_and_an_example(client: TestClient) -> None:
     doc = client.get("/openapi.json").json()
     customer = doc["components"]["schemas"]["Customer"]
-    assert customer["properties"]["contract_type"]["enum"] == [
-        "Month-to-month",
-        "One year",
-        "Two year",
-    ]
-    assert customer["properties"]["num_products"]["type"] == "integer"
-    assert customer["properties"]["num_products"]["maximum"] == 10
+    # every feature is imputed by the pipeline, so each also takes null
+    contract, null = customer["properties"]["contract_type"]["anyOf"]
+    assert contract["enum"] == ["Month-to-month", "One year", "Two year"]
+    assert null == {"type": "null"}
+    products = customer["properties"]["num_products"]["anyOf"][0]
+    assert products["type"] == "integer"
+    assert products["maximum"] == 10
     assert set(customer["required"]) == set(CUSTOMER)
+    assert customer["additionalProperties"] is False  # unknown fields are refused
+    batch = doc["components"]["schemas"]["BatchRequest"]
+    assert "All or nothing" in batch["properties"]["customers"]["description"]
+    answer = doc["components"]["schemas"]["PredictionResponse"]
+    assert "warnings" in answer["properties"]
+    assert "warnings" not in answer["required"]
     assert customer["examples"][0].keys() == CUSTOMER.keys()
     body = doc["paths"]["/predict"]["post"]["requestBody"]["content"]["application/json"]
     assert body["schema"] == {"$ref": "#/components/schemas/Customer"}
@@ -161,7 +167,13 @@ BAD_BODIES = {
         "contract_type",
     ),
     "missing field": (json.dumps({k: v for k, v in CUSTOMER.items() if k != "tenure"}), "tenure"),
-    "null field": (json.dumps({**CUSTOMER, "payment_method": None}), "payment_method"),
+    "boolean as a number": (json.dumps({**CUSTOMER, "tenure": True}), "tenure"),
+    "string as a number": (json.dumps({**CUSTOMER, "monthly_charges": "3_000"}), "monthly_charges"),
+    "digits as a number": (json.dumps({**CUSTOMER, "tenure": "2"}), "tenure"),
+    "fraction as an integer": (json.dumps({**CUSTOMER, "num_products": 2.0}), "num_products"),
+    "number as a category": (json.dumps({**CUSTOMER, "payment_method": 3}), "payment_method"),
+    "unknown field": (json.dumps({**CUSTOMER, "note": "vip"}), "note"),
+    "lone surrogate": (json.dumps({**CUSTOMER, "payment_method": "\ud800"}), None),
     "NaN": (json.dumps(CUSTOMER).replace("12", "NaN", 1), None),
     "Infinity": (json.dumps(CUSTOMER).replace("846.0", "Infinity"), None),
     "NaN elsewhere": (json.dumps({**CUSTOMER, "note": 0}).replace(": 0}", ": NaN}"), None),
@@ -188,9 +200,88 @@ def test_bad_input_is_422_with_field_and_reason(client: TestClient, case: str) -
         assert ["body", field] in [d["loc"] for d in detail]
 
 
-def test_unknown_categories_are_accepted(client: TestClient) -> None:
+def test_unknown_categories_are_accepted_with_a_warning(client: TestClient) -> None:
     response = client.post("/predict", json={**CUSTOMER, "internet_service": "Satellite"})
     assert response.status_code == 200
+    assert response.json()["warnings"] == [
+        "internet_service: 'Satellite' was not seen in training; scored as unknown"
+    ]
+
+
+def test_ordinary_answers_have_no_warnings(client: TestClient) -> None:
+    padded = {**CUSTOMER, "internet_service": "  Fiber optic "}  # stripped, as in training
+    answers = []
+    for customer in (CUSTOMER, padded):
+        response = client.post("/predict", json=customer)
+        assert "warnings" not in response.json(), response.text
+        assert '"warnings"' not in response.text
+        answers.append({k: v for k, v in response.json().items() if k != "prediction_id"})
+    assert answers[0] == answers[1]
+
+
+def test_unknown_categories_are_counted_after_normalisation(client: TestClient) -> None:
+    def unknown() -> float:
+        text = client.get("/metrics").text
+        return metric_value(text, "unknown_category_total", feature="internet_service")
+
+    before = unknown()
+    client.post("/predict", json={**CUSTOMER, "internet_service": " Fiber optic "})
+    assert unknown() == before  # padding is stripped, as in training: a known category
+    customers = [{**CUSTOMER, "internet_service": "Fibre"}] * 3 + [CUSTOMER]
+    client.post("/predict/batch", json={"customers": customers})
+    assert unknown() == before + 3
+
+
+def test_values_outside_the_training_range_are_named(
+    client: TestClient, trained_model: TrainedModel
+) -> None:
+    tenure = load_bundle(trained_model.bundle_dir).schema.spec("tenure")
+    assert tenure.observed_max is not None
+    customers = [
+        CUSTOMER,
+        {**CUSTOMER, "tenure": int(tenure.observed_max) + 100, "payment_method": "Cash"},
+    ]
+    body = client.post("/predict/batch", json={"customers": customers}).json()
+    first, second = body["predictions"]
+    assert "warnings" not in first
+    assert second["warnings"] == [
+        f"tenure: {int(tenure.observed_max) + 100} is outside the training range "
+        f"[{tenure.observed_min:g}, {tenure.observed_max:g}]; the model extrapolates",
+        "payment_method: 'Cash' was not seen in training; scored as unknown",
+    ]
+
+
+def test_a_misspelt_field_is_named_as_the_likely_typo(client: TestClient) -> None:
+    customer = {k: v for k, v in CUSTOMER.items() if k != "tenure"} | {"tenur": 12}
+    response = client.post("/predict", json=customer)
+    assert response.status_code == 422
+    detail = {tuple(d["loc"]): d["msg"] for d in response.json()["detail"]}
+    assert detail[("body", "tenur")] == "tenur: unknown field; did you mean 'tenure'?"
+    assert detail[("body", "tenure")] == "Field required"
+    unrelated = client.post("/predict", json={**CUSTOMER, "zzz": 1}).json()["detail"]
+    assert unrelated[0]["loc"] == ["body", "zzz"]
+    assert unrelated[0]["msg"].startswith("zzz: unknown field; the fields are [")
+
+
+def test_nulls_are_scored_and_logged_as_missing(client: TestClient, api_dir: Path) -> None:
+    """Every feature is imputed by the pipeline: null is accepted, scored like the pipeline
+    scores a missing value, and logged as null so drift sees the missing rate."""
+    customer = {**CUSTOMER, "monthly_charges": None, "internet_service": None}
+    response = client.post("/predict", json=customer)
+    assert response.status_code == 200, response.text
+    answer = response.json()
+    assert "warnings" not in answer
+    pid = answer["prediction_id"]
+    url = f"sqlite:///{api_dir / 'prediction_log.db'}"
+    assert wait_until(lambda: bool((read_predictions(url)["prediction_id"] == pid).any()))
+    row = read_predictions(url).set_index("prediction_id").loc[pid]
+    assert row["monthly_charges"] != row["monthly_charges"]  # NaN: missing
+    assert row["internet_service"] is None or row["internet_service"] != row["internet_service"]
+    assert row["tenure"] == CUSTOMER["tenure"]
+    absent = {k: v for k, v in CUSTOMER.items() if k != "monthly_charges"}
+    refused = client.post("/predict", json=absent)
+    assert refused.status_code == 422  # null is "unknown"; an absent field is still a mistake
+    assert refused.json()["detail"][0]["loc"] == ["body", "monthly_charges"]
 
 
 def test_non_json_content_type_is_415(client: TestClient) -> None:
@@ -214,6 +305,67 @@ def test_oversized_body_is_413_by_length_and_by_stream(client: TestClient) -> No
     response = client.post("/predict", content=chunks(), headers=JSON)
     assert response.status_code == 413
     assert "65536" in response.json()["detail"]
+
+
+def test_compressed_body_is_415_with_a_reason(client: TestClient) -> None:
+    import gzip
+
+    body = gzip.compress(json.dumps(CUSTOMER).encode())
+    for path in ("/predict", "/predict/batch", "/feedback"):
+        response = client.post(path, content=body, headers={**JSON, "content-encoding": "gzip"})
+        assert response.status_code == 415, path
+        assert "Content-Encoding 'gzip'" in response.json()["detail"]
+    # any encoding but identity; identity (or none) is a plain body
+    deflate = {**JSON, "content-encoding": "deflate"}
+    assert client.post("/predict", content=b"{}", headers=deflate).status_code == 415
+    identity = {**JSON, "content-encoding": "identity"}
+    assert client.post("/predict", json=CUSTOMER, headers=identity).status_code == 200
+
+
+def test_requests_answered_before_routing_carry_their_route(client: TestClient) -> None:
+    """413 by length or by stream, 415 and a client gone mid-body are labelled with the
+    route template in the request metrics, not "unmatched"."""
+    before = client.get("/metrics").text
+
+    def count(text: str, status: str) -> float:
+        return metric_value(text, "http_requests_total", route="/predict", status=status)
+
+    post_raw(client, json.dumps({**CUSTOMER, "padding": "x" * 70_000}))
+    client.post("/predict", content=(b" " * 1000 for _ in range(70)), headers=JSON)
+    client.post("/predict", content=b"{}", headers={**JSON, "content-encoding": "gzip"})
+
+    async def disconnect_mid_body() -> None:
+        scope = {
+            "type": "http",
+            "method": "POST",
+            "path": "/predict",
+            "raw_path": b"/predict",
+            "root_path": "",
+            "scheme": "http",
+            "query_string": b"",
+            "headers": [(b"content-type", b"application/json"), (b"host", b"test")],
+            "client": ("127.0.0.1", 1),
+            "server": ("test", 80),
+            "http_version": "1.1",
+            "asgi": {"version": "3.0"},
+        }
+        messages = iter(
+            [{"type": "http.request", "body": b'{"tenure"', "more_body": True}],
+        )
+
+        async def receive() -> dict[str, Any]:
+            return next(messages, {"type": "http.disconnect"})
+
+        async def send(message: dict[str, Any]) -> None:
+            raise AssertionError(f"nothing is sent to a client that left: {message}")
+
+        await client.app(scope, receive, send)  # type: ignore[arg-type]
+
+    client.portal.call(disconnect_mid_body)  # type: ignore[union-attr]
+    after = client.get("/metrics").text
+    assert count(after, "413") == count(before, "413") + 2
+    assert count(after, "415") == count(before, "415") + 1
+    assert count(after, "499") == count(before, "499") + 1
 
 
 # ---------------------------------------------------------------------------- batch
@@ -242,6 +394,28 @@ def test_batch_limits(client: TestClient) -> None:
     assert ["body", "customers", 1, "tenure"] in [d["loc"] for d in bad_row.json()["detail"]]
 
 
+def test_an_invalid_batch_names_every_invalid_row_and_scores_nothing(client: TestClient) -> None:
+    before = metric_value(client.get("/metrics").text, "predictions_total")
+    customers = [
+        CUSTOMER,
+        {**CUSTOMER, "tenure": "2"},
+        CUSTOMER,
+        {**CUSTOMER, "num_products": 0, "contract_type": "Weekly"},
+        {k: v for k, v in CUSTOMER.items() if k != "tenure"},
+    ]
+    response = client.post("/predict/batch", json={"customers": customers})
+    assert response.status_code == 422
+    locs = [tuple(d["loc"]) for d in response.json()["detail"]]
+    assert locs == [
+        ("body", "customers", 1, "tenure"),
+        ("body", "customers", 3, "num_products"),
+        ("body", "customers", 3, "contract_type"),
+        ("body", "customers", 4, "tenure"),
+    ]
+    assert all(d["msg"] for d in response.json()["detail"])
+    assert metric_value(client.get("/metrics").text, "predictions_total") == before
+
+
 # ---------------------------------------------------------------------------- feedback
 
 
@@ -266,6 +440,14 @@ def test_feedback_for_an_unknown_id_is_404(client: TestClient) -> None:
     response = client.post("/feedback", json={"prediction_id": "0" * 32, "outcome": False})
     assert response.status_code == 404
     assert client.post("/feedback", json={"outcome": False}).status_code == 422
+
+
+@pytest.mark.parametrize("outcome", ["off", "true", 1, 0, None])
+def test_feedback_outcome_is_a_json_boolean(client: TestClient, outcome: Any) -> None:
+    pid = client.post("/predict", json=CUSTOMER).json()["prediction_id"]
+    response = client.post("/feedback", json={"prediction_id": pid, "outcome": outcome})
+    assert response.status_code == 422, response.text
+    assert response.json()["detail"][0]["loc"] == ["body", "outcome"]
 
 
 # ---------------------------------------------------------------------------- settings

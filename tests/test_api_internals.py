@@ -156,7 +156,9 @@ def test_metrics_of_one_loop_iteration_are_applied_together() -> None:
     assert asyncio.run(burst()) == 0
     assert count("http_requests_total", route="/predict", status="200") == 20
     assert count("http_request_duration_seconds_count", route="/predict") == 20
-    assert count("predictions_total", outcome="churn") == 20
+    assert count("predictions_total", outcome="success") == 40
+    assert count("prediction_decisions_total", decision="churn") == 20
+    assert count("prediction_decisions_total", decision="no_churn") == 20
     assert count("high_risk_predictions_total") == 20
     assert count("prediction_probability_count") == 40
     assert count("prediction_latency_seconds_count") == 20

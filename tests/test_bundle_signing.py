@@ -17,6 +17,7 @@ from mlflow.tracking import MlflowClient
 from pydantic import ValidationError
 
 from app.main import create_app
+from app.model import ModelLoadError, load_model
 from app.settings import Settings
 from churn.bundle import (
     METADATA_FILE,
@@ -34,7 +35,7 @@ from churn.bundle import (
 )
 from churn.registry import download_bundle
 from tests._tools import free_port
-from tests.api_support import ADMIN_TOKEN, CUSTOMER, copy_bundle, make_settings
+from tests.api_support import ADMIN_TOKEN, CUSTOMER, copy_bundle, make_settings, wait_until
 from tests.conftest import ROOT, TEST_SIGNING_KEY, TrainedModel
 
 AUTH = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
@@ -126,16 +127,19 @@ def test_the_api_refuses_a_planted_bundle_at_start_and_on_reload(
 ) -> None:
     planted = copy_bundle(bundle_dir, tmp_path / "planted").parent
     _plant_code(planted, marker)
-    with TestClient(create_app(make_settings(planted / MODEL_FILE, tmp_path))) as client:
+    settings = make_settings(planted / MODEL_FILE, tmp_path)
+    with pytest.raises(ModelLoadError, match="signature"):
+        load_model(settings)  # the detail the API logs
+    with TestClient(create_app(settings)) as client:
         ready = client.get("/ready")
         assert ready.status_code == 503
-        assert "signature" in ready.json()["reason"]
+        assert ready.json()["reason"] == "bundle failed verification"  # stable, for clients
     settings = make_settings(bundle_dir / MODEL_FILE, tmp_path, admin_token=ADMIN_TOKEN)
     with TestClient(create_app(settings)) as client:
         _plant_code(bundle_dir, marker)
         response = client.post("/admin/reload", headers=AUTH)
         assert response.status_code == 409
-        assert "signature" in response.json()["detail"]["reason"]
+        assert response.json()["detail"]["reason"] == "bundle failed verification"
         answer = client.post("/predict", json=CUSTOMER)
         assert answer.json()["model_version"] == trained_model.result.model_version
     assert not marker.exists()
@@ -251,10 +255,15 @@ def test_a_bundle_planted_in_the_registry_is_refused_by_the_api(
         model_uri=f"models:/churn-planted/{version.version}",
         mlflow_tracking_uri=trained_model.tracking_uri,
     )
+    with pytest.raises(ModelLoadError, match="signature does not match"):
+        load_model(settings)  # the detail the API logs
     with TestClient(create_app(settings)) as api:
+        assert wait_until(
+            lambda: api.get("/ready").json()["reason"] != "the model is still loading"
+        )
         ready = api.get("/ready")
         assert ready.status_code == 503
-        assert "signature does not match" in ready.json()["reason"]
+        assert ready.json()["reason"] == "bundle failed verification"
     assert not marker.exists()
 
 
@@ -381,9 +390,11 @@ def test_an_invalid_threshold_on_reload_keeps_the_old_model_serving(
             risk={"high": 0.75, "medium": 0.45, "decision_threshold": 7},
         )
         sign_bundle_unchecked(bundle_dir)
+        with pytest.raises(ModelLoadError, match=r"risk\.decision_threshold"):
+            load_model(settings)  # the detail the API logs
         response = client.post("/admin/reload", headers=AUTH)
         assert response.status_code == 409
-        assert "risk.decision_threshold" in response.json()["detail"]["reason"]
+        assert response.json()["detail"]["reason"] == "bundle failed verification"
         answer = client.post("/predict", json=CUSTOMER).json()
         assert answer["model_version"] == trained_model.result.model_version
         assert client.get("/model").json()["thresholds"]["decision_threshold"] == 0.5
@@ -393,10 +404,12 @@ def test_environment_overrides_follow_the_same_rules(
     trained_model: TrainedModel, tmp_path: Path
 ) -> None:
     settings = make_settings(trained_model.model_path, tmp_path, risk_high=0.3)  # < medium 0.45
+    with pytest.raises(ModelLoadError) as refused:
+        load_model(settings)
+    assert "medium (0.45) must not exceed high (0.3)" in str(refused.value)
+    assert "RISK_HIGH" in str(refused.value)
     with TestClient(create_app(settings)) as client:
-        reason = client.get("/ready").json()["reason"]
-    assert "medium (0.45) must not exceed high (0.3)" in reason
-    assert "RISK_HIGH" in reason
+        assert client.get("/ready").status_code == 503
 
 
 def sign_bundle_unchecked(bundle_dir: Path) -> None:
@@ -425,7 +438,7 @@ def test_registry_loads_leave_no_directories_behind(
         admin_token=ADMIN_TOKEN,
     )
     with TestClient(create_app(settings)) as client:
-        assert client.get("/ready").status_code == 200
+        assert wait_until(lambda: client.get("/ready").status_code == 200)
         before = sorted(p.name for p in scratch.iterdir())
         for _ in range(5):
             assert client.post("/admin/reload", headers=AUTH).status_code == 200

@@ -165,3 +165,61 @@ def test_the_served_model_uses_the_forest(trained_model: Any) -> None:
     expected = SklearnPredictor(bundle.schema, bundle.pipeline).predict_proba(columns)
     got = ForestPredictor(bundle.schema, bundle.pipeline).predict_proba(columns)
     assert np.max(np.abs(got - expected)) <= 1e-12
+
+
+# ---------------------------------------------------------------------------- every backend
+
+# What clients send besides clean values: padding (stripped, as training strips it), another
+# case (a different label: scored as unknown by every backend), an unseen category, nulls.
+AWKWARD = {
+    "padded": {"internet_service": "Fiber optic ", "payment_method": "  Electronic check"},
+    "mixed case": {"internet_service": "fiber OPTIC", "payment_method": "electronic check"},
+    "unknown": {"internet_service": "Fibre", "payment_method": "Carrier pigeon"},
+    "missing": {"internet_service": None, "monthly_charges": None, "contract_type": None},
+}
+
+
+def _backends(bundle: Any) -> dict[str, Any]:
+    from churn.inference import OnnxPredictor
+
+    assert bundle.onnx_bytes is not None, "the trained bundle must carry its ONNX export"
+    return {
+        "sklearn": SklearnPredictor(bundle.schema, bundle.pipeline),
+        "onnx": OnnxPredictor(bundle.schema, bundle.onnx_bytes),
+        "forest": ForestPredictor(bundle.schema, bundle.pipeline),
+    }
+
+
+@pytest.mark.parametrize("case", list(AWKWARD))
+def test_every_backend_scores_awkward_input_alike(trained_model: Any, case: str) -> None:
+    """sklearn, ONNX and the compiled forest get the same prepared input (churn.data.
+    prepare_columns), so they give the same probability and tier on padded, mixed-case,
+    unknown and missing values (before, ONNX kept the padding and scored 0.62 MEDIUM where
+    the others scored 0.86 HIGH)."""
+    from churn.bundle import load_bundle
+
+    bundle = load_bundle(trained_model.bundle_dir)
+    frame = pd.read_csv(trained_model.config.data.train_path).head(200)
+    clean = frame_to_columns(frame, bundle.schema)
+    awkward = {name: list(values) for name, values in clean.items()}
+    for name, value in AWKWARD[case].items():
+        awkward[name] = [value] * len(frame)
+    answers = {name: p.predict_proba(awkward) for name, p in _backends(bundle).items()}
+    expected = answers["sklearn"]
+    for name, got in answers.items():
+        assert np.max(np.abs(got - expected)) < 1e-4, name  # ONNX computes in float32
+        assert np.array_equal(risk_tiers(got, 0.75, 0.45), risk_tiers(expected, 0.75, 0.45)), name
+    if case == "padded":  # padding is no change at all
+        stripped = {
+            **awkward,
+            **{n: [str(v).strip()] * len(frame) for n, v in AWKWARD[case].items()},
+        }
+        assert np.array_equal(
+            answers["forest"], _backends(bundle)["forest"].predict_proba(stripped)
+        )
+    if case in ("mixed case", "unknown"):  # both are unseen labels: scored the same way
+        other = "unknown" if case == "mixed case" else "mixed case"
+        relabelled = {**awkward, **{n: [v] * len(frame) for n, v in AWKWARD[other].items()}}
+        assert np.array_equal(
+            answers["forest"], _backends(bundle)["forest"].predict_proba(relabelled)
+        )

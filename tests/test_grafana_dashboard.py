@@ -248,6 +248,7 @@ class FakeChurnApi:
         self.registry = CollectorRegistry()
         r = self.registry
         self.predictions = Counter("predictions_total", "", ["outcome"], registry=r)
+        self.decisions = Counter("prediction_decisions_total", "", ["decision"], registry=r)
         self.high_risk = Counter("high_risk_predictions_total", "", registry=r)
         self.latency = Histogram(
             "prediction_latency_seconds",
@@ -277,14 +278,15 @@ class FakeChurnApi:
         """Ten requests: seven predictions, one 500, one 422, a few data-quality events."""
         with self.lock:
             for probability in (0.05, 0.15, 0.3, 0.45, 0.6, 0.8, 0.95):
-                outcome = "churn" if probability >= 0.5 else "no_churn"
-                self.predictions.labels(outcome).inc()
+                self.predictions.labels("success").inc()
+                self.decisions.labels("churn" if probability >= 0.5 else "no_churn").inc()
                 if probability >= 0.8:
                     self.high_risk.inc()
                 self.probability.observe(probability)
                 self.latency.observe(0.004)
                 self.requests.labels("POST", "/predict", "200").inc()
                 self.duration.labels("POST", "/predict", "200").observe(0.02)
+            self.predictions.labels("error").inc()  # the one 500 below: the model failed
             for status in ("500", "422"):
                 self.requests.labels("POST", "/predict", status).inc()
                 self.duration.labels("POST", "/predict", status).observe(0.01)

@@ -7,6 +7,7 @@ import time
 from collections import Counter
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -159,7 +160,7 @@ def test_postgres_store(trained_model: TrainedModel, tmp_path: Path) -> None:
         with TestClient(create_app(settings)) as client:
             ids = [client.post("/predict", json=CUSTOMER).json()["prediction_id"] for _ in range(5)]
             assert wait_until(lambda: len(read_predictions(url)) == 5)
-            response = client.post("/feedback", json={"prediction_id": ids[0], "outcome": 0})
+            response = client.post("/feedback", json={"prediction_id": ids[0], "outcome": False})
             assert response.status_code == 200
         frame = read_predictions(url).set_index("prediction_id")
         assert frame.loc[ids[0], "outcome"] == 0.0
@@ -238,3 +239,90 @@ def test_sqlite_statements_group_small_and_large_batches(tmp_path: Path) -> None
     assert len(frame) == 60 + 1800 + 2
     assert set(frame["prediction_id"]) == {pid for b in batches for pid in b.ids}
     assert frame["probability"].notna().all() and set(frame["risk_tier"]) == {"LOW"}
+
+
+def _locked(url: str) -> Any:
+    """A second connection holding SQLite's write lock (BEGIN EXCLUSIVE) until closed."""
+    import sqlite3
+
+    holder = sqlite3.connect(url.removeprefix("sqlite:///"), isolation_level=None)
+    holder.execute("BEGIN EXCLUSIVE")
+    return holder
+
+
+def test_close_with_a_locked_store_counts_every_row(tmp_path: Path) -> None:
+    """The batch being written when close() starts is counted too, and close() waits no
+    longer than its budget plus one write timeout (the two agree: one setting)."""
+    url = f"sqlite:///{tmp_path / 'log.db'}"
+    drops: Counter[str] = Counter()
+    writer = PredictionLogWriter(
+        make_engine(url, timeout=0.5),
+        batch_size=3,
+        flush_interval=0.02,
+        on_drop=lambda reason, n: drops.update({reason: n}),
+        write_timeout=0.5,
+    )
+    assert writer.prepare()
+    writer.start()
+    writer.enqueue(batch(2))
+    assert wait_until(lambda: writer.written == 2)
+    holder = _locked(url)
+    try:
+        sent = [batch(n) for n in (1, 2, 3, 4, 5)]
+        for b in sent:
+            assert writer.enqueue(b)
+        time.sleep(0.2)  # the first write is now waiting for the lock
+        started = time.monotonic()
+        writer.close()
+        waited = time.monotonic() - started
+    finally:
+        holder.rollback()
+        holder.close()
+    assert writer.written == 2
+    assert drops == {"shutdown": 15}
+    assert writer.dropped == {"shutdown": 15}
+    assert waited < 0.5 + 0.5 + 1.0
+    assert not writer.enqueue(batch(3))  # after close: counted, not queued and lost
+    assert drops == {"shutdown": 18}
+    assert len(read_predictions(url)) == 2
+
+
+def test_close_writes_what_is_queued_when_the_store_is_fine(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'log.db'}"
+    writer = PredictionLogWriter(make_engine(url), batch_size=2, flush_interval=10.0)
+    writer.start()
+    for n in (1, 2, 3):
+        writer.enqueue(batch(n))
+    writer.close()
+    assert writer.written == 6 and writer.dropped == {}
+    assert len(read_predictions(url)) == 6
+
+
+def test_failed_prediction_counts_as_error(trained_model: TrainedModel, tmp_path: Path) -> None:
+    """predictions_total{outcome="error"}: a validated request whose prediction failed (the
+    inference thread is stopped, as at shutdown) answers 500 and is counted."""
+    settings = make_settings(trained_model.model_path, tmp_path)
+    with TestClient(create_app(settings), raise_server_exceptions=False) as client:
+        assert client.post("/predict", json=CUSTOMER).status_code == 200
+        client.post("/predict/batch", json={"customers": [CUSTOMER, CUSTOMER]})
+        client.app.state.service.batcher.stop()
+        failed = client.post("/predict/batch", json={"customers": [CUSTOMER] * 3})
+        assert failed.status_code == 500
+        assert "inference" not in failed.text  # no exception text to the client
+        text = client.get("/metrics").text
+    assert metric_value(text, "predictions_total", outcome="success") == 3
+    assert metric_value(text, "predictions_total", outcome="error") == 3
+    churn = metric_value(text, "prediction_decisions_total", decision="churn")
+    no_churn = metric_value(text, "prediction_decisions_total", decision="no_churn")
+    assert churn + no_churn == 3
+
+
+def test_disabled_log_counts_served_predictions_as_dropped(
+    trained_model: TrainedModel, tmp_path: Path
+) -> None:
+    settings = make_settings(trained_model.model_path, tmp_path, prediction_log_enabled=False)
+    with TestClient(create_app(settings)) as client:
+        client.post("/predict", json=CUSTOMER)
+        client.post("/predict/batch", json={"customers": [CUSTOMER] * 4})
+        text = client.get("/metrics").text
+    assert metric_value(text, "prediction_log_dropped_total", reason="disabled") == 5

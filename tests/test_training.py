@@ -23,7 +23,8 @@ from churn.data import load_training_data
 from churn.datagen import bayes_optimal_auc, generate_customers, generate_with_truth
 from churn.inference import OnnxPredictor, SklearnPredictor, frame_to_columns
 from churn.pipeline import build_pipeline, inference_ready
-from churn.training import evaluate, split
+from churn.registry import tracking_to
+from churn.training import applicable_model_params, evaluate, run_name, split
 from tests.conftest import ROOT, TrainedModel, write_config
 
 CUSTOMER = {
@@ -114,6 +115,8 @@ def test_mlflow_run_has_everything(trained_model: TrainedModel) -> None:
         assert key in metrics
     assert run.data.params["model.n_estimators"] == "30"
     assert run.data.tags.get("git_commit")
+    assert run.info.run_name.startswith("random_forest-d8-n30-leaf5-")
+    assert run.info.run_name.endswith(_data_digest(trained_model)[:8])
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id, "plots")}
     assert artifacts == {
         f"plots/{n}"
@@ -134,8 +137,137 @@ def test_mlflow_run_has_everything(trained_model: TrainedModel) -> None:
     assert run.inputs.dataset_inputs[0].dataset.digest
     version = client.get_model_version("churn-classifier", trained_model.result.model_version)
     assert version.run_id == run.info.run_id
-    model = mlflow.sklearn.load_model(f"models:/churn-classifier/{version.version}")
+    with tracking_to(trained_model.tracking_uri):
+        model = mlflow.sklearn.load_model(f"models:/churn-classifier/{version.version}")
     assert model.predict_proba(pd.DataFrame([CUSTOMER])).shape == (1, 2)
+
+
+def _data_digest(trained_model: TrainedModel) -> str:
+    meta = json.loads((trained_model.bundle_dir / "metadata.json").read_text())
+    return str(meta["training_data"]["digest"])
+
+
+def test_experiment_opens_as_model_training_in_the_mlflow_ui(trained_model: TrainedModel) -> None:
+    """MLflow 3's UI shows runs, not the GenAI traces view, for a tagged experiment."""
+    client = MlflowClient(tracking_uri=trained_model.tracking_uri)
+    experiment = client.get_experiment_by_name(trained_model.config.mlflow.experiment_name)
+    assert experiment is not None
+    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
+
+
+def test_only_the_parameters_the_model_type_uses_are_logged(trained_model: TrainedModel) -> None:
+    client = MlflowClient(tracking_uri=trained_model.tracking_uri)
+    params = client.get_run(trained_model.result.run_id).data.params
+    assert {"model.type", "model.n_estimators", "model.max_depth", "model.min_samples_leaf"} <= (
+        set(params)
+    )
+    assert not {"model.learning_rate", "model.C", "model.n_jobs"} & set(params)
+
+
+@pytest.mark.parametrize(
+    ("model", "logged", "absent", "name"),
+    [
+        (
+            {"type": "gradient_boosting", "max_depth": None, "learning_rate": 0.2},
+            {"max_depth": 3, "learning_rate": 0.2, "n_estimators": 30},
+            {"C", "class_weight"},
+            "gradient_boosting-d3-n30-leaf5-lr0.2-",
+        ),
+        (
+            {"type": "logistic_regression", "C": 0.5},
+            {"C": 0.5, "class_weight": None},
+            {"n_estimators", "max_depth", "learning_rate", "min_samples_leaf"},
+            "logistic_regression-C0.5-",
+        ),
+    ],
+)
+def test_params_and_run_name_follow_the_model_type(
+    tmp_path: Path, model: dict, logged: dict, absent: set, name: str
+) -> None:
+    config = load_config(write_config(tmp_path, model=model))
+    applied = applicable_model_params(config)
+    assert {k: applied[k] for k in logged} == logged
+    assert not absent & set(applied)
+    assert run_name(config, "abcdef0123456789").startswith(name)
+    assert run_name(config, "abcdef0123456789").endswith("-abcdef01")
+
+
+def test_importance_is_per_original_feature_with_a_direction(
+    trained_model: TrainedModel, tmp_path: Path
+) -> None:
+    client = MlflowClient(tracking_uri=trained_model.tracking_uri)
+    path = client.download_artifacts(
+        trained_model.result.run_id, "feature_importance.csv", str(tmp_path)
+    )
+    table = pd.read_csv(path).set_index("feature")
+    assert set(table.index) == set(trained_model.config.features.all)
+    assert list(table["importance"]) == sorted(table["importance"], reverse=True)
+    # The generator's truth: longer tenure lowers the risk, higher charges raise it.
+    assert table.loc["tenure", "direction"] == -1
+    assert table.loc["tenure", "signed_importance"] < 0
+    assert table.loc["monthly_charges", "direction"] == 1
+    assert table.loc["contract_type", "effect"] == ("riskiest: Month-to-month; safest: Two year")
+    assert table.loc["tenure", "importance"] > 0.01
+    as_json = client.download_artifacts(
+        trained_model.result.run_id, "feature_importance.json", str(tmp_path)
+    )
+    assert len(json.loads(Path(as_json).read_text())["features"]) == len(table)
+
+
+def test_pyfunc_scores_what_callers_send_without_casting(
+    trained_model: TrainedModel, tmp_path: Path
+) -> None:
+    """The README's example row (ints) and a frame read from the training CSV (with blanks)."""
+    with tracking_to(trained_model.tracking_uri):
+        model = mlflow.pyfunc.load_model(
+            f"models:/churn-classifier/{trained_model.result.model_version}"
+        )
+    readme_row = pd.DataFrame(
+        [
+            {
+                "tenure": 3,
+                "monthly_charges": 95.5,
+                "total_charges": 286.5,
+                "num_products": 1,
+                "contract_type": "Month-to-month",
+                "payment_method": "Electronic check",
+                "internet_service": "Fiber optic",
+            }
+        ]
+    )
+    assert readme_row["tenure"].dtype == np.int64
+    answer = np.asarray(model.predict(readme_row))
+    assert answer.shape == (1, 2) and 0.0 <= answer[0, 1] <= 1.0
+
+    raw = pd.read_csv(trained_model.config.data.train_path)
+    assert raw["total_charges"].isna().any() and raw["payment_method"].isna().any()
+    _pyfunc_agrees_with_pipeline(model, raw, trained_model)
+
+    # An export whose integer columns are written as integers, some of them blank.
+    exported = raw.assign(
+        tenure=raw["tenure"].round().astype("Int64"),
+        num_products=raw["num_products"].round().astype("Int64"),
+    )
+    exported.loc[::50, "tenure"] = pd.NA
+    exported.loc[::70, "num_products"] = pd.NA
+    path = tmp_path / "export.csv"
+    exported.to_csv(path, index=False)
+    with_blanks = pd.read_csv(path)
+    assert with_blanks["tenure"].isna().any() and with_blanks["tenure"].dtype == np.float64
+    _pyfunc_agrees_with_pipeline(model, with_blanks, trained_model)
+    complete = pd.read_csv(path).dropna(subset=["tenure", "num_products"])
+    complete.astype({"tenure": int, "num_products": int}).to_csv(path, index=False)
+    as_ints = pd.read_csv(path)
+    assert as_ints["tenure"].dtype == np.int64 and as_ints["num_products"].dtype == np.int64
+    _pyfunc_agrees_with_pipeline(model, as_ints, trained_model)
+
+
+def _pyfunc_agrees_with_pipeline(model, frame: pd.DataFrame, trained_model: TrainedModel) -> None:
+    features = frame.drop(columns="churned")
+    scored = np.asarray(model.predict(features))
+    assert scored.shape == (len(frame), 2) and np.isfinite(scored).all()
+    direct = joblib.load(trained_model.model_path).predict_proba(features)
+    np.testing.assert_allclose(scored, direct)
 
 
 def test_same_config_same_data_same_predictions(tmp_path: Path) -> None:

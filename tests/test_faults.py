@@ -1,0 +1,420 @@
+"""Fault injection against real processes: what a bad day in operations does to the service.
+
+Each scenario runs a real uvicorn (`--workers 2` as the image does where the workers matter,
+one worker where only the store does) under load from loopback clients, injects one fault,
+stops the server with SIGTERM and then counts, from the outside:
+
+- requests sent and failed (a client never retries: a reset connection is a failure);
+- served: predictions answered 200;
+- written: rows in the prediction log store afterwards;
+- dropped: ``prediction_log_dropped_total`` summed over the workers' multiprocess files
+  (they outlive the processes, a killed one's included).
+
+The promise under test: served == written + dropped, exactly, whatever the store does; and no
+request fails where a surviving worker could answer it. The figures are printed as a table at
+the end of the module (shown with ``-s`` or in the terminal summary) and quoted in the
+README's reliability section.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import subprocess
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+import pytest
+from prometheus_client import CollectorRegistry
+from prometheus_client.multiprocess import MultiProcessCollector
+
+from churn.prediction_log import read_predictions
+from tests._tools import free_port, missing
+from tests.api_support import CUSTOMER, wait_until
+from tests.conftest import TrainedModel
+from tests.processes import ApiProcess, api_process
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+WRITE_TIMEOUT = 1.0  # PREDICTION_LOG_WRITE_TIMEOUT: short, so shutdown with a bad store is quick
+
+
+@dataclass
+class Figures:
+    """One scenario's outcome, as the README's table shows it."""
+
+    scenario: str
+    sent: int
+    failed: int
+    served: int
+    written: int
+    dropped: dict[str, int]
+    note: str = ""
+
+    @property
+    def unaccounted(self) -> int:
+        return self.served - self.written - sum(self.dropped.values())
+
+
+RESULTS: list[Figures] = []
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _print_table(request: pytest.FixtureRequest) -> Iterator[None]:
+    """The figures of every scenario run, as one table at the end of the module."""
+    yield
+    if not RESULTS:
+        return
+    lines = [
+        "",
+        "fault injection (served = written + dropped):",
+        f"{'scenario':<34} {'sent':>5} {'failed':>6} {'served':>6} {'written':>7} "
+        f"{'dropped':>7} {'unaccounted':>11}  note",
+    ]
+    for r in RESULTS:
+        dropped = ", ".join(f"{k} {v}" for k, v in sorted(r.dropped.items()) if v) or "0"
+        lines.append(
+            f"{r.scenario:<34} {r.sent:>5} {r.failed:>6} {r.served:>6} {r.written:>7} "
+            f"{sum(r.dropped.values()):>7} {r.unaccounted:>11}  {dropped}; {r.note}"
+        )
+    # Past pytest's output capture, so the table shows without -s too.
+    capture = request.config.pluginmanager.getplugin("capturemanager")
+    with capture.global_and_fixture_disabled() if capture else contextlib.nullcontext():
+        print("\n".join(lines), flush=True)
+
+
+# --------------------------------------------------------------------------- load and counting
+
+
+@dataclass
+class Load:
+    """`total` POST /predict requests from `concurrency` threads, each on a new connection
+    (so the kernel spreads them over the workers), never retried."""
+
+    url: str
+    total: int
+    concurrency: int = 4
+    ok: int = 0
+    failures: list[str] = field(default_factory=list)
+    _next: int = 0
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+    _threads: list[threading.Thread] = field(default_factory=list)
+
+    def start(self) -> Load:
+        for _ in range(self.concurrency):
+            thread = threading.Thread(target=self._work, daemon=True)
+            thread.start()
+            self._threads.append(thread)
+        return self
+
+    def _work(self) -> None:
+        # No keep-alive: every request opens its own connection, as many clients do.
+        limits = httpx.Limits(max_keepalive_connections=0)
+        with httpx.Client(base_url=self.url, timeout=30, limits=limits) as client:
+            self._send(client)
+
+    def _send(self, client: httpx.Client) -> None:
+        while True:
+            with self._lock:
+                if self._next >= self.total:
+                    return
+                i = self._next
+                self._next += 1
+            try:
+                response = client.post(
+                    "/predict", json=CUSTOMER, headers={"X-Request-ID": f"fault-{i}"}
+                )
+                good = response.status_code == 200
+                reason = f"{response.status_code}: {response.text[:100]}"
+            except httpx.HTTPError as exc:
+                good, reason = False, f"{type(exc).__name__}: {exc}"
+            with self._lock:
+                if good:
+                    self.ok += 1
+                else:
+                    self.failures.append(reason)
+
+    def wait_answered(self, n: int) -> None:
+        assert wait_until(lambda: self.ok + len(self.failures) >= n, timeout=60)
+
+    def join(self) -> Load:
+        for thread in self._threads:
+            thread.join(120)
+        assert self.ok + len(self.failures) == self.total
+        return self
+
+
+def counters(multiproc_dir: Path) -> dict[tuple[str, str], float]:
+    """Every counter sample summed over the worker files: (sample name, label values) ->
+    value; read after the server has exited, so nothing is still being added."""
+    registry = CollectorRegistry()
+    MultiProcessCollector(registry, path=str(multiproc_dir))
+    values: dict[tuple[str, str], float] = {}
+    for metric in registry.collect():
+        for sample in metric.samples:
+            key = (sample.name, ",".join(f"{k}={v}" for k, v in sorted(sample.labels.items())))
+            values[key] = values.get(key, 0.0) + sample.value
+    return values
+
+
+def dropped_by_reason(values: dict[tuple[str, str], float]) -> dict[str, int]:
+    return {
+        labels.removeprefix("reason="): int(v)
+        for (name, labels), v in values.items()
+        if name == "prediction_log_dropped_total"
+    }
+
+
+def environment(trained_model: TrainedModel, tmp_path: Path, database_url: str) -> dict[str, str]:
+    metrics_dir = tmp_path / "prometheus"
+    metrics_dir.mkdir()
+    return {
+        **os.environ,
+        "PROMETHEUS_MULTIPROC_DIR": str(metrics_dir),
+        "MODEL_PATH": str(trained_model.model_path),
+        "MODEL_REQUIRED": "true",
+        "DATABASE_URL": database_url,
+        "PREDICTION_LOG_FLUSH_INTERVAL": "0.05",
+        "PREDICTION_LOG_WRITE_TIMEOUT": str(WRITE_TIMEOUT),
+        "LOG_LEVEL": "INFO",
+        "ENVIRONMENT": "test",
+    }
+
+
+def terminate(api: ApiProcess, limit: float) -> float:
+    """SIGTERM the server and wait for it to exit; the seconds it took."""
+    started = time.monotonic()
+    api.process.send_signal(signal.SIGTERM)
+    try:
+        api.process.wait(timeout=limit)
+    except subprocess.TimeoutExpired:
+        tail = api.log()[-3000:]
+        raise AssertionError(f"the server did not stop within {limit}s:\n{tail}") from None
+    return time.monotonic() - started
+
+
+def settle(scenario: str, load: Load, written: int, env: dict[str, str], note: str = "") -> Figures:
+    figures = Figures(
+        scenario=scenario,
+        sent=load.total,
+        failed=len(load.failures),
+        served=load.ok,
+        written=written,
+        dropped=dropped_by_reason(counters(Path(env["PROMETHEUS_MULTIPROC_DIR"]))),
+        note=note,
+    )
+    RESULTS.append(figures)
+    return figures
+
+
+# --------------------------------------------------------------------------- scenarios
+
+
+@contextlib.contextmanager
+def sqlite_write_lock(path: Path) -> Iterator[None]:
+    """Another connection holding the store's write lock (BEGIN EXCLUSIVE) meanwhile."""
+    import sqlite3
+
+    holder = sqlite3.connect(path, isolation_level=None)
+    try:
+        holder.execute("BEGIN EXCLUSIVE")
+        yield
+    finally:
+        holder.rollback()
+        holder.close()
+
+
+def test_sigterm_with_a_locked_store(trained_model: TrainedModel, tmp_path: Path) -> None:
+    """Shutdown with the store locked: every served prediction is written (before the lock)
+    or counted dropped, the batch being written at SIGTERM included; the wait is bounded by
+    the write timeout; each worker's last log lines reach the output."""
+    db = tmp_path / "log.db"
+    env = environment(trained_model, tmp_path, f"sqlite:///{db}")
+    with api_process(env, tmp_path / "uvicorn.log", workers=2) as api:
+        first = Load(api.url, 20).start().join()
+        assert wait_until(lambda: len(read_predictions(f"sqlite:///{db}")) == first.ok)
+        workers = api.worker_pids()
+        assert len(workers) == 2
+        with sqlite_write_lock(db):
+            load = Load(api.url, 40).start().join()
+            response = httpx.get(f"{api.url}/model", headers={"X-Request-ID": "the-last-one"})
+            assert "server" not in response.headers  # --no-server-header, as the image
+            took = terminate(api, limit=30)
+        log = api.log()
+    written = len(read_predictions(f"sqlite:///{db}"))
+    total = Load(api.url, first.total + load.total, ok=first.ok + load.ok)
+    total.failures = first.failures + load.failures
+    figures = settle("SIGTERM, store locked", total, written, env, f"stopped in {took:.1f}s")
+    assert figures.failed == 0, load.failures[:3]
+    assert written == first.ok  # nothing got past the lock
+    assert figures.dropped.get("shutdown", 0) == load.ok
+    assert figures.unaccounted == 0
+    # Both workers wait at most the write timeout for a last try, then the lock wait itself.
+    assert took < 2 * WRITE_TIMEOUT + 1 + 5
+    # The last lines of each worker: the writer's summary, uvicorn's farewell, the access
+    # line of the last request.
+    for pid in workers:
+        assert f"Finished server process [{pid}]" in log, log[-3000:]
+    assert log.count('"prediction log closed') == 2
+    assert '"request_id":"the-last-one"' in log
+
+
+def test_kill_a_worker_under_load(trained_model: TrainedModel, tmp_path: Path) -> None:
+    """kill -9 one of two workers mid-load: only requests the killed worker held fail (the
+    other worker answers the rest); what the killed worker had queued
+    for the log but not written is the only loss, and it is reported, not hidden."""
+    db = tmp_path / "log.db"
+    env = environment(trained_model, tmp_path, f"sqlite:///{db}")
+    concurrency = 4
+    with api_process(env, tmp_path / "uvicorn.log", workers=2) as api:
+        victim = api.worker_pids()[0]
+        load = Load(api.url, 150, concurrency=concurrency).start()
+        load.wait_answered(50)
+        os.kill(victim, signal.SIGKILL)
+        load.join()
+        terminate(api, limit=60)
+    written = len(read_predictions(f"sqlite:///{db}"))
+    figures = settle(
+        "kill -9 one of 2 workers", load, written, env, "lost: queued in the killed worker"
+    )
+    # Only connections the killed worker had accepted can fail: at most one per client.
+    assert figures.failed <= concurrency, load.failures
+    assert all("Error" in f for f in load.failures), load.failures  # resets, never a 5xx
+    assert figures.unaccounted >= 0
+
+
+@dataclass
+class PostgresCluster:
+    """A throwaway PostgreSQL cluster in a temporary directory, owned by this test."""
+
+    bin_dir: Path
+    data: Path
+    port: int
+    user: str | None  # run as this user (initdb refuses root)
+
+    def _run(self, *argv: str) -> None:
+        command = [str(self.bin_dir / argv[0]), *argv[1:]]
+        if self.user is not None:
+            command = ["runuser", "-u", self.user, "--", *command]
+        subprocess.run(command, check=True, capture_output=True, timeout=60)
+
+    def start(self) -> None:
+        options = f"-p {self.port} -k {self.data} -c listen_addresses=127.0.0.1 -c fsync=off"
+        log = str(self.data.parent / "server.log")  # not our pipe: pg_ctl would never return
+        self._run("pg_ctl", "-D", str(self.data), "-l", log, "-o", options, "-w", "start")
+
+    def stop(self) -> None:
+        self._run("pg_ctl", "-D", str(self.data), "-m", "fast", "-w", "stop")
+
+    @property
+    def url(self) -> str:
+        return f"postgresql://{self.user or 'postgres'}@127.0.0.1:{self.port}/postgres"
+
+
+@contextlib.contextmanager
+def postgres_cluster() -> Iterator[PostgresCluster]:
+    initdb = shutil.which("initdb") or next(
+        iter(sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"), reverse=True)), None
+    )
+    if initdb is None:
+        missing("PostgreSQL's initdb is not installed")
+    bin_dir = Path(str(initdb)).resolve().parent  # pg_ctl lives beside the real initdb
+    user = "postgres" if os.geteuid() == 0 else None
+    root = Path(tempfile.mkdtemp(prefix="churn-faults-pg-"))
+    data = root / "data"
+    if user is not None:
+        shutil.chown(root, user)
+    cluster = PostgresCluster(bin_dir, data, free_port(), user)
+    try:
+        cluster._run("initdb", "-D", str(data), "-A", "trust", "-U", user or "postgres")
+        cluster.start()
+        yield cluster
+    finally:
+        with contextlib.suppress(subprocess.SubprocessError):
+            cluster.stop()
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def test_postgres_restart_under_load(trained_model: TrainedModel, tmp_path: Path) -> None:
+    """The log's PostgreSQL restarts mid-load (a throwaway cluster, not the shared server):
+    no request fails, and every prediction is written once the store is back."""
+    with postgres_cluster() as pg:
+        env = environment(trained_model, tmp_path, pg.url)
+        with api_process(env, tmp_path / "uvicorn.log", workers=1) as api:
+            load = Load(api.url, 150).start()
+            load.wait_answered(50)
+            pg.stop()
+            time.sleep(1.0)  # requests keep coming while the store is down
+            pg.start()
+            load.join()
+            assert wait_until(lambda: len(read_predictions(pg.url)) == load.ok, timeout=40)
+            terminate(api, limit=30)
+        written = len(read_predictions(pg.url))
+    figures = settle("PostgreSQL restart under load", load, written, env)
+    assert figures.failed == 0, load.failures[:3]
+    assert figures.unaccounted == 0
+    assert written == load.ok  # the outage cost retries, not rows
+
+
+@contextlib.contextmanager
+def small_disk(path: Path, size: str = "2m") -> Iterator[Path]:
+    """A tmpfs of `size` at `path` (root only), unmounted afterwards."""
+    path.mkdir()
+    if os.geteuid() != 0 or shutil.which("mount") is None:
+        missing("mounting a small tmpfs needs root")
+    result = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)],
+        capture_output=True,
+        text=True,
+    )
+    if result.returncode != 0:
+        missing(f"cannot mount a tmpfs: {result.stderr.strip()}")
+    try:
+        yield path
+    finally:
+        subprocess.run(["umount", "-l", str(path)], check=False)
+
+
+def fill(directory: Path) -> Path:
+    """Fill the filesystem of `directory` with one file until writing fails (ENOSPC)."""
+    filler = directory / "filler"
+    fd = os.open(filler, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
+    try:
+        chunk = b"\0" * 4096
+        with contextlib.suppress(OSError):
+            while True:
+                os.write(fd, chunk)
+    finally:
+        os.close(fd)
+    return filler
+
+
+def test_disk_full_under_the_sqlite_log(trained_model: TrainedModel, tmp_path: Path) -> None:
+    """The SQLite log's disk fills up: predictions keep answering, rows wait (and count as
+    dropped when the queue or shutdown gives up on them); space freed, writing resumes."""
+    with small_disk(tmp_path / "disk") as disk:
+        url = f"sqlite:///{disk / 'log.db'}"
+        env = environment(trained_model, tmp_path, url)
+        env["PREDICTION_LOG_QUEUE_SIZE"] = "50"
+        with api_process(env, tmp_path / "uvicorn.log", workers=1) as api:
+            filler = fill(disk)
+            full = Load(api.url, 200).start().join()
+            assert wait_until(lambda: "disk is full" in api.log(), timeout=20), api.log()[-2000:]
+            filler.unlink()
+            after = Load(api.url, 50).start().join()
+            assert wait_until(lambda: len(read_predictions(url)) >= after.ok, timeout=30)
+            terminate(api, limit=30)
+        written = len(read_predictions(url))
+    load = Load(api.url, full.total + after.total, ok=full.ok + after.ok)
+    load.failures = full.failures + after.failures
+    figures = settle("disk full under the SQLite log", load, written, env)
+    assert figures.failed == 0, load.failures[:3]
+    assert figures.dropped.get("queue_full", 0) > 0  # the full disk held rows back
+    assert figures.unaccounted == 0
