@@ -15,6 +15,7 @@ ROWS ?= 50000
 SEED ?= 42
 CONFIG ?= config.yaml
 ALIAS ?= production
+VERSION ?=
 PYTEST_ARGS ?=
 UI_PORT ?= 5000
 # The embedded store train.py uses by default (config.yaml: mlflow.tracking_uri).
@@ -69,34 +70,44 @@ drifted: $(BIN)/.installed ## Write drifted batches for monitoring demos to data
 	  $(PY) -m churn.datagen --scenario $$s --rows 5000 --seed 7 --out data/drift_$$s.csv; done
 
 .PHONY: train
-train: $(BIN)/.installed data/churn_train.csv | $(KEY_DEP) ## Train, log and register in MLflow, export artifacts/
+train: $(BIN)/.installed data/churn_train.csv | $(KEY_DEP) ## Train, log and register in MLflow; candidate bundle to candidates/v<N>/
 	$(KEY_ENV) $(PY) train.py --config $(CONFIG)
 
+# promote_model.py's exit codes: 0 ok, 1 gate refused, 2 error, 3 another promotion running.
+# make turns any failure into its own exit 2, so the recipe names the CLI's code first.
+PROMOTE = $(PY) promote_model.py --config $(CONFIG) --alias $(ALIAS)
+SAY_CODE = || { code=$$?; echo "promote_model.py exited $$code (1 gate refused, 2 error, 3 another promotion running)" >&2; exit $$code; }
+
 .PHONY: promote
-promote: $(BIN)/.installed | $(KEY_DEP) ## Gate and promote the newest version to ALIAS (default production)
-	$(KEY_ENV) $(PY) promote_model.py --config $(CONFIG) --alias $(ALIAS)
+promote: $(BIN)/.installed | $(KEY_DEP) ## Gate and promote the newest version (or VERSION=N) to ALIAS; production is exported to artifacts/
+	$(KEY_ENV) $(PROMOTE) $(if $(VERSION),--version $(VERSION)) $(SAY_CODE)
 
 .PHONY: gate
-gate: $(BIN)/.installed | $(KEY_DEP) ## Run the promotion gate only (exit 1 if the newest version fails it)
-	$(KEY_ENV) $(PY) promote_model.py --config $(CONFIG) --alias $(ALIAS) --dry-run
+gate: $(BIN)/.installed | $(KEY_DEP) ## Run the promotion gate and checks only, change nothing (VERSION=N; exit 1 if refused)
+	$(KEY_ENV) $(PROMOTE) $(if $(VERSION),--version $(VERSION)) --dry-run $(SAY_CODE)
 
 .PHONY: rollback
-rollback: $(BIN)/.installed | $(KEY_DEP) ## Return ALIAS to its previous version
-	$(KEY_ENV) $(PY) promote_model.py --config $(CONFIG) --alias $(ALIAS) --rollback
+rollback: $(BIN)/.installed | $(KEY_DEP) ## Return ALIAS to its previous version (production: re-exported to artifacts/)
+	$(KEY_ENV) $(PROMOTE) --rollback $(SAY_CODE)
 
 .PHONY: ui
 ui: $(BIN)/.installed ## MLflow UI on the embedded store: http://127.0.0.1:$(UI_PORT) (runs, plots, versions)
 	$(BIN)/mlflow ui --backend-store-uri $(MLFLOW_STORE) --host 127.0.0.1 --port $(UI_PORT) --workers 1
 
 .PHONY: serve
-serve: $(BIN)/.installed | $(KEY_DEP) ## Serve artifacts/ on http://$(HOST):$(PORT) (no training)
+serve: $(BIN)/.installed | $(KEY_DEP) ## Serve the promoted bundle in artifacts/ on http://$(HOST):$(PORT) (no training)
+	@test -f artifacts/model.pkl || { echo "serve: artifacts/ holds no promoted model; run 'make train promote' first" >&2; exit 1; }
+	@test ! -f artifacts/release.json || echo "serve: $$(tr -d '\n ' < artifacts/release.json)"
 	@rm -rf .cache/prometheus && mkdir -p .cache/prometheus
 	$(KEY_ENV) PROMETHEUS_MULTIPROC_DIR=$(CURDIR)/.cache/prometheus \
 	  $(BIN)/uvicorn app.main:app --host $(HOST) --port $(PORT) --workers $(WORKERS) \
 	  --no-server-header
 
+# A refused candidate does not stop the demo: serve keeps serving the last promoted model.
 .PHONY: run
-run: train promote serve ## Set up, generate data, train, promote and serve on http://localhost:$(PORT)
+run: train ## Set up, generate data, train, promote (if the gate passes) and serve on http://localhost:$(PORT)
+	@$(MAKE) --no-print-directory promote || echo "run: the new candidate was not promoted; serving the last promoted model" >&2
+	@$(MAKE) --no-print-directory serve
 
 .PHONY: test
 test: $(BIN)/.installed ## Install and run every test (with coverage)
@@ -169,7 +180,7 @@ base-image: ## Build (once, then cached) the debootstrap base image for podman b
 	scripts/build_base_image.sh
 
 .PHONY: image
-image: $(BIN)/.installed ## Build the API image with podman (needs artifacts/ from make train)
+image: $(BIN)/.installed ## Build the API image with podman (bakes in artifacts/ from make promote)
 	scripts/build_image.sh api
 
 .PHONY: images
@@ -196,6 +207,8 @@ compose-config: ## Validate docker-compose.yml (needs a .env; see .env.example)
 	docker-compose --env-file $(or $(wildcard .env),.env.example) config --quiet
 
 .PHONY: clean
-clean: ## Remove caches, the embedded MLflow store and exported artifacts (keeps .venv)
+clean: ## Remove caches, the embedded MLflow store, candidates/ and artifacts/ (keeps .venv)
 	rm -rf .pytest_cache .mypy_cache .ruff_cache .coverage htmlcov .cache reports mlruns mlartifacts
-	rm -f mlflow.db prediction_log.db artifacts/model.pkl artifacts/model.onnx artifacts/metadata.json
+	rm -f mlflow.db prediction_log.db
+	rm -rf candidates
+	find artifacts -mindepth 1 ! -name .gitkeep -exec rm -rf {} +

@@ -158,8 +158,8 @@ def _load(bundle_dir: Path) -> ModelBundle:
         return load_bundle(bundle_dir)
     except BundleError as exc:
         raise SystemExit(
-            f"bench: {exc}\nTrain the default model first: make train "
-            "(python -m churn.datagen && python train.py), or pass --bundle DIR"
+            f"bench: {exc}\nTrain and promote the default model first: make train promote "
+            "(train.py writes candidates/, promote_model.py fills artifacts/), or pass --bundle DIR"
         ) from None
 
 

@@ -127,13 +127,20 @@ class RiskConfig(_Section):
 
 
 class ExportConfig(_Section):
+    """Where bundles go: candidates from training, the served one from promotion only."""
+
+    # What is served (`make serve`, MODEL_PATH's default, the API image): written only by a
+    # promotion or rollback of `production`, with release.json saying which version it is.
     artifacts_dir: Path = Path("artifacts")
+    # Every trained bundle, one directory per registered version (v<N>/); nothing serves it.
+    candidates_dir: Path = Path("candidates")
     onnx: bool = True
     # The ONNX export is only shipped when it agrees with the sklearn pipeline this well.
     onnx_max_abs_diff: float = Field(0.01, gt=0.0)
     onnx_min_tier_agreement: float = Field(0.999, gt=0.0, le=1.0)
     profile_sample_size: int = Field(5000, ge=100)
-    model_card: Path = Path("MODEL_CARD.md")
+    # Written on promotion to production; beside the served bundle, outside git's view.
+    model_card: Path = Path("artifacts/MODEL_CARD.md")
 
 
 class SegmentConfig(_Section):

@@ -1,4 +1,4 @@
-"""Training: validate, fit, evaluate, log to MLflow, register, export the bundle.
+"""Training: validate, fit, evaluate, log to MLflow, register, export the candidate bundle.
 
 `train()` is the recipe `train.py` runs; every step is a function the tests call directly.
 """
@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import platform
+import shutil
 import subprocess
 import sys
 import time
@@ -299,6 +300,14 @@ def _integer_valued(column: pd.Series) -> bool:
     return bool(len(known)) and bool((known == np.round(known)).all())
 
 
+def candidate_bundle_dir(config: Config, version: str) -> Path:
+    """Where training exports version `version`: never a directory anything serves from.
+
+    `export.artifacts_dir` belongs to promotion (what is served is what was promoted).
+    """
+    return config.export.candidates_dir / f"v{version}"
+
+
 def _say(progress: Progress | None, message: str) -> None:
     if progress is not None:
         progress(message)
@@ -420,9 +429,10 @@ def train(
         )
         version = str(info.registered_model_version)
 
+        candidate_dir = candidate_bundle_dir(config, version)
         _say(
             progress,
-            f"export    bundle v{version} to {config.export.artifacts_dir}/ (ONNX: {onnx.reason})",
+            f"export    candidate bundle v{version} to {candidate_dir}/ (ONNX: {onnx.reason})",
         )
         metadata = build_metadata(
             config=config,
@@ -437,8 +447,11 @@ def train(
             compiled_forest=forest,
             calibrator=calibrator,
         )
-        bundle_path = save_bundle(config.export.artifacts_dir, pipeline, metadata, onnx.onnx_bytes)
-        mlflow.log_artifacts(str(config.export.artifacts_dir), artifact_path=BUNDLE_ARTIFACT_PATH)
+        # A fresh directory: files of an older bundle with the same number (a registry that
+        # was reset) must not ride along into the run's bundle/ artifacts.
+        shutil.rmtree(candidate_dir, ignore_errors=True)
+        bundle_path = save_bundle(candidate_dir, pipeline, metadata, onnx.onnx_bytes)
+        mlflow.log_artifacts(str(candidate_dir), artifact_path=BUNDLE_ARTIFACT_PATH)
 
     return TrainResult(
         run_id=run.info.run_id,

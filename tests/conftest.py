@@ -32,6 +32,7 @@ def write_config(tmp: Path, **overrides: dict) -> Path:
     raw["export"].update(
         {
             "artifacts_dir": str(tmp / "artifacts"),
+            "candidates_dir": str(tmp / "candidates"),
             "model_card": str(tmp / "MODEL_CARD.md"),
             "profile_sample_size": 2000,
         }
@@ -51,7 +52,8 @@ class TrainedModel:
 
     @property
     def bundle_dir(self) -> Path:
-        return self.config.export.artifacts_dir
+        """The trained (candidate) bundle: API tests serve it without a promotion."""
+        return self.result.bundle_path.parent
 
     @property
     def model_path(self) -> Path:

@@ -94,7 +94,8 @@ def _build(target: str) -> BuiltImage:
 
 @pytest.fixture(scope="session")
 def model_bundle() -> Path:
-    """artifacts/ holds a trained bundle (the API image bakes it in); train one if missing."""
+    """artifacts/ holds a promoted bundle (the API image bakes it in); train and promote one
+    if missing (training alone writes only candidates/)."""
     _require_build_tools()
     from churn.bundle import BundleError, verify_bundle
 
@@ -108,6 +109,7 @@ def model_bundle() -> Path:
         if not (ROOT / "data/churn_train.csv").exists():
             subprocess.run([sys.executable, "-m", "churn.datagen"], cwd=ROOT, check=True)
         subprocess.run([sys.executable, "train.py"], cwd=ROOT, check=True)
+        subprocess.run([sys.executable, "promote_model.py"], cwd=ROOT, check=True)
     return artifacts
 
 

@@ -6,6 +6,7 @@ The CLIs run as subprocesses, exactly as a data scientist or CI would run them.
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -19,6 +20,7 @@ from mlflow.tracking import MlflowClient
 
 import promote_model
 import train
+from churn.bundle import load_bundle
 from churn.datagen import generate_customers
 from tests.conftest import ROOT, write_config
 from tests.mlflow_server import mlflow_server, postgres_database
@@ -78,6 +80,15 @@ def _subprocess_cli(
     )
 
 
+def served(workdir: Path) -> str:
+    """The version in artifacts/: release.json and the verified bundle must agree."""
+    release = json.loads((workdir / "artifacts" / "release.json").read_text())
+    bundle = load_bundle(workdir / "artifacts")
+    assert release["version"] == bundle.version and release["run_id"] == bundle.metadata["run_id"]
+    assert release["alias"] == "production"
+    return str(release["version"])
+
+
 def test_train_promote_gate_rollback(tracking_server: str, tmp_path: Path, cli) -> None:
     generate_customers(2500, seed=21).to_csv(tmp_path / "churn_train.csv", index=False)
     good = write_config(tmp_path, gate={"min_val_auc": 0.8, "max_auc_drop": 0.0})
@@ -90,11 +101,16 @@ def test_train_promote_gate_rollback(tracking_server: str, tmp_path: Path, cli) 
     )
     assert trained.returncode == 0, trained.stderr
     assert f"MLflow at {tracking_server}" in trained.stderr
+    # Training exports a candidate; only promotion writes what is served.
+    assert load_bundle(tmp_path / "candidates" / "v1").version == "1"
+    assert not (tmp_path / "artifacts").exists()
     promoted = cli(
         "promote_model.py", "--config", str(good), cwd=tmp_path, tracking_uri=tracking_server
     )
     assert promoted.returncode == 0, promoted.stderr
     assert str(client.get_model_version_by_alias(name, "production").version) == "1"
+    assert served(tmp_path) == "1"
+    v1_files = {p.name: p.read_bytes() for p in (tmp_path / "artifacts").iterdir()}
     card = (tmp_path / "MODEL_CARD.md").read_text()
     assert "# Model card: churn-classifier v1" in card
     auc = client.get_run(client.get_model_version(name, "1").run_id).data.metrics["val_auc"]
@@ -119,6 +135,10 @@ def test_train_promote_gate_rollback(tracking_server: str, tmp_path: Path, cli) 
     assert refused.returncode == 1
     assert "gate failed" in refused.stderr and "below production v1" in refused.stderr
     assert str(client.get_model_version_by_alias(name, "production").version) == "1"
+    # The refused v2 is a candidate on disk, never what `make serve` serves.
+    assert (tmp_path / "candidates" / "v2" / "model.pkl").exists()
+    assert {p.name: p.read_bytes() for p in (tmp_path / "artifacts").iterdir()} == v1_files
+    assert client.get_model_version(name, "2").tags["gate.verdict"] == "refused"
 
     # staging works the same way; the gate still measures against production.
     staged = cli(
@@ -150,6 +170,7 @@ def test_train_promote_gate_rollback(tracking_server: str, tmp_path: Path, cli) 
         == 0
     )
     assert str(client.get_model_version_by_alias(name, "production").version) == "3"
+    assert served(tmp_path) == "3"
     assert client.get_model_version(name, "1").tags.get("archived") == "true"
     assert "v3" in (tmp_path / "MODEL_CARD.md").read_text().splitlines()[0]
 
@@ -164,6 +185,7 @@ def test_train_promote_gate_rollback(tracking_server: str, tmp_path: Path, cli) 
     assert rolled.returncode == 0, rolled.stderr
     assert "v3 -> v1" in rolled.stdout
     assert str(client.get_model_version_by_alias(name, "production").version) == "1"
+    assert served(tmp_path) == "1"
     assert "archived" not in client.get_model_version(name, "1").tags
     assert client.get_model_version(name, "3").tags.get("archived") == "true"
     assert "v1" in (tmp_path / "MODEL_CARD.md").read_text().splitlines()[0]

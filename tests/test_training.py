@@ -368,4 +368,6 @@ def test_cli_trains_and_reports(tmp_path: Path) -> None:
     for step in ("load", "validate", "fit", "evaluate", "log", "export"):
         assert f"[train] {step}" in result.stderr
     assert "trained churn-classifier v1" in result.stdout
-    assert (tmp_path / "artifacts" / "model.pkl").exists()
+    # A candidate: training never writes artifacts/, which only promotion fills.
+    assert (tmp_path / "candidates" / "v1" / "model.pkl").exists()
+    assert not (tmp_path / "artifacts").exists()
