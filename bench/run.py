@@ -3,8 +3,8 @@
 Measures, in one run on this machine: /predict on this service, ``mlflow models serve``, a
 blog-style FastAPI app and a constant-answer ceiling under the same load; /health while
 /predict is saturated; batch rows/s (and prediction-log drops); the compiled forest and ONNX
-vs sklearn in process with parity; training time;
-drift check time; start-up time and memory. Writes ``<out>/latest.json``, the plot
+vs sklearn in process with parity; training time; drift check and label-free performance
+estimation time; start-up time and memory. Writes ``<out>/latest.json``, the plot
 ``<out>/throughput.png`` and ``bench/RESULTS.md``.
 """
 
@@ -31,7 +31,7 @@ from churn.datagen import generate_customers
 from churn.training import git_commit
 
 SERVERS = ("service", "mlflow", "blog", "ceiling")
-SECTIONS = ("health", "batch", "inprocess", "training", "drift")
+SECTIONS = ("health", "batch", "inprocess", "training", "drift", "performance")
 PACKAGES = (
     "fastapi",
     "starlette",
@@ -227,6 +227,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         if "drift" not in skip:
             http.say(f"drift check on {settings['drift_rows']} rows × 7 features")
             results["drift"] = inprocess.drift(tuple(settings["drift_rows"]))
+        if "performance" not in skip:
+            from bench.performance import performance
+
+            rows = tuple(settings["drift_rows"])
+            http.say(f"label-free performance estimate and segments on {rows} predictions")
+            results["performance"] = performance(rows)
     results["meta"]["loadavg_end"] = os.getloadavg()[0]
     return results
 
