@@ -3,6 +3,7 @@ pushing (monitoring.drift.report, monitoring.drift.push) without importing any s
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
@@ -97,8 +98,12 @@ class PerformanceReport:
 
     @property
     def estimated_auc_below_gate(self) -> bool:
-        auc = self.estimate.metric("roc_auc").estimate if self.estimate.metrics else None
-        return self.gate_auc is not None and auc is not None and auc < self.gate_auc
+        """The estimated AUC's whole band lies below the promotion gate: confidently below,
+        not a small window's noise (what the closed loop acts on)."""
+        if self.gate_auc is None or not self.estimate.metrics:
+            return False
+        high = self.estimate.metric("roc_auc").high
+        return math.isfinite(high) and high < self.gate_auc
 
     def to_dict(self) -> dict[str, Any]:
         def metric_rows(rows: tuple) -> list[dict[str, Any]]:
