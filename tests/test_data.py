@@ -57,6 +57,10 @@ def test_drift_scenarios_change_the_world(scenario: str) -> None:
         "new_payment_method": (drifted["payment_method"] == "Digital wallet").mean() > 0.2,
         "month_to_month_shift": (drifted["contract_type"] == "Month-to-month").mean()
         > (base["contract_type"] == "Month-to-month").mean() + 0.15,
+        # a concept shift: the features stay as they were, fibre customers churn more
+        "fibre_competitor": drifted.drop(columns="churned").equals(base.drop(columns="churned"))
+        and drifted.loc[drifted["internet_service"] == "Fiber optic", "churned"].mean()
+        > base.loc[base["internet_service"] == "Fiber optic", "churned"].mean() + 0.05,
     }
     assert changed[scenario]
 
