@@ -112,6 +112,7 @@ def training(config_path: Path, rows: int, work_dir: Path) -> dict[str, Any]:
     raw["mlflow"]["tracking_uri"] = f"sqlite:///{work_dir / 'mlflow.db'}"
     raw["data"]["train_path"] = str(data)
     raw["export"]["artifacts_dir"] = str(work_dir / "artifacts")
+    raw["export"]["candidates_dir"] = str(work_dir / "candidates")  # never the caller's
     raw["export"]["model_card"] = str(work_dir / "MODEL_CARD.md")
     config = work_dir / "config.yaml"
     config.write_text(yaml.safe_dump(raw, sort_keys=False))

@@ -83,7 +83,7 @@ class Calibrator:
             if not (np.all(np.isfinite(y)) and np.all((y >= 0) & (y <= 1))):
                 raise CalibrationError("calibration.y: values must lie in [0, 1]")
             found = cls("isotonic", x=tuple(x.tolist()), y=tuple(y.tolist()))
-        if method == "sigmoid":
+        elif method == "sigmoid":
             slope, intercept = float(record["slope"]), float(record["intercept"])
             if not (np.isfinite(slope) and np.isfinite(intercept)):
                 raise CalibrationError("calibration.slope/intercept must be finite")

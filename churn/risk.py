@@ -40,7 +40,7 @@ class Thresholds:
         from churn.config import RiskConfig
 
         try:
-            risk = RiskConfig.model_validate(metadata.get("risk"))
+            risk = RiskConfig.model_validate(metadata.get("risk") or {})  # none: the defaults
         except ValidationError as exc:
             raise ValueError(
                 f"bundle metadata: {describe_validation_error(exc, prefix='risk')}"

@@ -254,6 +254,7 @@ def refusing_config(trained_model: TrainedModel, tmp_path: Path) -> Path:
     train_path = shutil.copy(trained_model.config.data.train_path, tmp_path / "train.csv")
     raw["data"]["train_path"] = str(train_path)
     raw["export"]["artifacts_dir"] = str(tmp_path / "artifacts")
+    raw["export"]["candidates_dir"] = str(tmp_path / "candidates")
     raw["gate"]["min_val_auc"] = 0.999  # no model of this data can reach it
     config_path = tmp_path / "config.yaml"
     config_path.write_text(yaml.safe_dump(raw))

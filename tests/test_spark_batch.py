@@ -378,7 +378,7 @@ def test_thresholds_from_metadata_and_job_errors_read_well() -> None:
 
     assert Thresholds.from_metadata({}) == Thresholds(0.75, 0.45, 0.5)
     assert Thresholds.from_metadata({"risk": {"high": 0.9}}, medium=0.2).medium == 0.2
-    with pytest.raises(ValueError, match="exceeds high"):
+    with pytest.raises(ValueError, match="must not exceed high"):
         Thresholds.from_metadata({"risk": {"high": 0.3, "medium": 0.4}})
     worker = RuntimeError(
         "An exception was thrown from the Python worker:\nTraceback (most recent call last):\n"

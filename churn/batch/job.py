@@ -14,6 +14,7 @@ import logging
 import os
 import re
 import sys
+import tempfile
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
@@ -177,12 +178,14 @@ def prepare_model(job: BatchJob) -> PreparedModel:
         if job.model.startswith("models:/"):
             from churn.registry import download_bundle
 
-            directory = download_bundle(job.tracking_uri, job.model).directory
+            # the files are read into memory (and broadcast) before the directory goes
+            with tempfile.TemporaryDirectory(prefix="churn-batch-bundle-") as tmp:
+                directory = download_bundle(job.tracking_uri, job.model, Path(tmp)).directory
+                files = bundle_files(directory)
         else:
             if not Path(job.model).exists():
                 raise BatchInputError(f"{job.model}: model bundle not found")
-            directory = bundle_directory(Path(job.model))
-        files = bundle_files(directory)
+            files = bundle_files(bundle_directory(Path(job.model)))
         bundle = materialise(files)
         thresholds = Thresholds.from_metadata(bundle.metadata)
         predictor, reason = choose_predictor(bundle, "auto", thresholds)
