@@ -77,13 +77,17 @@ def test_every_section_is_measured_with_finite_numbers(smoke: Path) -> None:
     assert parity["forest"]["tier_agreement"] == 1.0
     assert results["training"]["rows"] == 600 and results["training"]["train_s"] > 0
     assert set(results["drift"]) == {"5000", "20000"}
+    assert set(results["performance"]) == {"5000", "20000"}
+    assert all(
+        math.isfinite(p["total_s"]) and p["segments"] > 0 for p in results["performance"].values()
+    )
     assert {"predict_rps_service_over_ceiling", "predict_rps_service_over_mlflow"} <= set(
         results["ratios"]
     )
     log = servers["service"]["prediction_log"]
     # every load's predictions were counted; none of their log records was dropped
     assert log["predictions"] >= servers["service"]["predict"]["requests"] and log["dropped"] == 0
-    assert len(results["targets"]) == 8
+    assert len(results["targets"]) == 9
     assert {t["mark"] for t in results["targets"]} <= {"pass", "short", "n/a"}
     numbers = _numbers(results)
     assert numbers, "no figures at all"
