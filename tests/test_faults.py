@@ -523,7 +523,10 @@ def test_registry_stopped_during_a_reload(trained_model: TrainedModel, tmp_path:
         with api_process(env, tmp_path / "uvicorn.log", workers=2) as api:
 
             def every_worker_on(version: str) -> bool:
-                workers = httpx.get(f"{api.url}/model", timeout=10).json()["workers"]
+                answer = httpx.get(f"{api.url}/model", timeout=10)
+                if answer.status_code != 200:  # the worker asked has no model yet
+                    return False
+                workers = answer.json()["workers"]
                 return len(workers) == 2 and all(w["model_version"] == version for w in workers)
 
             # Both workers load in the background: serving, not merely started.
