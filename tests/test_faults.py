@@ -498,6 +498,7 @@ def test_registry_stopped_during_a_reload(trained_model: TrainedModel, tmp_path:
     from churn.registry import client as registry_client
     from tests.mlflow_server import mlflow_server
 
+    began = time.monotonic()
     name, old = trained_model.result.model_name, trained_model.result.model_version
     # A private copy of the session's store, served by a real tracking server.
     store = Path(trained_model.tracking_uri.removeprefix("sqlite:///"))
@@ -590,7 +591,8 @@ def test_registry_stopped_during_a_reload(trained_model: TrainedModel, tmp_path:
         f"registry down {outage:.1f}s (stop {stop_took:.1f}s, restart "
         f"{back_at - starting:.1f}s), {down.total} sent meanwhile; /admin/reload {asked}; "
         f"{failed_loads:.0f} loads failed (registry unreachable); "
-        f"both workers on v{new} {swapped_after:.1f}s after restart",
+        f"both workers on v{new} {swapped_after:.1f}s after restart; "
+        f"scenario {time.monotonic() - began:.0f}s",
     )
     assert figures.failed == 0, load.failures[:3]
     assert down.ok == down.total  # the old model answered while the registry was down
