@@ -7,7 +7,8 @@ Start-up never waits on the registry: the lifespan starts `ModelLifecycle.run` a
   MODEL_RETRY_MAX_INTERVAL) whether or not the watcher is on, so a registry that comes back
   or a bundle copied to MODEL_PATH later is picked up without a restart;
 - follows the shared reload generation (app.workers): ``POST /admin/reload`` on one worker
-  bumps it and every other worker reloads within MODEL_SYNC_INTERVAL;
+  bumps it and every other worker reloads within MODEL_SYNC_INTERVAL (a follower that finds
+  the registry unreachable keeps its model and tries that generation again with backoff);
 - publishes what this worker serves, for ``GET /model`` and the reload answer;
 - checks that the served version is still the target of its alias (release.json or
   MODEL_URI), warning loudly and setting ``model_alias_mismatch`` when it is not.
@@ -27,7 +28,14 @@ from typing import Any
 from app.model import ServedModel, load_model
 from app.service import ModelService, ReloadError, ReloadResult
 from app.settings import Settings
-from app.source import RegistryProblem, alias_target, describe, probe_registry, tracking_uri
+from app.source import (
+    REGISTRY_UNREACHABLE,
+    RegistryProblem,
+    alias_target,
+    describe,
+    probe_registry,
+    tracking_uri,
+)
 from app.workers import StateDir, WorkerRecord, state_root
 
 logger = logging.getLogger("app.lifecycle")
@@ -78,6 +86,10 @@ class ModelLifecycle:
         self._frozen = False
         self._attempted = False
         self._checks: set[asyncio.Task[AliasCheck]] = set()
+        # A reload asked of every worker that failed here for a registry outage: when to
+        # try it again, and the next wait.
+        self._follow_at = 0.0
+        self._follow_delay = FIRST_RETRY
 
     # ------------------------------------------------------------------ the task
 
@@ -119,7 +131,7 @@ class ModelLifecycle:
         """Reload when another worker asked for a newer generation."""
         wanted = await self._wanted_generation()
         async with self._lock:
-            if wanted > self.generation:
+            if wanted > self.generation and time.monotonic() >= self._follow_at:
                 await self._apply(wanted)
 
     async def first_load(self) -> bool:
@@ -145,12 +157,21 @@ class ModelLifecycle:
         self.status = "loading"
         try:
             await self.service.load()
-        except ReloadError:
+        except ReloadError as exc:
+            self.status = "failed" if self.service.model is None else "serving (reload failed)"
+            if exc.reason == REGISTRY_UNREACHABLE and self.service.model is not None:
+                # An outage, not a bad version: the previous model keeps serving and
+                # `_follow` tries this generation again once the wait is over.
+                self._follow_at = time.monotonic() + self._follow_delay
+                self._follow_delay = min(
+                    2 * self._follow_delay, self.settings.model_retry_max_interval
+                )
+                return False
             # Not retried for this generation; the previous model (if any) keeps serving.
             self.generation = generation
-            self.status = "failed" if self.service.model is None else "serving (reload failed)"
             return False
         self.generation = generation
+        self._follow_at, self._follow_delay = 0.0, FIRST_RETRY
         self._loaded()
         return True
 

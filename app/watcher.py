@@ -3,8 +3,10 @@
 Every MODEL_WATCH_INTERVAL seconds it asks which version ``models:/<name>@<alias>`` resolves
 to (or, for MODEL_PATH, what the bundle's metadata says) and reloads when that is not what
 this worker serves. A version that failed to load is not retried until the source changes
-again. Each tick also re-checks that the served version is its alias's target (the
-``model_alias_mismatch`` gauge).
+again, unless it failed because the registry was unreachable: an outage (the tracking server
+stopped mid-reload) says nothing about the version, so the next tick tries again. Each tick
+also re-checks that the served version is its alias's target (the ``model_alias_mismatch``
+gauge).
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from app.lifecycle import ModelLifecycle
 from app.model import ServedModel
 from app.service import ReloadError
 from app.settings import Settings
-from app.source import tracking_uri
+from app.source import REGISTRY_UNREACHABLE, tracking_uri
 from churn.bundle import SIGNATURE_FILE, BundleError, bundle_directory, read_metadata
 from churn.redact import redact
 
@@ -87,6 +89,8 @@ async def watch(lifecycle: ModelLifecycle, interval: float) -> None:
             try:
                 await lifecycle.reload_here()
                 failed = None
-            except ReloadError:
-                failed = attempt  # logged and counted by the service; old model serves
+            except ReloadError as exc:
+                # Logged and counted by the service; the old model serves. A bad version is
+                # not tried again; a registry outage is (each try is one bounded request).
+                failed = None if exc.reason == REGISTRY_UNREACHABLE else attempt
         await lifecycle.check_alias()

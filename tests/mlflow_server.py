@@ -57,12 +57,15 @@ def wait_http(url: str, timeout: float, process: subprocess.Popen | None = None)
 
 
 @contextlib.contextmanager
-def mlflow_server(backend_uri: str, workdir: Path, timeout: float = 90) -> Iterator[str]:
-    """Start `mlflow server` with served artifacts; yield its tracking URI."""
-    port = free_port()
+def mlflow_server(
+    backend_uri: str, workdir: Path, timeout: float = 90, port: int | None = None
+) -> Iterator[str]:
+    """Start `mlflow server` with served artifacts; yield its tracking URI. `port` (default: a
+    free one) lets a test restart a stopped server where its clients expect it."""
+    port = port or free_port()
     artifacts = workdir / "mlartifacts"
     artifacts.mkdir(parents=True, exist_ok=True)
-    log = (workdir / f"mlflow-server-{port}.log").open("wb")
+    log = (workdir / f"mlflow-server-{port}.log").open("ab")  # a restart appends
     mlflow_bin = str(Path(sys.executable).with_name("mlflow"))
     process = subprocess.Popen(
         [

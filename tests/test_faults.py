@@ -418,3 +418,188 @@ def test_disk_full_under_the_sqlite_log(trained_model: TrainedModel, tmp_path: P
     assert figures.failed == 0, load.failures[:3]
     assert figures.dropped.get("queue_full", 0) > 0  # the full disk held rows back
     assert figures.unaccounted == 0
+
+
+@dataclass
+class ReadyProbe:
+    """GET /ready every `interval` seconds on a new connection (so it reaches either worker)
+    until stopped: every answer's status and the versions the ready answers named."""
+
+    url: str
+    interval: float = 0.05
+    answers: int = 0
+    not_ready: list[str] = field(default_factory=list)
+    versions: list[str] = field(default_factory=list)
+    _stop: threading.Event = field(default_factory=threading.Event)
+    _thread: threading.Thread | None = None
+
+    def start(self) -> ReadyProbe:
+        self._thread = threading.Thread(target=self._poll, daemon=True)
+        self._thread.start()
+        return self
+
+    def _poll(self) -> None:
+        limits = httpx.Limits(max_keepalive_connections=0)
+        with httpx.Client(base_url=self.url, timeout=30, limits=limits) as client:
+            while not self._stop.wait(self.interval):
+                try:
+                    response = client.get("/ready")
+                    if response.status_code == 200:
+                        self.versions.append(str(response.json()["model_version"]))
+                    else:
+                        self.not_ready.append(f"{response.status_code}: {response.text[:100]}")
+                except httpx.HTTPError as exc:
+                    self.not_ready.append(f"{type(exc).__name__}: {exc}")
+                self.answers += 1
+
+    def stop(self) -> ReadyProbe:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(30)
+        return self
+
+
+def publish_version(tracking_uri: str, trained_model: TrainedModel, workdir: Path) -> str:
+    """Register a new version of the session's model through the registry: a new run holding
+    the session's bundle re-versioned and re-signed (as training would have written it)."""
+    import json
+
+    from churn.bundle import sign_bundle
+    from churn.registry import BUNDLE_ARTIFACT_PATH
+    from churn.registry import client as registry_client
+
+    mlflow = registry_client(tracking_uri)
+    name = trained_model.result.model_name
+    experiment = mlflow.get_run(trained_model.result.run_id).info.experiment_id
+    run = mlflow.create_run(experiment, run_name="fault-new-version")
+    version = str(
+        mlflow.create_model_version(
+            name, f"runs:/{run.info.run_id}/model", run_id=run.info.run_id
+        ).version
+    )
+    bundle = workdir / f"bundle-v{version}"
+    shutil.copytree(trained_model.bundle_dir, bundle)
+    metadata = json.loads((bundle / "metadata.json").read_text())
+    metadata.update(model_version=version, run_id=run.info.run_id)
+    (bundle / "metadata.json").write_text(json.dumps(metadata))
+    sign_bundle(bundle)
+    mlflow.log_artifacts(run.info.run_id, str(bundle), artifact_path=BUNDLE_ARTIFACT_PATH)
+    mlflow.set_terminated(run.info.run_id)
+    return version
+
+
+def test_registry_stopped_during_a_reload(trained_model: TrainedModel, tmp_path: Path) -> None:
+    """2 workers follow models:/<name>@production from a real `mlflow server`; mid-load the
+    alias moves to a new version, an operator asks POST /admin/reload, and the MLflow server
+    is stopped (SIGTERM) while that reload is in flight, then restarted on the same port.
+    No request fails and /ready stays 200 (the old model serves while the registry is down),
+    every prediction is written or counted, and both workers serve the new version soon
+    after the registry is back."""
+    from churn.registry import client as registry_client
+    from tests.mlflow_server import mlflow_server
+
+    began = time.monotonic()
+    name, old = trained_model.result.model_name, trained_model.result.model_version
+    # A private copy of the session's store, served by a real tracking server.
+    store = Path(trained_model.tracking_uri.removeprefix("sqlite:///"))
+    backend = f"sqlite:///{shutil.copy(store, tmp_path / 'mlflow.db')}"
+    registry_client(backend).set_registered_model_alias(name, "production", old)
+    port = free_port()
+    token = "fault-admin-token"
+    db = tmp_path / "log.db"
+    with contextlib.ExitStack() as registry:
+        tracking = registry.enter_context(mlflow_server(backend, tmp_path, port=port))
+        env = environment(trained_model, tmp_path, f"sqlite:///{db}")
+        del env["MODEL_PATH"]
+        env |= {
+            "MODEL_URI": f"models:/{name}@production",
+            "MLFLOW_TRACKING_URI": tracking,
+            "MODEL_WATCH_INTERVAL": "0.5",
+            "MODEL_SYNC_INTERVAL": "0.2",
+            "MODEL_RETRY_MAX_INTERVAL": "2",
+            "MODEL_STATE_DIR": str(tmp_path / "model-state"),
+            "ADMIN_TOKEN": token,
+            "RELOAD_WAIT_TIMEOUT": "3",  # how long the reload answer waits for the other worker
+        }
+        with api_process(env, tmp_path / "uvicorn.log", workers=2) as api:
+
+            def every_worker_on(version: str) -> bool:
+                answer = httpx.get(f"{api.url}/model", timeout=10)
+                if answer.status_code != 200:  # the worker asked has no model yet
+                    return False
+                workers = answer.json()["workers"]
+                return len(workers) == 2 and all(w["model_version"] == version for w in workers)
+
+            # Both workers load in the background: serving, not merely started.
+            assert wait_until(lambda: every_worker_on(old), timeout=60), api.log()[-3000:]
+            probe = ReadyProbe(api.url).start()
+            before = Load(api.url, 100).start()
+            before.wait_answered(30)
+            new = publish_version(tracking, trained_model, tmp_path)
+            registry_client(tracking).set_registered_model_alias(name, "production", new)
+            reload_answer: list[httpx.Response | Exception] = []
+
+            def ask_reload() -> None:
+                try:
+                    reload_answer.append(
+                        httpx.post(
+                            f"{api.url}/admin/reload",
+                            headers={"Authorization": f"Bearer {token}"},
+                            timeout=60,
+                        )
+                    )
+                except httpx.HTTPError as exc:
+                    reload_answer.append(exc)
+
+            asking = threading.Thread(target=ask_reload, daemon=True)
+            asking.start()
+            time.sleep(0.1)  # the reload is under way: asking the registry, fetching the bundle
+            stopping = time.monotonic()
+            registry.close()  # SIGTERM to the MLflow server, waited for
+            stop_took = time.monotonic() - stopping
+            before.join()
+            down = Load(api.url, 100).start().join()  # all of it while the registry is down
+            asking.join(60)
+            starting = time.monotonic()
+            registry.enter_context(mlflow_server(backend, tmp_path, port=port))
+            back_at = time.monotonic()
+            assert wait_until(lambda: every_worker_on(new), timeout=30), api.log()[-3000:]
+            swapped_after = time.monotonic() - back_at
+            after = Load(api.url, 100).start().join()
+            probe.stop()
+            load = Load(api.url, before.total + down.total + after.total)
+            load.ok = before.ok + down.ok + after.ok
+            load.failures = before.failures + down.failures + after.failures
+            assert wait_until(lambda: len(read_predictions(f"sqlite:///{db}")) == load.ok)
+            terminate(api, limit=30)
+    outage = back_at - stopping
+    written = len(read_predictions(f"sqlite:///{db}"))
+    answer = reload_answer[0] if reload_answer else None
+    asked = f"{answer.status_code}" if isinstance(answer, httpx.Response) else type(answer).__name__
+    if isinstance(answer, httpx.Response) and answer.status_code == 200:
+        asked += f" (all swapped: {answer.json()['all_workers_swapped']})"
+    failed_loads = sum(
+        v
+        for (metric, labels), v in counters(Path(env["PROMETHEUS_MULTIPROC_DIR"])).items()
+        if metric == "model_reloads_total" and "result=failure" in labels
+    )
+    figures = settle(
+        "MLflow server stopped mid-reload",
+        load,
+        written,
+        env,
+        f"registry down {outage:.1f}s (stop {stop_took:.1f}s, restart "
+        f"{back_at - starting:.1f}s), {down.total} sent meanwhile; /admin/reload {asked}; "
+        f"{failed_loads:.0f} loads failed (registry unreachable); "
+        f"both workers on v{new} {swapped_after:.1f}s after restart; "
+        f"scenario {time.monotonic() - began:.0f}s",
+    )
+    assert figures.failed == 0, load.failures[:3]
+    assert down.ok == down.total  # the old model answered while the registry was down
+    assert figures.unaccounted == 0
+    assert probe.answers > 0 and not probe.not_ready, probe.not_ready[:3]
+    assert set(probe.versions) == {old, new}
+    # The reload asked as the registry went down is answered (swapped, or refused with a
+    # reason), never a 500 or a hang.
+    assert isinstance(answer, httpx.Response), answer
+    assert answer.status_code in (200, 409), answer.text
