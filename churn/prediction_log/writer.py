@@ -465,7 +465,10 @@ class PredictionLogWriter:
                         if self.spool is not None and time.monotonic() < self._deadline:
                             self.adopt()  # a last look: a worker killed during this run
                         return
-                    self._wake.wait(self.flush_interval)
+                    wait = self.flush_interval
+                    if self.spool is not None:  # not past the next look for dead spools
+                        wait = min(wait, max(0.0, next_adoption - time.monotonic()))
+                    self._wake.wait(wait)
                     self._wake.clear()
                     continue
             if self._stopping.is_set() and time.monotonic() >= self._deadline:
