@@ -2,13 +2,20 @@
 
 The writer's queue lives in memory, so a worker killed outright (SIGKILL from the OOM killer,
 a liveness probe or an operator) used to take with it the predictions it had answered but
-not yet written, uncounted. Now, before an answer is sent, its batch is appended to the
-worker's spool with one ``os.write`` (no fsync: the page cache outlives a killed process; a
-machine crash or power cut may lose what the kernel had not written back, which is out of
-scope). The writer thread records how far the spool is settled (written to the store or
-counted dropped) in a small ``done`` file and empties the spool whenever everything is. A
-live worker adopts the spools of dead ones, at start-up and periodically, writes what they
-had not settled (duplicates ignored: a batch id is a primary key) and deletes them.
+not yet written, uncounted. Now, before an answer is sent, its batch is copied into the
+worker's spool, a file mapped into memory (``MAP_SHARED``): the copy is the page cache, which
+outlives a killed process, and it is a memcpy, not a system call. A ``write`` per request
+would release the GIL on the event loop, and getting it back from the inference or writer
+thread cost a quarter of the single-prediction throughput (bench/asgi_timing.py); the
+mapped copy costs nothing measurable. No fsync: a machine crash or power cut may lose what
+the kernel had not written back, which is out of scope. Segments are allocated in full when
+created (``posix_fallocate``), so a full disk is an error at that moment, never a SIGBUS on
+a later copy.
+
+The writer thread records how far the spool is settled (written to the store or counted
+dropped) in a small ``done`` file and deletes settled segments. A live worker adopts the
+spools of dead ones, at start-up and periodically, writes what they had not settled
+(duplicates ignored: a batch id is a primary key) and deletes them.
 
 Files in the spool directory, per worker incarnation ``<pid>-<random>`` (a pid may be reused
 by a later process, the random part is not):
@@ -17,12 +24,13 @@ by a later process, the random part is not):
   settled. The owner holds an exclusive ``flock`` on it for its lifetime; the kernel drops
   the lock when the process dies, however it dies, which is how an adopter tells a dead
   owner from a live one (a pid check alone would be fooled by pid reuse).
-- ``<name>.<segment>.spool``: one JSON line per batch. A new segment starts past
-  ``segment_bytes`` when the writer never catches up completely (sustained load), so settled
-  segments can be deleted instead of growing one file forever.
+- ``<name>.<segment>.spool``: ``segment_bytes`` long, one JSON line per batch from the
+  start, zeros after the last (JSON never holds a raw NUL). A record that does not fit starts
+  the next segment; settled segments are deleted.
 
-A record cut short (the process killed in the middle of its write) was never answered: the
-answer is sent after the write returns. Such a torn last line is skipped.
+A record cut short (the process killed in the middle of its copy) was never answered: the
+answer is sent after the copy. Such a torn last record (no newline before the zeros, or not
+valid JSON) is skipped.
 """
 
 from __future__ import annotations
@@ -31,6 +39,7 @@ import contextlib
 import errno
 import fcntl
 import logging
+import mmap
 import os
 import re
 import secrets
@@ -48,7 +57,7 @@ from churn.prediction_log.schema import prediction_batches
 
 logger = logging.getLogger("churn.prediction_log")
 
-SEGMENT_BYTES = 16 * 1024 * 1024
+SEGMENT_BYTES = 8 * 1024 * 1024  # allocated per worker; far more than its queue holds
 _DONE_BYTES = 34  # "%016d %016d\n"
 _NAME = re.compile(r"^(\d+)-([0-9a-f]{8})$")
 
@@ -127,7 +136,7 @@ class Spool:
         self._segment = 0
         self._oldest = 0  # the oldest segment file still on disk
         self._size = 0
-        self._fd = self._open_segment(0)
+        self._map = self._open_segment(0, segment_bytes)
 
     @property
     def _done_path(self) -> Path:
@@ -136,9 +145,23 @@ class Spool:
     def _segment_path(self, segment: int) -> Path:
         return self.directory / f"{self.name}.{segment}.spool"
 
-    def _open_segment(self, segment: int) -> int:
-        flags = os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_TRUNC | os.O_CLOEXEC
-        return os.open(self._segment_path(segment), flags, 0o600)
+    def _open_segment(self, segment: int, capacity: int) -> mmap.mmap:
+        path = self._segment_path(segment)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+        try:
+            try:
+                os.posix_fallocate(fd, 0, capacity)
+            except OSError as exc:
+                if exc.errno not in (errno.EOPNOTSUPP, errno.EINVAL):
+                    raise  # ENOSPC: no room for the spool, said now rather than as SIGBUS
+                os.ftruncate(fd, capacity)  # no fallocate here (rare): sparse
+            return mmap.mmap(fd, capacity, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
+        except OSError:
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
+            raise
+        finally:
+            os.close(fd)  # the mapping keeps the file
 
     def _write_done(self, position: SpoolPosition) -> None:
         # One small pwrite in place: a killed process leaves the old or the new value.
@@ -146,34 +169,29 @@ class Spool:
         os.pwrite(self._done_fd, text, 0)
 
     def append(self, record: bytes) -> SpoolPosition:
-        """Append one record (one write); the position just past it."""
+        """Copy one record in (no system call unless a new segment is due); the position
+        just past it."""
         with self._lock:
             if self._closed:
                 raise OSError(errno.EBADF, "the spool is closed")
-            if self._size >= self.segment_bytes:
-                fd = self._open_segment(self._segment + 1)
-                os.close(self._fd)
-                self._fd, self._segment, self._size = fd, self._segment + 1, 0
-            written = os.write(self._fd, record)
-            if written != len(record):
-                # A torn record would swallow the next one: cut it off (disk full).
-                os.ftruncate(self._fd, self._size)
-                raise OSError(errno.ENOSPC, f"short write to the spool ({written} bytes)")
-            self._size += written
-            return SpoolPosition(self._segment, self._size)
+            end = self._size + len(record)
+            if end >= len(self._map):  # keep one zero after the last record
+                fresh = self._open_segment(
+                    self._segment + 1, max(self.segment_bytes, len(record) + 1)
+                )
+                self._map.close()
+                self._map, self._segment, self._size = fresh, self._segment + 1, 0
+                end = len(record)
+            self._map[self._size : end] = record
+            self._size = end
+            return SpoolPosition(self._segment, end)
 
     def settled(self, upto: SpoolPosition) -> None:
-        """Everything before `upto` is written or counted: record it; empty the spool when
-        nothing after it remains, delete the segments before it."""
+        """Everything before `upto` is written or counted: record it and delete the
+        segments before it."""
         with self._lock:
             if self._closed:
                 return
-            if upto == (self._segment, self._size) and self._size:
-                # Truncated before the mark moves back: a process killed in between leaves a
-                # mark past the end of an empty file, which adopts nothing, as it should.
-                os.ftruncate(self._fd, 0)
-                self._size = 0
-                upto = SpoolPosition(self._segment, 0)
             self._write_done(upto)
             while self._oldest < upto.segment:
                 with contextlib.suppress(FileNotFoundError):
@@ -186,7 +204,7 @@ class Spool:
             if self._closed:
                 return
             self._closed = True
-            os.close(self._fd)
+            self._map.close()
             for segment in range(self._oldest, self._segment + 1):
                 with contextlib.suppress(FileNotFoundError):
                     self._segment_path(segment).unlink()
@@ -281,9 +299,9 @@ def _read_done(fd: int) -> SpoolPosition:
 def _read_records(path: Path, offset: int) -> tuple[list[dict[str, Any]], int]:
     with path.open("rb") as fh:
         fh.seek(offset)
-        data = fh.read()
+        data = fh.read().split(b"\0", 1)[0]  # the zeros after the last record
     lines = data.split(b"\n")
-    torn = 1 if lines[-1] else 0  # the last write was cut short: never answered
+    torn = 1 if lines[-1] else 0  # the last copy was cut short: never answered
     records = []
     for line in lines[:-1]:
         if not line:
