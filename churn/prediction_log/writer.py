@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from pydantic_core import to_json
+from pydantic_core import PydanticSerializationError, to_json
 from sqlalchemy import Engine, insert
 from sqlalchemy.engine import Dialect
 from sqlalchemy.exc import SQLAlchemyError
@@ -69,15 +69,15 @@ class PredictionBatch:
         """Features, probabilities and risk tiers as JSON, encoded once: the spool line and
         the SQLite insert share them. NaN and infinities become null, as in the store."""
         if self._json is None:
-            columns = {
-                name: values if isinstance(values, list) else list(values)
-                for name, values in self.columns.items()
-            }
-            self._json = (
-                _json(columns),
-                _json(list(self.probabilities)),
-                _json(list(self.tiers)),
-            )
+            try:  # lists (what Answers holds) as they are: this runs before each answer
+                self._json = (_json(self.columns), _json(self.probabilities), _json(self.tiers))
+            except PydanticSerializationError:  # e.g. numpy arrays
+                columns = {name: list(values) for name, values in self.columns.items()}
+                self._json = (
+                    _json(columns),
+                    _json(list(self.probabilities)),
+                    _json(list(self.tiers)),
+                )
         return self._json
 
     def spool_record(self) -> bytes:
