@@ -250,3 +250,28 @@ def test_a_full_spool_disk_keeps_serving(
 
 def test_spool_positions_order_as_written() -> None:
     assert SpoolPosition(0, 900) < SpoolPosition(1, 10) < SpoolPosition(1, 11)
+
+
+@pytest.mark.parametrize(
+    "line",
+    [
+        b'{"batch_id":"ab","created_at":1.0,"model_version":"7","features":{},"probabilities":[0.5]',
+        b'{"batch_id":"ab","created_at":"x","model_version":"7","features":{},'
+        b'"probabilities":[0.5],"risk_tiers":["LOW"]}',
+        b'{"batch_id":"ab","created_at":1.0,"model_version":"7","features":{},'
+        b'"probabilities":[0.5],"risk_tiers":[]}',
+        b"[1, 2]",
+    ],
+)
+def test_malformed_records_are_refused(line: bytes) -> None:
+    """A torn copy, or JSON that is not a whole record, never reaches the store."""
+    with pytest.raises(ValueError, match="not a spool record"):
+        decode_record(line)
+
+
+def test_a_record_round_trips() -> None:
+    one = batch(3)
+    record = decode_record(one.spool_record().rstrip(b"\n"))
+    assert record["batch_id"] == one.batch_id
+    assert record["features"] == {"tenure": [0.0, 1.0, 2.0], "contract_type": ["One year"] * 3}
+    assert record["created_at"] == one.created_at

@@ -98,16 +98,22 @@ def encode_record(
 
 
 def decode_record(line: bytes) -> dict[str, Any]:
-    """The fields of one spool line; ValueError when it is not a whole record."""
-    value = from_json(line)
-    if not isinstance(value, dict) or not {
-        "batch_id",
-        "created_at",
-        "model_version",
-        "features",
-        "probabilities",
-        "risk_tiers",
-    }.issubset(value):
+    """The fields of one spool line; ValueError when it is not a whole, well-formed record
+    (a torn copy, or a file that is not a spool)."""
+    try:
+        value = from_json(line)
+    except ValueError as exc:
+        raise ValueError(f"not a spool record ({exc})") from None
+    if not (
+        isinstance(value, dict)
+        and isinstance(value.get("batch_id"), str)
+        and isinstance(value.get("created_at"), int | float)
+        and isinstance(value.get("model_version"), str)
+        and isinstance(value.get("features"), dict)
+        and isinstance(value.get("probabilities"), list)
+        and isinstance(value.get("risk_tiers"), list)
+        and len(value["probabilities"]) == len(value["risk_tiers"]) > 0
+    ):
         raise ValueError("not a spool record")
     return value
 

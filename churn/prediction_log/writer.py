@@ -196,7 +196,9 @@ class PredictionLogWriter:
 
     Accounting is exact: every enqueued prediction is counted once, as ``written`` or as
     dropped with a reason (``on_drop``), including the rows being written when the writer is
-    closed and rows enqueued after that.
+    closed and rows enqueued after that. With a ``spool`` (churn.prediction_log.spool) that
+    holds for a process killed outright too: each queued batch is also in the spool before
+    ``enqueue`` returns, and the thread adopts the spools of dead workers.
     """
 
     def __init__(
@@ -441,8 +443,8 @@ class PredictionLogWriter:
                         orphan.predictions,
                         extra={"dead_pid": orphan.pid, "recovered": orphan.predictions},
                     )
-        except (OSError, ValueError) as exc:
-            logger.error("reading dead workers' spools failed: %s", exc)
+        except Exception as exc:  # never end the writer thread; the spool stays for later
+            logger.error("adopting dead workers' spools failed: %s: %s", type(exc).__name__, exc)
         return adopted
 
     def _spool_call(self, call: Callable[..., None], *args: Any) -> None:
