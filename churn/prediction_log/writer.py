@@ -431,6 +431,9 @@ class PredictionLogWriter:
                     self._dropped("write_error", orphan.predictions)
                     orphan.release()
                     continue
+                except Exception:
+                    orphan.keep()  # unlocked, for a later try (logged below)
+                    raise
                 orphan.release()
                 adopted += orphan.predictions
                 with self._lock:
