@@ -275,3 +275,17 @@ def test_a_record_round_trips() -> None:
     assert record["batch_id"] == one.batch_id
     assert record["features"] == {"tenure": [0.0, 1.0, 2.0], "contract_type": ["One year"] * 3}
     assert record["created_at"] == one.created_at
+
+
+def test_the_spool_dir_defaults_to_the_metrics_dir(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every worker of one server shares PROMETHEUS_MULTIPROC_DIR, so a live one finds a dead
+    one's spool there; one process alone has no spool unless configured."""
+    from app.main import spool_root
+
+    monkeypatch.delenv("PROMETHEUS_MULTIPROC_DIR", raising=False)
+    assert spool_root(None) is None
+    assert spool_root(tmp_path / "x") == tmp_path / "x"
+    monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(tmp_path))
+    assert spool_root(None) == tmp_path / "prediction-spool"
