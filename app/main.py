@@ -9,7 +9,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
@@ -26,7 +28,7 @@ from app.service import ModelService
 from app.settings import Settings
 from app.source import bounded_registry_calls
 from app.watcher import watch
-from churn.prediction_log import PredictionLogWriter, make_engine
+from churn.prediction_log import PredictionLogWriter, Spool, make_engine
 
 logger = logging.getLogger("app.main")
 
@@ -40,9 +42,26 @@ feature schema.
 """
 
 
+def spool_root(configured: Path | None) -> Path | None:
+    """PREDICTION_LOG_SPOOL_DIR, else ``prediction-spool/`` in PROMETHEUS_MULTIPROC_DIR (the
+    directory every worker of one server shares), else None: one process, no spool."""
+    if configured is not None:
+        return configured
+    multiproc = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    return Path(multiproc) / "prediction-spool" if multiproc else None
+
+
 def _log_writer(settings: Settings, metrics: Metrics) -> PredictionLogWriter | None:
     if not settings.prediction_log_enabled:
         return None
+    root = spool_root(settings.prediction_log_spool_dir)
+    try:
+        spool = Spool(root) if root is not None else None
+    except OSError as exc:
+        raise RuntimeError(
+            f"the prediction log spool directory {root} is not usable ({exc.strerror}); "
+            "set PREDICTION_LOG_SPOOL_DIR to a writable directory the workers share"
+        ) from None
     return PredictionLogWriter(
         make_engine(settings.database_url, timeout=settings.prediction_log_write_timeout),
         queue_size=settings.prediction_log_queue_size,
@@ -50,6 +69,7 @@ def _log_writer(settings: Settings, metrics: Metrics) -> PredictionLogWriter | N
         flush_interval=settings.prediction_log_flush_interval,
         on_drop=metrics.count_dropped,
         write_timeout=settings.prediction_log_write_timeout,
+        spool=spool,
     )
 
 

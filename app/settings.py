@@ -124,6 +124,13 @@ class Settings(BaseSettings):
         "`statement_timeout`); shutdown waits at most twice this, then counts the rest dropped",
     )
 
+    prediction_log_spool_dir: Path | None = Field(
+        default=None,
+        description="each worker's spool of answered predictions not yet written, so a killed "
+        "worker loses none (a live one writes them); default: `prediction-spool/` in "
+        "`PROMETHEUS_MULTIPROC_DIR` (no spool with one process)",
+    )
+
     admin_token: SecretStr | None = Field(
         default=None, description="bearer token for `/admin/reload`; unset disables it"
     )

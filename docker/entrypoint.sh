@@ -4,7 +4,9 @@
 # `serve` (the default CMD) starts uvicorn with WEB_CONCURRENCY workers. Prometheus
 # multiprocess mode keeps one metrics file per worker pid in PROMETHEUS_MULTIPROC_DIR; files
 # left by a previous run would be summed into the new counters, so the directory is emptied
-# here, before any worker starts. Any other command is exec'd as given (e.g. `python -m ...`).
+# here, before any worker starts, all but prediction-spool/: predictions that workers killed
+# with the previous server had answered but not written, which the new workers write to the
+# log (churn.prediction_log.spool). Any other command is exec'd as given (e.g. `python -m ...`).
 set -eu
 
 if [ "${1:-serve}" != "serve" ]; then
@@ -12,8 +14,8 @@ if [ "${1:-serve}" != "serve" ]; then
 fi
 
 multiproc_dir="${PROMETHEUS_MULTIPROC_DIR:-/tmp/prometheus}"
-rm -rf "$multiproc_dir"
 mkdir -p "$multiproc_dir"
+find "$multiproc_dir" -mindepth 1 -maxdepth 1 ! -name prediction-spool -exec rm -rf {} +
 export PROMETHEUS_MULTIPROC_DIR="$multiproc_dir"
 
 exec uvicorn app.main:app \

@@ -13,6 +13,8 @@ A package by job, each module small enough to hold in one's head:
 - ``schema``: the tables, engines with bounded waits, the store's error type;
 - ``writer``: :class:`PredictionBatch` and :class:`PredictionLogWriter`, the bounded queue
   and writer thread that never block serving and count every record written or dropped;
+- ``spool``: each worker's append-only spool, written before an answer is sent, so a
+  worker killed outright loses nothing: a live worker adopts and writes what it left;
 - ``reader``: feedback by prediction id, and :func:`read_predictions`, the log expanded to
   one row per prediction joined with feedback (the drift and live-accuracy jobs read it).
 
@@ -48,6 +50,7 @@ from churn.prediction_log.schema import (
     normalise_url,
     prediction_batches,
 )
+from churn.prediction_log.spool import Spool, SpoolPosition, orphans
 from churn.prediction_log.writer import (
     PREDICTIONS_PER_STATEMENT,
     ROWS_PER_STATEMENT,
@@ -75,6 +78,8 @@ __all__ = [
     "PredictionBatch",
     "PredictionLogError",
     "PredictionLogWriter",
+    "Spool",
+    "SpoolPosition",
     "_statement_groups",
     "create_tables",
     "feedback",
@@ -82,6 +87,7 @@ __all__ = [
     "metadata",
     "new_batch_id",
     "normalise_url",
+    "orphans",
     "prediction_batches",
     "prediction_exists",
     "prediction_ids",

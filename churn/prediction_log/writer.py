@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+from pydantic_core import PydanticSerializationError, to_json
 from sqlalchemy import Engine, insert
 from sqlalchemy.engine import Dialect
 from sqlalchemy.exc import SQLAlchemyError
@@ -29,14 +30,22 @@ from sqlalchemy.exc import SQLAlchemyError
 from churn.prediction_log.ids import prediction_ids, split_prediction_id
 from churn.prediction_log.schema import (
     DEFAULT_WRITE_TIMEOUT,
-    _json_text,
     create_tables,
     prediction_batches,
+)
+from churn.prediction_log.spool import (
+    Spool,
+    SpoolPosition,
+    encode_record,
+    insert_missing,
+    orphans,
 )
 
 logger = logging.getLogger("churn.prediction_log")
 
 DropCallback = Callable[[str, int], None]
+
+ADOPT_INTERVAL = 5.0  # seconds between looks for dead workers' spools
 
 
 @dataclass
@@ -49,9 +58,34 @@ class PredictionBatch:
     columns: Mapping[str, Sequence[Any]]
     probabilities: Sequence[float]
     tiers: Sequence[str]
+    _json: tuple[bytes, bytes, bytes] | None = field(
+        default=None, init=False, repr=False, compare=False
+    )
 
     def __len__(self) -> int:
         return len(self.probabilities)
+
+    def json_columns(self) -> tuple[bytes, bytes, bytes]:
+        """Features, probabilities and risk tiers as JSON, encoded once: the spool line and
+        the SQLite insert share them. NaN and infinities become null, as in the store."""
+        if self._json is None:
+            try:  # lists (what Answers holds) as they are: this runs before each answer
+                self._json = (_json(self.columns), _json(self.probabilities), _json(self.tiers))
+            except PydanticSerializationError:  # e.g. numpy arrays
+                columns = {name: list(values) for name, values in self.columns.items()}
+                self._json = (
+                    _json(columns),
+                    _json(list(self.probabilities)),
+                    _json(list(self.tiers)),
+                )
+        return self._json
+
+    def spool_record(self) -> bytes:
+        """The batch as one spool line (churn.prediction_log.spool)."""
+        features, probabilities, tiers = self.json_columns()
+        return encode_record(
+            self.batch_id, self.created_at, self.model_version, features, probabilities, tiers
+        )
 
     @property
     def ids(self) -> list[str]:
@@ -88,16 +122,16 @@ def write_batches(engine: Engine, batches: Sequence[PredictionBatch]) -> None:
         for group in _statement_groups(batches):
             values: list[Any] = []
             for batch in group:
-                record = batch.record()
-                created = record["created_at"]
+                created = datetime.fromtimestamp(batch.created_at, UTC)
+                features, probabilities, tiers = batch.json_columns()
                 values += (
-                    record["batch_id"],
+                    batch.batch_id,
                     stamp(created) if stamp is not None else created,
-                    record["model_version"],
-                    record["rows"],
-                    _json_text(record["features"]),
-                    _json_text(record["probabilities"]),
-                    _json_text(record["risk_tiers"]),
+                    batch.model_version,
+                    len(batch),
+                    features.decode(),
+                    probabilities.decode(),
+                    tiers.decode(),
                 )
             conn.exec_driver_sql(_multi_row_insert(dialect, len(group)), tuple(values))
             _yield_cpu()
@@ -132,6 +166,11 @@ def _multi_row_insert(dialect: Dialect, rows: int) -> str:
     return f"{head} VALUES {', '.join([values] * rows)}"
 
 
+def _json(value: Any) -> bytes:
+    """JSON in Rust (pydantic-core), as the engines' json_serializer writes it."""
+    return to_json(value, inf_nan_mode="null")
+
+
 def _yield_cpu() -> None:
     """Let the threads that answer requests run before the next statement (POSIX)."""
     if hasattr(os, "sched_yield"):
@@ -157,7 +196,9 @@ class PredictionLogWriter:
 
     Accounting is exact: every enqueued prediction is counted once, as ``written`` or as
     dropped with a reason (``on_drop``), including the rows being written when the writer is
-    closed and rows enqueued after that.
+    closed and rows enqueued after that. With a ``spool`` (churn.prediction_log.spool) that
+    holds for a process killed outright too: each queued batch is also in the spool before
+    ``enqueue`` returns, and the thread adopts the spools of dead workers.
     """
 
     def __init__(
@@ -169,6 +210,8 @@ class PredictionLogWriter:
         on_drop: DropCallback | None = None,
         max_backoff: float = 10.0,
         write_timeout: float = DEFAULT_WRITE_TIMEOUT,
+        spool: Spool | None = None,
+        adopt_interval: float = ADOPT_INTERVAL,
     ) -> None:
         self.engine = engine
         self.queue_size = queue_size
@@ -194,6 +237,12 @@ class PredictionLogWriter:
         self.last_error: str | None = None
         self._last_drop_log = 0.0
         self._tables_ready = False
+        # Crash safety (churn.prediction_log.spool): each queued batch is in the spool too.
+        self.spool = spool
+        self.adopt_interval = adopt_interval
+        self._spooled: dict[str, SpoolPosition] = {}  # batch id -> spool position past it
+        self._last_spool_error_log = -math.inf
+        self.recovered = 0  # predictions of dead workers' spools written here
 
     # ------------------------------------------------------------------ caller side
 
@@ -212,6 +261,8 @@ class PredictionLogWriter:
             elif self._queued_rows + n > self.queue_size:
                 reason = "queue_full"
             else:
+                if self.spool is not None:
+                    self._spool_append(batch)
                 self._queue.append(batch)
                 self._queued_rows += n
                 self._pending[batch.batch_id] = n
@@ -221,6 +272,24 @@ class PredictionLogWriter:
         if self._queued_rows >= self.batch_size:
             self._wake.set()
         return True
+
+    def _spool_append(self, batch: PredictionBatch) -> None:
+        """Hand the batch to the spool before its answer is sent (called under the lock, so
+        the spool's order is the queue's). A failure leaves the batch in memory only: it is
+        still written or counted unless this process is killed, so serving carries on."""
+        assert self.spool is not None
+        try:
+            self._spooled[batch.batch_id] = self.spool.append(batch.spool_record())
+        except OSError as exc:
+            now = time.monotonic()
+            if now - self._last_spool_error_log >= 10.0:
+                self._last_spool_error_log = now
+                logger.error(
+                    "prediction log spool write failed (%s): predictions are still written "
+                    "from memory, but a killed worker would lose them uncounted",
+                    exc,
+                    extra={"spool_dir": str(self.spool.directory)},
+                )
 
     def is_pending(self, prediction_id: str) -> bool:
         """True while a prediction is queued here but not yet written."""
@@ -250,6 +319,7 @@ class PredictionLogWriter:
             self._queue.clear()
             self._queued_rows = 0
             self._pending.clear()
+            self._spooled.clear()
             if self._thread is not None and self._thread.is_alive() and self._in_flight:
                 # The store hangs past its own timeout: count the rows as lost rather than
                 # wait longer; should the write still commit, they are both (logged).
@@ -263,6 +333,8 @@ class PredictionLogWriter:
                 )
         if left:
             self._dropped("shutdown", left)
+        if self.spool is not None:
+            self._spool_call(self.spool.close)  # every record is written or counted now
         logger.info(
             "prediction log closed: %d written, dropped %s",
             self.written,
@@ -315,24 +387,93 @@ class PredictionLogWriter:
 
     def _write(self, batches: list[PredictionBatch]) -> None:
         """Everything taken, in one transaction: one row per request."""
+        self._store(write_batches, batches)
+
+    def _store(self, write: Callable[[Engine, Any], None], what: Any) -> None:
         if not self._tables_ready:
             create_tables(self.engine)
             self._tables_ready = True
         try:
-            write_batches(self.engine, batches)
+            write(self.engine, what)
         except SQLAlchemyError:
             self._tables_ready = False  # the store may have been recreated: check again
             raise
 
+    def adopt(self) -> int:
+        """Write the unsettled records of dead workers' spools to the store, then delete
+        the spools; the predictions written. A store that fails leaves them for the next
+        try; a record the store refuses (bad data) is counted dropped, as the writer would.
+        Never raises."""
+        if self.spool is None:
+            return 0
+        adopted = 0
+        try:
+            for orphan in orphans(self.spool.directory, own=self.spool.name):
+                if orphan.torn:
+                    logger.warning(
+                        "spool of dead worker %d: %d torn record(s) skipped (cut short by "
+                        "the kill, so never answered)",
+                        orphan.pid,
+                        orphan.torn,
+                    )
+                try:
+                    if orphan.records:
+                        self._store(insert_missing, orphan.records)
+                except SQLAlchemyError as exc:
+                    if not _is_data_error(exc):
+                        orphan.keep()
+                        logger.warning(
+                            "spool of dead worker %d not adopted yet (store unavailable: %s)",
+                            orphan.pid,
+                            f"{type(exc).__name__}: {str(exc).splitlines()[0][:300]}",
+                        )
+                        return adopted
+                    self._dropped("write_error", orphan.predictions)
+                    orphan.release()
+                    continue
+                except Exception:
+                    orphan.keep()  # unlocked, for a later try (logged below)
+                    raise
+                orphan.release()
+                adopted += orphan.predictions
+                with self._lock:
+                    self.recovered += orphan.predictions
+                if orphan.predictions:
+                    logger.warning(
+                        "adopted the spool of dead worker %d: %d prediction(s) it had "
+                        "answered but not written are now in the log",
+                        orphan.pid,
+                        orphan.predictions,
+                        extra={"dead_pid": orphan.pid, "recovered": orphan.predictions},
+                    )
+        except Exception as exc:  # never end the writer thread; the spool stays for later
+            logger.error("adopting dead workers' spools failed: %s: %s", type(exc).__name__, exc)
+        return adopted
+
+    def _spool_call(self, call: Callable[..., None], *args: Any) -> None:
+        try:
+            call(*args)
+        except OSError as exc:
+            logger.error("prediction log spool: %s", exc)
+
     def _run(self) -> None:
         held: list[PredictionBatch] = []  # batches whose write failed and is being retried
+        next_adoption = time.monotonic()  # at start, then every adopt_interval
         while True:
+            if self.spool is not None and not held and time.monotonic() >= next_adoption:
+                self.adopt()
+                next_adoption = time.monotonic() + self.adopt_interval
             if not held:
                 held = self._take()
                 if not held:
                     if self._stopping.is_set():
+                        if self.spool is not None and time.monotonic() < self._deadline:
+                            self.adopt()  # a last look: a worker killed during this run
                         return
-                    self._wake.wait(self.flush_interval)
+                    wait = self.flush_interval
+                    if self.spool is not None:  # not past the next look for dead spools
+                        wait = min(wait, max(0.0, next_adoption - time.monotonic()))
+                    self._wake.wait(wait)
                     self._wake.clear()
                     continue
             if self._stopping.is_set() and time.monotonic() >= self._deadline:
@@ -367,14 +508,22 @@ class PredictionLogWriter:
         """Count `batches` once: written (dropped=None) or dropped for that reason."""
         with self._lock:
             self._in_flight = []
+            marks = []
             for batch in batches:
                 self._pending.pop(batch.batch_id, None)
+                mark = self._spooled.pop(batch.batch_id, None)
+                if mark is not None:
+                    marks.append(mark)
             if self._abandoned:
                 return  # close() has counted them already
             if dropped is None:
                 self.written += _rows(batches)
         if dropped is not None:
             self._dropped(dropped, _rows(batches))
+        # After counting: a kill in between leaves them to an adopter, which ignores what
+        # was written; settled before counting, they could vanish.
+        if marks and self.spool is not None:
+            self._spool_call(self.spool.settled, max(marks))
 
     def _give_up(self, held: list[PredictionBatch]) -> None:
         """Shutdown with the store failing or out of time: count `held` and everything
