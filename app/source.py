@@ -30,7 +30,6 @@ NO_BUNDLE = "no model bundle at MODEL_PATH"
 LOAD_FAILED = "the model failed to load"
 
 # MLflow error codes that mean "asked fine, the thing is not there".
-_ABSENT_CODES = frozenset({"RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"})
 _REFUSED_CODES = frozenset({"PERMISSION_DENIED", "UNAUTHENTICATED", "CUSTOMER_UNAUTHORIZED"})
 
 RELEASE_FILE = "release.json"
@@ -62,12 +61,12 @@ def alias_target(tracking: str, name: str, alias: str) -> str | None:
     """
     from mlflow.exceptions import MlflowException
 
-    from churn.registry import client
+    from churn.registry import client, is_absent
 
     try:
         return str(client(tracking).get_model_version_by_alias(name, alias).version)
     except MlflowException as exc:
-        if exc.error_code in _ABSENT_CODES:
+        if is_absent(exc):  # the one rule for "genuinely absent" (churn.registry)
             return None
         if exc.error_code in _REFUSED_CODES:
             raise RegistryProblem(REGISTRY_REFUSED) from exc
@@ -116,9 +115,11 @@ def _is_network(chain: list[BaseException]) -> bool:
     import requests
     from mlflow.exceptions import MlflowException
 
+    from churn.registry import is_absent
+
     return any(
         isinstance(link, (OSError, requests.RequestException))
-        or (isinstance(link, MlflowException) and link.error_code not in _ABSENT_CODES)
+        or (isinstance(link, MlflowException) and not is_absent(link))
         for link in chain
     )
 
