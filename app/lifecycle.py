@@ -235,24 +235,24 @@ class ModelLifecycle:
     async def reload_here(self) -> ReloadResult:
         """Reload this worker only (the watcher: every worker watches the source itself)."""
         async with self._lock:
-            try:
-                result = await self.service.load()
-            except ReloadError:
-                self.status = "serving (reload failed)" if self.service.model else "failed"
-                raise
+            result = await self._load_here()
             self._loaded()
         await self.publish()
         return result
+
+    async def _load_here(self) -> ReloadResult:
+        """Load on this worker (caller holds the lock); a refusal sets the status and raises."""
+        try:
+            return await self.service.load()
+        except ReloadError:
+            self.status = "serving (reload failed)" if self.service.model else "failed"
+            raise
 
     async def reload_everywhere(self) -> ReloadReport:
         """Reload here; if that worked, ask every worker to follow and wait (bounded) until
         they have. ReloadError (nothing asked of the others) when the load here fails."""
         async with self._lock:
-            try:
-                result = await self.service.load()
-            except ReloadError:
-                self.status = "serving (reload failed)" if self.service.model else "failed"
-                raise
+            result = await self._load_here()
             if self.state is not None:
                 generation = await asyncio.to_thread(self.state.bump)
             else:
