@@ -1,9 +1,10 @@
 """The log's tables and engines: one row per request, feedback per prediction.
 
 ``prediction_batches`` holds a request's features, probabilities and risk tiers as
-column-wise JSON (portable across SQLite and PostgreSQL); ``feedback`` holds the true
-outcome of a prediction, keyed by its id. Engines bound every wait by one timeout (see
-``make_engine``), which the writer's shutdown wait is derived from.
+column-wise JSON (portable across SQLite and PostgreSQL); ``shadow_predictions`` what a model
+that did not answer said about the same rows (progressive delivery, churn/rollout.py);
+``feedback`` holds the true outcome of a prediction, keyed by its id. Engines bound every
+wait by one timeout (see ``make_engine``), which the writer's shutdown wait is derived from.
 """
 
 from __future__ import annotations
@@ -39,6 +40,21 @@ prediction_batches = Table(
     Column("rows", Integer, nullable=False),
     # {"feature": [value per prediction], ...}
     Column("features", JSON(none_as_null=True), nullable=False),
+    Column("probabilities", JSON, nullable=False),
+    Column("risk_tiers", JSON, nullable=False),
+)
+
+# What the challenger said about a served request while it was in shadow (or, in canary, what
+# the model that did not answer said): paired with the served answer by the same batch_id, so
+# row i here and row i of the served batch share one prediction id (and its feedback).
+shadow_predictions = Table(
+    "shadow_predictions",
+    metadata,
+    Column("batch_id", String(BATCH_ID_CHARS), primary_key=True),
+    Column("model_version", String(64), primary_key=True),  # the version that scored in shadow
+    Column("served_version", String(64), nullable=False),  # the version that answered
+    Column("created_at", DateTime(timezone=True), nullable=False, index=True),
+    Column("rows", Integer, nullable=False),
     Column("probabilities", JSON, nullable=False),
     Column("risk_tiers", JSON, nullable=False),
 )

@@ -1,0 +1,266 @@
+"""Progressive delivery: the rollout record of a challenger, kept in the model registry.
+
+Roles: ``@production`` is the champion, which answers customers; ``@challenger`` is the version
+being rolled out. Each challenger carries exactly one record, a JSON model-version tag
+(``rollout``), so every worker of every replica reads the same state, and the record stays on
+the version afterwards as its audit trail (every transition is kept in ``history``).
+
+Stages and what the API does in each:
+
+- ``shadow``: the champion answers every request; the challenger scores the same rows off the
+  answer's critical path and both predictions are logged, paired.
+- ``canary``: a deterministic, sticky ``share`` of traffic is answered by the challenger
+  (``routing_bucket`` below decides, by a routing key).
+- ``promoted``, ``rejected``, ``rolled_back``: final; the challenger answers nothing. A rollout
+  that ends this way is restarted only by a new ``start`` (a new record).
+
+A challenger without a readable record is never used (fail closed): the API serves the champion
+alone and says why.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field, replace
+from datetime import UTC, datetime
+from typing import Any
+
+from churn.registry import RegistryError, is_absent, registry_call, unavailable
+
+CHALLENGER = "challenger"
+CHAMPION = "production"
+ROLLOUT_TAG = "rollout"
+
+SHADOW = "shadow"
+CANARY = "canary"
+PROMOTED = "promoted"
+REJECTED = "rejected"
+ROLLED_BACK = "rolled_back"
+STAGES = (SHADOW, CANARY, PROMOTED, REJECTED, ROLLED_BACK)
+ACTIVE = frozenset({SHADOW, CANARY})
+FINAL = frozenset({PROMOTED, REJECTED, ROLLED_BACK})
+
+# Which stage may follow which. A canary may change its share (canary -> canary).
+ALLOWED = {
+    SHADOW: frozenset({CANARY, PROMOTED, REJECTED, ROLLED_BACK}),
+    CANARY: frozenset({CANARY, PROMOTED, REJECTED, ROLLED_BACK}),
+    PROMOTED: frozenset(),
+    REJECTED: frozenset(),
+    ROLLED_BACK: frozenset(),
+}
+
+
+class RolloutError(ValueError):
+    """A record that cannot be read, or a transition that is not allowed; says which and why."""
+
+
+def now_iso() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+@dataclass(frozen=True)
+class Transition:
+    at: str
+    stage: str
+    share: float
+    reason: str
+    by: str
+
+    def __post_init__(self) -> None:
+        if self.stage not in STAGES:
+            raise RolloutError(f"rollout stage {self.stage!r} is not one of {', '.join(STAGES)}")
+
+
+@dataclass(frozen=True)
+class RolloutRecord:
+    """One challenger's rollout: where it stands and how it got there."""
+
+    version: str
+    champion: str | None  # the @production version when the rollout started
+    stage: str
+    share: float  # the canary share; 0.0 in every other stage
+    started: str
+    updated: str
+    reason: str
+    evidence: dict[str, Any] = field(default_factory=dict)  # the last evaluation's summary
+    # The canary's guardrail bounds (from the config's rollout section when the rollout
+    # started), carried here so every worker of every replica judges by the same numbers.
+    guardrails: dict[str, float] = field(default_factory=dict)
+    history: tuple[Transition, ...] = ()
+
+    def __post_init__(self) -> None:
+        if self.stage not in STAGES:
+            raise RolloutError(f"rollout stage {self.stage!r} is not one of {', '.join(STAGES)}")
+        if not isinstance(self.share, (int, float)) or not math.isfinite(self.share):
+            raise RolloutError(f"rollout share {self.share!r} is not a number")
+        if self.stage == CANARY and not 0.0 < self.share <= 1.0:
+            raise RolloutError(f"a canary share must be in (0, 1], got {self.share}")
+        if self.stage != CANARY and self.share != 0.0:
+            raise RolloutError(f"share must be 0 outside canary (stage {self.stage})")
+
+    @property
+    def active(self) -> bool:
+        return self.stage in ACTIVE
+
+    @property
+    def shadowing(self) -> bool:
+        return self.stage == SHADOW
+
+    @property
+    def serving_share(self) -> float:
+        """The share of traffic the challenger answers now (0 unless in canary)."""
+        return self.share if self.stage == CANARY else 0.0
+
+    @classmethod
+    def start(
+        cls,
+        version: str,
+        champion: str | None,
+        reason: str,
+        by: str,
+        guardrails: Mapping[str, float] | None = None,
+    ) -> RolloutRecord:
+        at = now_iso()
+        first = Transition(at=at, stage=SHADOW, share=0.0, reason=reason, by=by)
+        return cls(
+            version=str(version),
+            champion=champion,
+            stage=SHADOW,
+            share=0.0,
+            started=at,
+            updated=at,
+            reason=reason,
+            guardrails=dict(guardrails or {}),
+            history=(first,),
+        )
+
+    def moved(
+        self,
+        stage: str,
+        reason: str,
+        by: str,
+        share: float = 0.0,
+        evidence: Mapping[str, Any] | None = None,
+    ) -> RolloutRecord:
+        """The record after a transition; RolloutError when the stage may not follow."""
+        if stage not in ALLOWED.get(self.stage, frozenset()):
+            raise RolloutError(
+                f"a rollout in stage {self.stage} cannot move to {stage}"
+                + (" (it has ended; start a new one)" if self.stage in FINAL else "")
+            )
+        at = now_iso()
+        step = Transition(at=at, stage=stage, share=float(share), reason=reason, by=by)
+        return replace(
+            self,
+            stage=stage,
+            share=float(share),
+            updated=at,
+            reason=reason,
+            evidence=dict(evidence) if evidence is not None else self.evidence,
+            history=(*self.history, step),
+        )
+
+    def with_evidence(self, evidence: Mapping[str, Any]) -> RolloutRecord:
+        return replace(self, evidence=dict(evidence), updated=now_iso())
+
+    def to_json(self) -> str:
+        payload = asdict(self)
+        payload["history"] = [asdict(step) for step in self.history]
+        return json.dumps(payload, sort_keys=True, allow_nan=False)
+
+    @classmethod
+    def from_json(cls, text: str) -> RolloutRecord:
+        try:
+            payload = json.loads(text)
+            history = tuple(Transition(**step) for step in payload.pop("history", []))
+            return cls(**payload, history=history)
+        except RolloutError:
+            raise
+        except (ValueError, TypeError, AttributeError) as exc:
+            raise RolloutError(f"the rollout record is not readable: {exc}") from None
+
+
+# --------------------------------------------------------------------------- routing
+
+
+def routing_bucket(key: str | bytes) -> float:
+    """A stable position in [0, 1) for a routing key, the same in every worker and replica.
+
+    A key is answered by the challenger when ``routing_bucket(key) < share``: sticky per key
+    (the same customer always meets the same model at a given share), and a larger share only
+    adds keys (a customer on the challenger at 5 % stays on it at 10 %).
+    """
+    data = key.encode() if isinstance(key, str) else key
+    digest = hashlib.blake2b(data, digest_size=8, person=b"churn-canary").digest()
+    return int.from_bytes(digest, "big") / 2.0**64
+
+
+# --------------------------------------------------------------------------- registry
+
+
+@dataclass(frozen=True)
+class ChallengerState:
+    """What the registry says about ``@challenger``: its version and its record (None when the
+    version carries no record or an unreadable one, with ``problem`` saying which)."""
+
+    version: str
+    record: RolloutRecord | None
+    problem: str | None = None
+
+
+def read_challenger(mlflow_client: Any, name: str) -> ChallengerState | None:
+    """``@challenger`` and its record; None only when the registry says there is no challenger.
+
+    Any failure to get an answer raises RegistryUnavailable: an outage never reads as "no
+    challenger" (a worker keeps the state it had).
+    """
+    from mlflow.exceptions import MlflowException
+
+    try:
+        mv = mlflow_client.get_model_version_by_alias(name, CHALLENGER)
+    except MlflowException as exc:
+        if is_absent(exc):
+            return None
+        raise unavailable(f"reading {name}@{CHALLENGER}", exc) from None
+    except OSError as exc:
+        raise unavailable(f"reading {name}@{CHALLENGER}", exc) from None
+    version = str(mv.version)
+    text = (mv.tags or {}).get(ROLLOUT_TAG)
+    if text is None:
+        return ChallengerState(version, None, f"version {version} has no rollout record")
+    try:
+        record = RolloutRecord.from_json(text)
+    except RolloutError as exc:
+        return ChallengerState(version, None, str(exc))
+    if record.version != version:
+        problem = f"the record on version {version} is for version {record.version}"
+        return ChallengerState(version, None, problem)
+    return ChallengerState(version, record)
+
+
+def read_record(mlflow_client: Any, name: str, version: str) -> RolloutRecord | None:
+    """The record kept on one version (None when it has none); RolloutError when unreadable."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        mv = mlflow_client.get_model_version(name, str(version))
+    except MlflowException as exc:
+        if is_absent(exc):
+            raise RegistryError(f"model '{name}' has no version {version}") from None
+        raise unavailable(f"reading {name} v{version}", exc) from None
+    except OSError as exc:
+        raise unavailable(f"reading {name} v{version}", exc) from None
+    text = (mv.tags or {}).get(ROLLOUT_TAG)
+    return None if text is None else RolloutRecord.from_json(text)
+
+
+def write_record(mlflow_client: Any, name: str, record: RolloutRecord) -> None:
+    registry_call(
+        f"writing the rollout record of {name} v{record.version}",
+        lambda: mlflow_client.set_model_version_tag(
+            name, record.version, ROLLOUT_TAG, record.to_json()
+        ),
+    )
