@@ -62,9 +62,8 @@ def evaluate(
     metadata = bundle_metadata(config, champion)
     thresholds = Thresholds.from_metadata(metadata)
     started = datetime.fromisoformat(record.started)
-    start = (
-        started if since is None else max(started, (now or datetime.now(started.tzinfo)) - since)
-    )
+    at = now or datetime.now(started.tzinfo)
+    start = started if since is None else max(started, at - since)
     window = f"since {start.isoformat(timespec='seconds')}"
     frame = read_paired(database_url, champion, record.version, start)
     labelled = ev.labelled(frame)
