@@ -12,6 +12,7 @@ from churn.prediction_log.reader import read_paired
 from churn.registry import client, version_by_alias
 from churn.risk import Thresholds
 from churn.rollout import CHAMPION, ChallengerState, RolloutRecord, read_challenger
+from churn.stores import StoreNotFoundError, require_existing_sqlite
 from monitoring.performance.window import segment_specs
 from monitoring.rollout import evidence as ev
 from monitoring.rollout.decision import decide
@@ -65,6 +66,12 @@ def evaluate(
     at = now or datetime.now(started.tzinfo)
     start = started if since is None else max(started, at - since)
     window = f"since {start.isoformat(timespec='seconds')}"
+    try:
+        # connecting to a SQLite file that is not there would create an empty log, and an
+        # empty log reads as "no pairs yet", not as the typo it is
+        require_existing_sqlite(database_url, "prediction log")
+    except StoreNotFoundError as exc:
+        raise EvaluationError(str(exc)) from None
     frame = read_paired(database_url, champion, record.version, start)
     labelled = ev.labelled(frame)
     log_loss, brier = ev.loss_differences(labelled, config.rollout.confidence)
