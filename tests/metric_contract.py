@@ -50,4 +50,16 @@ PERFORMANCE_METRICS = frozenset(
         "churn_segment_miscalibrated",
     }
 )
-CONTRACT_METRICS = API_METRICS | DRIFT_METRICS | PERFORMANCE_METRICS
+# Pushed by `rollout.py evaluate --pushgateway` (job rollout_evaluation).
+ROLLOUT_EVALUATION_METRICS = frozenset(
+    {
+        "rollout_auc_difference",
+        "rollout_auc_difference_lower",
+        "rollout_auc_difference_upper",
+        "rollout_labelled_pairs",
+        "rollout_decision",  # decision="promote" | "reject" | "undecided"
+        "rollout_tier_agreement",
+        "rollout_evaluation_timestamp_seconds",
+    }
+)
+CONTRACT_METRICS = API_METRICS | DRIFT_METRICS | PERFORMANCE_METRICS | ROLLOUT_EVALUATION_METRICS
