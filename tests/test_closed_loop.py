@@ -696,3 +696,30 @@ def test_canary_retrain_that_is_worse_live_is_rejected(
     record = read_record(mlflow, name, v2)
     assert record is not None and record.stage == "rejected"
     assert json.loads((tmp_path / "cycle.json").read_text())["rollout"].startswith("rejected")
+
+
+def test_a_challenger_rolled_back_by_a_guardrail_is_cleared_and_reported(
+    trained_model: TrainedModel,
+    registry: str,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from churn.registry import client, version_by_alias
+    from churn.rollout import ROLLED_BACK, read_challenger, read_record, write_record
+
+    name = trained_model.result.model_name
+    args, v1, v2 = retrain_into_rollout(trained_model, tmp_path, "canary", capsys)
+    mlflow = client(registry)
+    state = read_challenger(mlflow, name)
+    assert state is not None and state.record is not None
+    # what the API's guardrail writes when the canary breaches a bound
+    write_record(mlflow, name, state.record.moved(ROLLED_BACK, "error_ratio 0.08 > 0.02", "api"))
+    capsys.readouterr()
+
+    assert closed_loop.main(args) == closed_loop.EXIT_GATE_REFUSED
+    out = capsys.readouterr().out
+    assert f"challenger v{v2} was rolled back by a guardrail: error_ratio 0.08 > 0.02" in out
+    assert version_by_alias(mlflow, name, "challenger") is None
+    assert version_by_alias(mlflow, name, "production") == v1
+    record = read_record(mlflow, name, v2)
+    assert record is not None and record.stage == ROLLED_BACK  # its audit trail is kept

@@ -191,13 +191,24 @@ def judge_challenger(config: Config, database_url: str, result: CycleResult) -> 
     """
     from churn.challenger import abort_challenger, promote_challenger
     from churn.registry import client
-    from churn.rollout import read_challenger
+    from churn.rollout import ROLLED_BACK, read_challenger
     from monitoring.rollout.evaluate import evaluate
 
     state = read_challenger(client(config.tracking_uri), config.mlflow.model_name)
-    if state is None or state.record is None or not state.record.active:
+    if state is None or state.record is None:
         return None
     version = state.version
+    if state.record.stage == ROLLED_BACK:  # the API's guardrails ended it: clear the alias
+        abort_challenger(config, state.record.reason, by="closed_loop")
+        why = f"rolled back by a guardrail: {state.record.reason}"
+        say(f"challenger v{version} was {why}; @challenger removed")
+        return result.but(
+            candidate_version=version,
+            rollout=f"rejected v{version}: {why}",
+            exit_code=EXIT_GATE_REFUSED,
+        )
+    if not state.record.active:
+        return None
     evaluation = evaluate(config, database_url)
     decision = evaluation.decision
     why = "; ".join(decision.reasons)
