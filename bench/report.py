@@ -154,6 +154,22 @@ def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
             5.0,
             " s",
         ),
+        (
+            "rollout evidence (DeLong, losses, agreement, 16 segments), 1,000,000 pairs < 5 s",
+            _get(results, "rollout", "1000000", "evidence_s"),
+            "<",
+            5.0,
+            " s",
+        ),
+        (
+            "paired bootstrap, 2,000 resamples of 10,000 pairs < 5 s",
+            _get(results, "rollout", "bootstrap", "seconds")
+            if _get(results, "rollout", "bootstrap", "rows") == 10_000
+            else None,
+            "<",
+            5.0,
+            " s",
+        ),
     ]
     out = []
     for name, value, op, limit, unit in rows:
@@ -365,6 +381,17 @@ def _other_table(results: dict[str, Any]) -> list[str]:
             f"(half labelled): estimate / segments | {_f(d['estimate_s'], 2)} s / "
             f"{_f(d['segments_s'], 2)} s |"
         )
+    for n, d in (results.get("rollout") or {}).items():
+        if n == "bootstrap":
+            lines.append(
+                f"| rollout: paired bootstrap, {d['resamples']:,} resamples of {d['rows']:,} "
+                f"pairs | {_f(d['seconds'], 2)} s |"
+            )
+        else:
+            lines.append(
+                f"| rollout evidence, {int(n):,} labelled pairs (DeLong, losses, agreement, "
+                f"{d['segments']} segments) | {_f(d['evidence_s'], 2)} s |"
+            )
     for name in ORDER:
         s = _servers(results).get(name)
         if s:

@@ -4,8 +4,8 @@ Measures, in one run on this machine: /predict on this service, ``mlflow models 
 blog-style FastAPI app and a constant-answer ceiling under the same load; /health while
 /predict is saturated; batch rows/s (and prediction-log drops); the compiled forest and ONNX
 vs sklearn in process with parity; training time; drift check and label-free performance
-estimation time; start-up time and memory. Writes ``<out>/latest.json``, the plot
-``<out>/throughput.png`` and ``bench/RESULTS.md``.
+estimation time; the rollout evaluation's time; start-up time and memory. Writes
+``<out>/latest.json``, the plot ``<out>/throughput.png`` and ``bench/RESULTS.md``.
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ from churn.datagen import generate_customers
 from churn.training import git_commit
 
 SERVERS = ("service", "mlflow", "blog", "ceiling")
-SECTIONS = ("health", "batch", "inprocess", "training", "drift", "performance")
+SECTIONS = ("health", "batch", "inprocess", "training", "drift", "performance", "rollout")
 PACKAGES = (
     "fastapi",
     "starlette",
@@ -233,6 +233,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             rows = tuple(settings["drift_rows"])
             http.say(f"label-free performance estimate and segments on {rows} predictions")
             results["performance"] = performance(rows)
+        if "rollout" not in skip:
+            from bench.rollout import rollout_evaluation
+
+            rows = tuple(settings["drift_rows"])
+            boot = 2000 if args.quick else 10_000
+            http.say(f"rollout evidence on {rows} labelled pairs; bootstrap on {boot:,} pairs")
+            results["rollout"] = rollout_evaluation(rows, boot)
     results["meta"]["loadavg_end"] = os.getloadavg()[0]
     return results
 

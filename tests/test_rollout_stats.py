@@ -26,6 +26,7 @@ from monitoring.rollout.stats import (
     paired_bootstrap_auc,
     paired_loss_differences,
 )
+from monitoring.rollout.stats.bootstrap import resample_counts, weighted_aucs
 from monitoring.rollout.stats.delong import delong_covariance
 
 
@@ -90,6 +91,18 @@ def test_paired_bootstrap_agrees_with_delong() -> None:
     # pairing matters: ignoring the covariance of the two AUCs would double the spread
     _, cov = delong_covariance(np.vstack([a, b]), y)
     assert boot.standard_error < 0.75 * math.sqrt(cov[0, 0] + cov[1, 1])
+
+
+def test_a_resample_is_judged_like_the_rows_it_drew() -> None:
+    """The bootstrap's weighted AUC equals sklearn's AUC on the explicitly resampled rows."""
+    rng = np.random.default_rng(7)
+    a, _, y = correlated_scores(rng, 800)  # rounded: many ties
+    counts = resample_counts(rng, len(y), 5)
+    for row in counts:
+        drawn = np.repeat(np.arange(len(y)), row.astype(int))
+        expected = roc_auc_score(y[drawn], a[drawn])
+        assert weighted_aucs(a, y.astype(bool), row[None, :])[0] == pytest.approx(expected)
+    assert (counts.sum(axis=1) == len(y)).all()
 
 
 def test_loss_differences_are_paired_means() -> None:

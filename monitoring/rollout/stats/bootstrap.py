@@ -2,10 +2,9 @@
 replacement and both models are judged on the same resample, so the correlation between the
 two AUCs is kept (resampling each model on its own would ignore it and widen the interval).
 
-A resample is a vector of multinomial counts over the rows, so the AUC of every resample comes
-from one sort of each model's scores: per tied-score group, the weight of positives times the
-weight of negatives ranked below (ties one half), summed. B resamples cost O(B n) arithmetic,
-not B sorts.
+A resample is a vector of counts over the rows, so the AUC of every resample comes from one
+sort of each model's scores (see ``weighted_aucs``): B resamples cost O(B n) arithmetic, not
+B sorts.
 """
 
 from __future__ import annotations
@@ -20,19 +19,33 @@ _BLOCK = 256
 
 
 def weighted_aucs(scores: np.ndarray, positive: np.ndarray, weights: np.ndarray) -> np.ndarray:
-    """The AUC of `scores` (n,) under each row of `weights` (B, n) of row counts."""
-    order = np.argsort(scores, kind="mergesort")
-    s = scores[order]
-    pos_w = weights[:, order] * positive[order]
-    neg_w = weights[:, order] * ~positive[order]
-    starts = np.flatnonzero(np.r_[True, s[1:] != s[:-1]])  # first row of each tie group
-    pos_g = np.add.reduceat(pos_w, starts, axis=1)
-    neg_g = np.add.reduceat(neg_w, starts, axis=1)
-    below = np.cumsum(neg_g, axis=1) - neg_g
-    wins = (pos_g * (below + 0.5 * neg_g)).sum(axis=1)
-    total = pos_g.sum(axis=1) * neg_g.sum(axis=1)
+    """The AUC of `scores` (n,) under each row of `weights` (B, n) of row counts.
+
+    Negatives are sorted once; each positive's position among them (searchsorted, left and
+    right for ties) is the same in every resample, so a resample's AUC is the positives'
+    weights times the cumulative negative weight below them (ties one half), summed.
+    """
+    pos_idx = np.flatnonzero(positive)
+    neg_idx = np.flatnonzero(~positive)
+    order = np.argsort(scores[neg_idx], kind="mergesort")
+    neg_sorted = scores[neg_idx][order]
+    below = np.searchsorted(neg_sorted, scores[pos_idx], side="left")
+    upto = np.searchsorted(neg_sorted, scores[pos_idx], side="right")
+    neg_w = weights[:, neg_idx[order]]
+    cumulative = np.zeros((weights.shape[0], len(neg_idx) + 1))
+    np.cumsum(neg_w, axis=1, out=cumulative[:, 1:])
+    lower, upper = cumulative[:, below], cumulative[:, upto]
+    pos_w = weights[:, pos_idx]
+    wins = (pos_w * (lower + upper)).sum(axis=1) * 0.5  # below + half the ties
+    total = pos_w.sum(axis=1) * cumulative[:, -1]
     with np.errstate(invalid="ignore", divide="ignore"):
         return np.where(total > 0, wins / total, np.nan)
+
+
+def resample_counts(rng: np.random.Generator, n: int, size: int) -> np.ndarray:
+    """`size` bootstrap resamples of n rows as counts per row, (size, n)."""
+    drawn = rng.integers(0, n, size=(size, n)) + (np.arange(size) * n)[:, None]
+    return np.bincount(drawn.ravel(), minlength=size * n).reshape(size, n).astype(float)
 
 
 def paired_bootstrap_auc(
@@ -55,7 +68,7 @@ def paired_bootstrap_auc(
     diffs: list[np.ndarray] = []
     for start in range(0, resamples, _BLOCK):
         size = min(_BLOCK, resamples - start)
-        weights = rng.multinomial(n, np.full(n, 1.0 / n), size=size).astype(float)
+        weights = resample_counts(rng, n, size)
         diffs.append(weighted_aucs(b, positive, weights) - weighted_aucs(a, positive, weights))
     d = np.concatenate(diffs)
     d = d[np.isfinite(d)]  # a resample that drew one class only has no AUC
