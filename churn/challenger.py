@@ -30,7 +30,13 @@ from typing import Any
 
 from churn.config import Config
 from churn.promotion import PRODUCTION, PromotionResult, promote_locked
-from churn.registry import client, promotion_lock, registry_call, version_by_alias
+from churn.registry import (
+    client,
+    latest_version,
+    promotion_lock,
+    registry_call,
+    version_by_alias,
+)
 from churn.rollout import (
     CANARY,
     CHALLENGER,
@@ -97,8 +103,6 @@ def start_challenger(
                 "promote or abort it first"
             )
         champion = version_by_alias(mlflow_client, name, PRODUCTION)
-        from churn.registry import latest_version
-
         target = str(version or latest_version(mlflow_client, name))
         if target == champion:
             raise RolloutError(f"{name} v{target} is @{PRODUCTION} already: nothing to roll out")
