@@ -8,8 +8,7 @@ import json
 import math
 from pathlib import Path
 
-from monitoring.rollout.results import Evaluation, Evidence
-from monitoring.rollout.stats.base import PairedDifference
+from monitoring.rollout.results import Evaluation, Evidence, PairedDifference
 
 
 def _f(value: float | None, spec: str = ".4f") -> str:

@@ -6,7 +6,42 @@ from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Literal
 
-from monitoring.rollout.stats.base import PairedDifference
+
+@dataclass(frozen=True)
+class PairedDifference:
+    """challenger - champion for one metric on the same customers, with a two-sided interval.
+
+    ``standard_error`` is the method's own (DeLong's variance, the bootstrap's spread, the
+    paired per-row differences' standard error); ``p_value`` tests "no difference".
+    """
+
+    metric: str
+    method: str
+    champion: float
+    challenger: float
+    difference: float
+    lower: float
+    upper: float
+    standard_error: float
+    p_value: float
+    confidence: float
+    pairs: int
+
+    def to_dict(self) -> dict[str, float | int | str]:
+        return {
+            "metric": self.metric,
+            "method": self.method,
+            "champion": self.champion,
+            "challenger": self.challenger,
+            "difference": self.difference,
+            "lower": self.lower,
+            "upper": self.upper,
+            "standard_error": self.standard_error,
+            "p_value": self.p_value,
+            "confidence": self.confidence,
+            "pairs": self.pairs,
+        }
+
 
 # Exit codes of `rollout.py evaluate` (and its make target).
 EXIT_PROMOTE = 0

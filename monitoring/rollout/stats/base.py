@@ -1,47 +1,15 @@
-"""The value every paired comparison returns, and the labels-still-needed estimate."""
+"""What the paired comparisons share: the normal quantile and the labels-still-needed
+estimate (their value type, PairedDifference, lives with the other results)."""
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
 from scipy.stats import norm
 
+from monitoring.rollout.results import PairedDifference
 
-@dataclass(frozen=True)
-class PairedDifference:
-    """challenger - champion for one metric on the same customers, with a two-sided interval.
-
-    ``standard_error`` is the method's own (DeLong's variance, the bootstrap's spread, the
-    paired per-row differences' standard error); ``p_value`` tests "no difference".
-    """
-
-    metric: str
-    method: str
-    champion: float
-    challenger: float
-    difference: float
-    lower: float
-    upper: float
-    standard_error: float
-    p_value: float
-    confidence: float
-    pairs: int
-
-    def to_dict(self) -> dict[str, float | int | str]:
-        return {
-            "metric": self.metric,
-            "method": self.method,
-            "champion": self.champion,
-            "challenger": self.challenger,
-            "difference": self.difference,
-            "lower": self.lower,
-            "upper": self.upper,
-            "standard_error": self.standard_error,
-            "p_value": self.p_value,
-            "confidence": self.confidence,
-            "pairs": self.pairs,
-        }
+__all__ = ["PairedDifference", "labels_needed", "z_value"]
 
 
 def z_value(confidence: float) -> float:
