@@ -61,6 +61,9 @@ def deployment_json(name: str, deployment: dict[str, Any]) -> dict[str, Any]:
 
 
 def get(state: dict[str, Any], kind: str, name: str) -> int:
+    if kind == "namespace":
+        print(json.dumps({"kind": "Namespace", "metadata": {"name": name}}))
+        return 0
     if kind == "service":
         selector = state["services"].get(name)
         if selector is None:
@@ -77,17 +80,17 @@ def get(state: dict[str, Any], kind: str, name: str) -> int:
 def apply(state: dict[str, Any], args: list[str]) -> int:
     directory = option(args, "--kustomize", "-k")
     selector = option(args, "--selector", "-l")
-    if directory is None or selector is None:
-        return fail("the fake kubectl applies only `--kustomize DIR --selector k=v`")
+    if directory is None:
+        return fail("the fake kubectl applies only `--kustomize DIR [--selector k=v]`")
     rendered = subprocess.run(
         [os.environ["FAKE_KUBECTL_REAL"], "kustomize", directory],
         capture_output=True, text=True, check=False,
     )  # fmt: skip
     if rendered.returncode != 0:
         return fail(rendered.stderr)
-    key, value = selector.split("=", 1)
+    key, value = selector.split("=", 1) if selector else ("", "")
     for doc in yaml.safe_load_all(rendered.stdout):
-        if doc["metadata"].get("labels", {}).get(key) != value:
+        if selector and doc["metadata"].get("labels", {}).get(key) != value:
             continue
         state["applied"].append(doc)
         if doc["kind"] == "Deployment":

@@ -301,3 +301,27 @@ def test_the_script_pins_the_image_name_the_base_manifests_use() -> None:
     base = yaml.safe_load((ROOT / "deploy/k8s/kustomization.yaml").read_text())
     assert [image["name"] for image in base["images"]] == [deploy_bluegreen.BASE_IMAGE]
     assert deploy_bluegreen.MANIFESTS == ROOT / "deploy/k8s-bluegreen"
+
+
+@pytest.mark.integration
+def test_deploy_sh_applies_the_base_with_the_image_pinned(cluster: Cluster) -> None:
+    """scripts/deploy.sh (the single-colour deploy) renders its overlay with the real kustomize:
+    every base object, in the environment's namespace, the image pinned by digest."""
+    result = subprocess.run(
+        [str(ROOT / "scripts/deploy.sh"), "staging", IMAGE],
+        capture_output=True, text=True, timeout=120, check=False,
+        env={
+            **os.environ,
+            "PATH": f"{cluster.bin_dir}{os.pathsep}{os.environ['PATH']}",
+            "FAKE_KUBECTL_STATE": str(cluster.state_path),
+            "FAKE_KUBECTL_REAL": cluster.real,
+            "KUBECONFIG_DATA": "apiVersion: v1\nkind: Config\n",
+        },
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    state = cluster.state
+    applied = {(doc["kind"], doc["metadata"]["name"]) for doc in state["applied"]}
+    assert ("Deployment", "churn-api") in applied and ("Service", "churn-api") in applied
+    assert {doc["metadata"]["namespace"] for doc in state["applied"]} == {"churn-staging"}
+    assert state["deployments"]["churn-api"]["image"] == IMAGE
+    assert cluster.commands()[-1] == "rollout status"
