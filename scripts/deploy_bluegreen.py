@@ -5,7 +5,8 @@ The Service `churn-api` selects one colour (`colour: blue|green`); the other col
 
     deploy    put a new image (and model version) on the idle colour, wait for its rollout,
               smoke-test it through its own Service (ready, health, one /predict of a known
-              customer answered by the expected model version), then switch the selector.
+              customer answered by the expected model version, metrics), then switch the
+              selector and read it back.
               A failed rollout or smoke test leaves the Service where it was (exit 1).
     rollback  switch the selector back to the other colour, which kept running (exit 1 when
               it has no ready pod: switching to it would take the service down).
@@ -15,8 +16,8 @@ Exit codes: 0 done, 1 refused (nothing switched), 2 usage or cluster error. Stan
 only, like scripts/smoke_test.py (whose checks it reuses), so it runs on a bare CD runner with
 kubectl and a kubeconfig.
 
-    python3 scripts/deploy_bluegreen.py deploy --image ghcr.io/org/churn-api@sha256:... \\
-        --model-version 7 --namespace churn-production
+    python3 scripts/deploy_bluegreen.py --namespace churn-production \\
+        deploy --image ghcr.io/org/churn-api@sha256:... --model-version 7
 """
 
 from __future__ import annotations
@@ -232,10 +233,11 @@ def deploy(kubectl: Kubectl, args: argparse.Namespace) -> str:
         raise Refused(f"{idle} did not become ready within {args.timeout}s")
     try:
         if args.smoke_url:
-            smoke_test(args.smoke_url.format(colour=idle), args.wait, False, args.model_version)
+            url = args.smoke_url.replace("{colour}", idle)
+            smoke_test(url, args.wait, True, args.model_version)
         else:
             with port_forward(kubectl, idle) as url:
-                smoke_test(url, args.wait, False, args.model_version)
+                smoke_test(url, args.wait, True, args.model_version)
     except (SmokeTestFailure, urllib.error.URLError, OSError, ValueError) as exc:
         raise Refused(f"the smoke test of {idle} failed: {exc}") from exc
     print(f"smoke test of {idle} passed (model {args.model_version})")
