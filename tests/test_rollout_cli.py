@@ -29,7 +29,7 @@ from churn.rollout import ROLLOUT_TAG, RolloutRecord
 from monitoring.rollout import cli
 from tests._tools import free_port
 from tests.conftest import TrainedModel, write_config
-from tests.metric_contract import ROLLOUT_EVALUATION_METRICS
+from tests.metric_contract import ROLLOUT_METRICS
 from tests.mlflow_server import mlflow_server
 from tests.prometheus_fixture import start_pushgateway, stop_process
 from tests.rollout_support import write_pairs
@@ -254,7 +254,7 @@ def test_evaluate_reports_then_promote_goes_through_the_gated_export(
     assert pushed[("rollout_decision", "reject")] == 0
     assert pushed[("rollout_labelled_pairs", "")] == 700
     assert pushed[("rollout_auc_difference_lower", "")] >= -0.005
-    assert {n for n, _ in pushed if n.startswith("rollout_")} == ROLLOUT_EVALUATION_METRICS
+    assert {n for n, _ in pushed if n.startswith("rollout_")} == ROLLOUT_METRICS
 
     promoted = rollout.run("promote", "--database-url", rollout.log_url)
     assert promoted.returncode == 0, promoted.stdout + promoted.stderr
