@@ -156,15 +156,15 @@ def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
         ),
         (
             "rollout evidence (DeLong, losses, agreement, 16 segments), 1,000,000 pairs < 5 s",
-            _get(results, "rollout", "1000000", "evidence_s"),
+            _get(results, "rollout_evaluation", "1000000", "evidence_s"),
             "<",
             5.0,
             " s",
         ),
         (
             "paired bootstrap, 2,000 resamples of 10,000 pairs < 5 s",
-            _get(results, "rollout", "bootstrap", "seconds")
-            if _get(results, "rollout", "bootstrap", "rows") == 10_000
+            _get(results, "rollout_evaluation", "bootstrap", "seconds")
+            if _get(results, "rollout_evaluation", "bootstrap", "rows") == 10_000
             else None,
             "<",
             5.0,
@@ -381,7 +381,7 @@ def _other_table(results: dict[str, Any]) -> list[str]:
             f"(half labelled): estimate / segments | {_f(d['estimate_s'], 2)} s / "
             f"{_f(d['segments_s'], 2)} s |"
         )
-    for n, d in (results.get("rollout") or {}).items():
+    for n, d in (results.get("rollout_evaluation") or {}).items():
         if n == "bootstrap":
             lines.append(
                 f"| rollout: paired bootstrap, {d['resamples']:,} resamples of {d['rows']:,} "

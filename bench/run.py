@@ -31,7 +31,7 @@ from churn.datagen import generate_customers
 from churn.training import git_commit
 
 SERVERS = ("service", "mlflow", "blog", "ceiling")
-SECTIONS = ("health", "batch", "inprocess", "training", "drift", "performance", "rollout")
+SECTIONS = ("health", "batch", "inprocess", "training", "drift", "performance", "rollout_evaluation")
 PACKAGES = (
     "fastapi",
     "starlette",
@@ -233,13 +233,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             rows = tuple(settings["drift_rows"])
             http.say(f"label-free performance estimate and segments on {rows} predictions")
             results["performance"] = performance(rows)
-        if "rollout" not in skip:
-            from bench.rollout import rollout_evaluation
+        if "rollout_evaluation" not in skip:
+            from bench.rollout_evaluation import rollout_evaluation
 
             rows = tuple(settings["drift_rows"])
             boot = 2000 if args.quick else 10_000
             http.say(f"rollout evidence on {rows} labelled pairs; bootstrap on {boot:,} pairs")
-            results["rollout"] = rollout_evaluation(rows, boot)
+            results["rollout_evaluation"] = rollout_evaluation(rows, boot)
     results["meta"]["loadavg_end"] = os.getloadavg()[0]
     return results
 

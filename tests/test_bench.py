@@ -87,8 +87,8 @@ def test_every_section_is_measured_with_finite_numbers(smoke: Path) -> None:
     log = servers["service"]["prediction_log"]
     # every load's predictions were counted; none of their log records was dropped
     assert log["predictions"] >= servers["service"]["predict"]["requests"] and log["dropped"] == 0
-    assert set(results["rollout"]) == {"5000", "20000", "bootstrap"}
-    assert results["rollout"]["bootstrap"]["resamples"] == 2000
+    assert set(results["rollout_evaluation"]) == {"5000", "20000", "bootstrap"}
+    assert results["rollout_evaluation"]["bootstrap"]["resamples"] == 2000
     assert len(results["targets"]) == 11
     assert {t["mark"] for t in results["targets"]} <= {"pass", "short", "n/a"}
     numbers = _numbers(results)
