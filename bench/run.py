@@ -31,7 +31,15 @@ from churn.datagen import generate_customers
 from churn.training import git_commit
 
 SERVERS = ("service", "mlflow", "blog", "ceiling")
-SECTIONS = ("health", "batch", "inprocess", "training", "drift", "performance", "rollout_evaluation")
+SECTIONS = (
+    "health",
+    "batch",
+    "inprocess",
+    "training",
+    "drift",
+    "performance",
+    "rollout_evaluation",
+)
 PACKAGES = (
     "fastapi",
     "starlette",
