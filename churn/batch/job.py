@@ -85,7 +85,7 @@ class BatchJob:
     max_invalid_share: float = 0.01
     allow_missing: bool = True
     drift_sample_size: int = 50_000
-    arrow_batch_rows: int = 20_000
+    arrow_batch_rows: int = 100_000
     alpha: float = 0.05
     pushgateway: str | None = None
     push_job: str = "batch_scoring"
