@@ -477,12 +477,38 @@ def _budget_notes(results: dict[str, Any]) -> list[str]:
     return notes
 
 
+# Sections other benchmarks write into RESULTS.md (bench/spark_batch.py); kept on re-render.
+KEPT_SECTIONS = (("<!-- spark-batch:start -->", "<!-- spark-batch:end -->"),)
+
+
+def section(text: str, start: str, end: str) -> str | None:
+    """The block from ``start`` to ``end`` (markers included) in ``text``, if any."""
+    first = text.find(start)
+    last = text.find(end, first)
+    return text[first : last + len(end)] if first >= 0 and last >= 0 else None
+
+
+def put_section(text: str, start: str, end: str, block: str) -> str:
+    """``text`` with its ``start``..``end`` block replaced by ``block`` (appended if none)."""
+    old = section(text, start, end)
+    if old is not None:
+        return text.replace(old, block)
+    return text.rstrip("\n") + "\n\n" + block + "\n"
+
+
 def write_report(results: dict[str, Any], results_dir: Path, md_path: Path) -> Path:
-    """Plot and RESULTS.md from the results (ratios and targets are recomputed)."""
+    """Plot and RESULTS.md from the results (ratios and targets are recomputed); the
+    sections other benchmarks wrote (``KEPT_SECTIONS``) stay."""
     results["ratios"] = ratios(results)
     results["targets"] = targets(results)
     png = plot(results, results_dir / "throughput.png")
-    md_path.write_text(render(results, png, md_path.parent))
+    text = render(results, png, md_path.parent)
+    old = md_path.read_text() if md_path.exists() else ""
+    for start, end in KEPT_SECTIONS:
+        kept = section(old, start, end)
+        if kept is not None:
+            text = put_section(text, start, end, kept)
+    md_path.write_text(text)
     return md_path
 
 
