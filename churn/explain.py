@@ -1,0 +1,574 @@
+"""Per-prediction explanations: how much each ORIGINAL feature moved one customer's churn
+probability away from a base value, exactly (``base_value + sum(contributions) ==
+probability`` to rounding, about 1e-15).
+
+The players of the Shapley game are the original features, not the pipeline's columns: a
+tree split on any one-hot column of ``contract_type`` is a split on ``contract_type``, and a
+linear model's one-hot weights are summed per feature. Preprocessing (imputer, scaler,
+one-hot) is evaluated from the fitted pipeline with churn.forest's compiled preprocessor, the
+arithmetic the served probability comes from.
+
+By model type (the ones ``model.type`` offers):
+
+- random forest: path-dependent TreeSHAP (Lundberg et al. 2018, Algorithm 2) on each tree's
+  positive-class probability, averaged over the trees: exact Shapley values of the forest's
+  probability for the game "expected output when only the features in S are known, the rest
+  following the training data down the tree (node sample weights)". ``base_value`` is that
+  expectation with no feature known.
+- gradient boosting: the same TreeSHAP on the margin (log-odds: init + learning rate × trees),
+  then mapped to the probability by the secant of the sigmoid: every margin contribution is
+  multiplied by ``(sigmoid(m0 + S) - sigmoid(m0)) / S`` (S the sum of margin contributions,
+  m0 the base margin). Additive by construction, signs and ranking kept; not the Shapley
+  value of the probability game itself (that has no closed form for trees).
+- logistic regression: exact Shapley values of the linear margin with the training mean as
+  the reference point (``w · (z - E[z])`` per column, summed per feature; E[z] from the
+  bundle's reference profile), mapped to the probability by the same secant.
+
+Anything else raises ``NotExplainable``; the API turns that into a 4xx, never a guess.
+The tree kernel is compiled with numba (as churn.forest) and releases the GIL.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from sklearn.dummy import DummyClassifier
+from sklearn.ensemble import (
+    ExtraTreesClassifier,
+    GradientBoostingClassifier,
+    RandomForestClassifier,
+)
+from sklearn.linear_model import LogisticRegression
+
+from churn.data import PreparedColumns
+from churn.forest import (
+    NumericBlock,
+    OneHotBlock,
+    Preprocessor,
+    UnsupportedModel,
+    compile_preprocessor,
+    float32_at_most,
+)
+from churn.schema import FeatureSchema
+
+TOP_REASONS = 3
+# A margin this close to the base: the secant is the sigmoid's slope (no 0/0).
+_FLAT = 1e-12
+
+
+class NotExplainable(ValueError):
+    """The model cannot be explained exactly (the message says why, for a client)."""
+
+
+# ---------------------------------------------------------------------------- results
+
+
+@dataclass(frozen=True)
+class Explanations:
+    """Contributions of each original feature to the churn probability, for some rows.
+
+    ``probabilities`` are what was explained: ``base_value + contributions.sum(axis=1)``.
+    Slicing by rows gives the explanations of those rows (the micro-batcher slices answers
+    per request)."""
+
+    features: tuple[str, ...]
+    base_value: float
+    contributions: np.ndarray  # (rows, features), float64
+    probabilities: np.ndarray  # (rows,)
+    method: str
+
+    def __len__(self) -> int:
+        return int(self.contributions.shape[0])
+
+    def __getitem__(self, part: slice) -> Explanations:
+        return Explanations(
+            self.features,
+            self.base_value,
+            self.contributions[part],
+            self.probabilities[part],
+            self.method,
+        )
+
+    def top(self, row: int, n: int = TOP_REASONS) -> list[tuple[str, float]]:
+        """The `n` features of `row` with the largest |contribution| (ties: feature order)."""
+        values = self.contributions[row]
+        order = sorted(range(len(values)), key=lambda j: -abs(float(values[j])))[:n]
+        return [(self.features[j], float(values[j])) for j in order]
+
+    def reasons(
+        self, row: int, values: Mapping[str, Any], n: int = TOP_REASONS
+    ) -> list[str]:
+        """The top `n` contributions in plain words, e.g. "Contract type: Month-to-month
+        +0.21"; `values` are the row's inputs by feature (as the model saw them)."""
+        return [reason(name, values.get(name), c) for name, c in self.top(row, n)]
+
+    def rows(self, columns: Mapping[str, Sequence[Any]], n: int = TOP_REASONS) -> list[dict[str, Any]]:
+        """One JSON-ready explanation per row (what the API answers under ``explanation``);
+        `columns` are the rows' inputs by feature, as the model saw them."""
+        out = []
+        for k in range(len(self)):
+            contributions = self.contributions[k].tolist()
+            values = {name: columns[name][k] for name in self.features}
+            out.append(
+                {
+                    "base_value": self.base_value,
+                    "probability": float(self.probabilities[k]),
+                    "contributions": dict(zip(self.features, contributions, strict=True)),
+                    "reasons": self.reasons(k, values, n),
+                    "method": self.method,
+                }
+            )
+        return out
+
+
+def feature_label(name: str) -> str:
+    """"contract_type" -> "Contract type"."""
+    words = name.replace("_", " ").strip()
+    return words[:1].upper() + words[1:]
+
+
+def reason(name: str, value: Any, contribution: float) -> str:
+    """One plain-word reason: "Contract type: Month-to-month +0.21", "Tenure: 3 -0.12",
+    "Payment method: missing +0.01"."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        shown = "missing"
+    elif isinstance(value, float):
+        shown = f"{value:g}"
+    else:
+        shown = str(value)
+    return f"{feature_label(name)}: {shown} {contribution:+.2f}"
+
+
+# ---------------------------------------------------------------------------- TreeSHAP
+
+
+@dataclass(frozen=True)
+class PackedTrees:
+    """Trees as flat arrays (node ``i`` of tree ``t`` at ``offsets[t] + i``) with each
+    split's ORIGINAL feature (``group``) beside the pipeline column it tests."""
+
+    offsets: np.ndarray  # (trees + 1,) int64
+    left: np.ndarray  # int32, relative to the tree's offset; -1 at a leaf
+    right: np.ndarray
+    column: np.ndarray  # int32 column of the transformed matrix tested at the node
+    group: np.ndarray  # int32 original feature of that column
+    threshold: np.ndarray  # float32, rounded down (x <= t as scikit-learn compares)
+    value: np.ndarray  # float64: the leaf's output, already scaled (1/trees or learning rate)
+    cover: np.ndarray  # float64: weighted training samples reaching the node
+    depth: int
+    expected: float  # sum over trees of the cover-weighted mean leaf value
+
+    def shap(self, matrix: np.ndarray, groups: int) -> np.ndarray:
+        """(rows, groups) contributions of each original feature to the trees' summed output."""
+        x = np.ascontiguousarray(matrix, dtype=np.float32)
+        size = (self.depth + 3) * (self.depth + 4)
+        return np.asarray(
+            _shap_kernel()(
+                x,
+                self.offsets,
+                self.left,
+                self.right,
+                self.column,
+                self.group,
+                self.threshold,
+                self.value,
+                self.cover,
+                groups,
+                size,
+            )
+        )
+
+    def predict(self, matrix: np.ndarray) -> np.ndarray:
+        """The trees' summed output per row, walked in Python (for tests and checks)."""
+        x = np.asarray(matrix, dtype=np.float32)
+        total = np.zeros(len(x))
+        for t in range(len(self.offsets) - 1):
+            base = int(self.offsets[t])
+            for r in range(len(x)):
+                node = 0
+                while self.left[base + node] >= 0:
+                    i = base + node
+                    go_left = x[r, self.column[i]] <= self.threshold[i]
+                    node = int(self.left[i] if go_left else self.right[i])
+                total[r] += self.value[base + node]
+        return total
+
+
+def pack_trees(trees: Sequence[Any], scales: Sequence[float], groups: np.ndarray) -> PackedTrees:
+    """sklearn ``Tree`` objects with each leaf value ``values[leaf] * scale``; `groups` maps
+    each column of the transformed matrix to its original feature. For a classifier's tree
+    the value is the positive-class fraction, for a regressor's the value itself."""
+    offsets = [0]
+    parts: dict[str, list[np.ndarray]] = {
+        k: [] for k in ("left", "right", "column", "group", "threshold", "value", "cover")
+    }
+    depth, expected = 1, 0.0
+    for tree, scale in zip(trees, scales, strict=True):
+        value = tree.value[:, 0, :]
+        leaf_value = (value[:, 1] / value.sum(axis=1)) if value.shape[1] == 2 else value[:, 0]
+        leaf_value = np.asarray(leaf_value, dtype=np.float64) * scale
+        inner = tree.children_left >= 0
+        column = np.where(inner, tree.feature, 0).astype(np.int32)
+        parts["left"].append(tree.children_left.astype(np.int32))
+        parts["right"].append(tree.children_right.astype(np.int32))
+        parts["column"].append(column)
+        parts["group"].append(np.where(inner, groups[column], -1).astype(np.int32))
+        parts["threshold"].append(float32_at_most(np.where(inner, tree.threshold, 0.0)))
+        parts["value"].append(leaf_value)
+        cover = np.asarray(tree.weighted_n_node_samples, dtype=np.float64)
+        parts["cover"].append(cover)
+        offsets.append(offsets[-1] + tree.node_count)
+        depth = max(depth, int(tree.max_depth))
+        expected += _expected(tree.children_left, tree.children_right, cover, leaf_value)
+    arrays = {k: np.concatenate(v) for k, v in parts.items()}
+    return PackedTrees(
+        offsets=np.asarray(offsets, dtype=np.int64),
+        depth=depth,
+        expected=expected,
+        **arrays,
+    )
+
+
+def _expected(left: np.ndarray, right: np.ndarray, cover: np.ndarray, value: np.ndarray) -> float:
+    """The tree's output averaged over the training data as it reaches the leaves, computed
+    by the fractions TreeSHAP uses (so base + contributions adds up to the output)."""
+    total, stack = 0.0, [(0, 1.0)]
+    while stack:
+        node, weight = stack.pop()
+        if left[node] < 0:
+            total += weight * value[node]
+            continue
+        for child in (left[node], right[node]):
+            stack.append((int(child), weight * cover[child] / cover[node]))
+    return total
+
+
+_compiled: list[Any] = []
+
+
+def _shap_kernel() -> Any:
+    """The numba TreeSHAP kernel, compiled on first use (a few seconds, once per process)."""
+    if _compiled:
+        return _compiled[0]
+    import numba
+
+    @numba.njit(nogil=True, cache=False)
+    def extend(feat, zero, one, pw, at, depth, zero_fraction, one_fraction, feature):  # type: ignore[no-untyped-def]
+        feat[at + depth] = feature
+        zero[at + depth] = zero_fraction
+        one[at + depth] = one_fraction
+        pw[at + depth] = 1.0 if depth == 0 else 0.0
+        for i in range(depth - 1, -1, -1):
+            pw[at + i + 1] += one_fraction * pw[at + i] * (i + 1) / (depth + 1)
+            pw[at + i] = zero_fraction * pw[at + i] * (depth - i) / (depth + 1)
+
+    @numba.njit(nogil=True, cache=False)
+    def unwind(feat, zero, one, pw, at, depth, index):  # type: ignore[no-untyped-def]
+        one_fraction = one[at + index]
+        zero_fraction = zero[at + index]
+        next_one = pw[at + depth]
+        for i in range(depth - 1, -1, -1):
+            if one_fraction != 0.0:
+                tmp = pw[at + i]
+                pw[at + i] = next_one * (depth + 1) / ((i + 1) * one_fraction)
+                next_one = tmp - pw[at + i] * zero_fraction * (depth - i) / (depth + 1)
+            else:
+                pw[at + i] = pw[at + i] * (depth + 1) / (zero_fraction * (depth - i))
+        for i in range(index, depth):
+            feat[at + i] = feat[at + i + 1]
+            zero[at + i] = zero[at + i + 1]
+            one[at + i] = one[at + i + 1]
+
+    @numba.njit(nogil=True, cache=False)
+    def unwound_sum(zero, one, pw, at, depth, index):  # type: ignore[no-untyped-def]
+        one_fraction = one[at + index]
+        zero_fraction = zero[at + index]
+        next_one = pw[at + depth]
+        total = 0.0
+        if one_fraction != 0.0:
+            for i in range(depth - 1, -1, -1):
+                tmp = next_one / ((i + 1) * one_fraction)
+                total += tmp
+                next_one = pw[at + i] - tmp * zero_fraction * (depth - i)
+        else:
+            for i in range(depth - 1, -1, -1):
+                total += pw[at + i] / (zero_fraction * (depth - i))
+        return total * (depth + 1)
+
+    @numba.njit(nogil=True, cache=False)
+    def shap(x, offsets, left, right, column, group, threshold, value, cover, groups, size):  # type: ignore[no-untyped-def]
+        rows = x.shape[0]
+        phi = np.zeros((rows, groups))
+        feat = np.full(size, -1, np.int32)
+        zero = np.zeros(size)
+        one = np.zeros(size)
+        pw = np.zeros(size)
+        # the depth-first walk's pending nodes: node, path depth, parent's path offset,
+        # zero and one fractions, feature of the split that led there
+        stack = size
+        s_node = np.zeros(stack, np.int64)
+        s_depth = np.zeros(stack, np.int64)
+        s_parent = np.zeros(stack, np.int64)
+        s_zero = np.zeros(stack)
+        s_one = np.zeros(stack)
+        s_feature = np.zeros(stack, np.int32)
+        for r in range(rows):
+            xr = x[r]
+            out = phi[r]
+            for t in range(offsets.shape[0] - 1):
+                base = offsets[t]
+                top = 0
+                s_node[0], s_depth[0], s_parent[0] = 0, 0, 0
+                s_zero[0], s_one[0], s_feature[0] = 1.0, 1.0, -1
+                while top >= 0:
+                    node, depth, parent_at = s_node[top], s_depth[top], s_parent[top]
+                    zero_fraction, one_fraction = s_zero[top], s_one[top]
+                    parent_feature = s_feature[top]
+                    top -= 1
+                    # this node's copy of the path follows its parent's (which the walk
+                    # leaves untouched until both children have copied it)
+                    at = parent_at + depth + 1
+                    for i in range(depth + 1):
+                        feat[at + i] = feat[parent_at + i]
+                        zero[at + i] = zero[parent_at + i]
+                        one[at + i] = one[parent_at + i]
+                        pw[at + i] = pw[parent_at + i]
+                    extend(feat, zero, one, pw, at, depth, zero_fraction, one_fraction,
+                           parent_feature)  # fmt: skip
+                    i = base + node
+                    if left[i] < 0:
+                        leaf = value[i]
+                        for k in range(1, depth + 1):
+                            w = unwound_sum(zero, one, pw, at, depth, k)
+                            out[feat[at + k]] += w * (one[at + k] - zero[at + k]) * leaf
+                        continue
+                    if xr[column[i]] <= threshold[i]:
+                        hot, cold = left[i], right[i]
+                    else:
+                        hot, cold = right[i], left[i]
+                    feature = group[i]
+                    incoming_zero, incoming_one = 1.0, 1.0
+                    index = depth + 1
+                    for k in range(depth + 1):
+                        if feat[at + k] == feature:
+                            index = k
+                            break
+                    if index != depth + 1:  # the feature split above already: undo, redo
+                        incoming_zero = zero[at + index]
+                        incoming_one = one[at + index]
+                        unwind(feat, zero, one, pw, at, depth, index)
+                        depth -= 1
+                    whole = cover[i]
+                    # cold below hot: hot is walked first, cold copies the path after it
+                    top += 1
+                    s_node[top], s_depth[top], s_parent[top] = cold, depth + 1, at
+                    s_zero[top] = cover[base + cold] / whole * incoming_zero
+                    s_one[top], s_feature[top] = 0.0, feature
+                    top += 1
+                    s_node[top], s_depth[top], s_parent[top] = hot, depth + 1, at
+                    s_zero[top] = cover[base + hot] / whole * incoming_zero
+                    s_one[top], s_feature[top] = incoming_one, feature
+        return phi
+
+    _compiled.append(shap)
+    return shap
+
+
+# ---------------------------------------------------------------------------- explainers
+
+
+def _sigmoid(z: np.ndarray | float) -> Any:
+    return 1.0 / (1.0 + np.exp(-np.asarray(z, dtype=np.float64)))
+
+
+def margin_to_probability(base_margin: float, phi: np.ndarray) -> tuple[float, np.ndarray, np.ndarray]:
+    """Margin contributions mapped to the probability by the sigmoid's secant between the
+    base margin and each row's margin: (base probability, contributions, probabilities)."""
+    total = phi.sum(axis=1)
+    base = float(_sigmoid(base_margin))
+    probability = _sigmoid(base_margin + total)
+    flat = np.abs(total) < _FLAT
+    middle = _sigmoid(base_margin + total / 2)
+    slope = np.where(
+        flat, middle * (1 - middle), (probability - base) / np.where(flat, 1.0, total)
+    )
+    return base, phi * slope[:, None], probability
+
+
+class Explainer:
+    """Exact per-feature contributions for one fitted pipeline (see the module docstring)."""
+
+    method = "base"
+
+    def __init__(self, schema: FeatureSchema, preprocessor: Preprocessor) -> None:
+        self.schema = schema
+        self.features = tuple(schema.names)
+        self.preprocessor = preprocessor
+        self.groups = column_groups(preprocessor, schema)
+
+    def explain(self, columns: PreparedColumns) -> Explanations:
+        """Explanations for prepared columns (churn.data.prepare_columns)."""
+        rows = len(columns[self.features[0]])
+        base, contributions, probabilities = self._explain(columns, rows)
+        return Explanations(self.features, base, contributions, probabilities, self.method)
+
+    def _explain(
+        self, columns: PreparedColumns, rows: int
+    ) -> tuple[float, np.ndarray, np.ndarray]:
+        raise NotImplementedError
+
+
+class ForestExplainer(Explainer):
+    method = "tree_shap_probability"
+
+    def __init__(self, schema: FeatureSchema, preprocessor: Preprocessor, forest: Any) -> None:
+        super().__init__(schema, preprocessor)
+        if getattr(forest, "n_outputs_", 1) != 1 or len(forest.classes_) != 2:
+            raise NotExplainable("only single-output binary forests are explained")
+        trees = [estimator.tree_ for estimator in forest.estimators_]
+        self.trees = pack_trees(trees, [1.0 / len(trees)] * len(trees), self.groups)
+
+    def _explain(
+        self, columns: PreparedColumns, rows: int
+    ) -> tuple[float, np.ndarray, np.ndarray]:
+        phi = self.trees.shap(self.preprocessor.matrix(columns, rows), len(self.features))
+        base = float(self.trees.expected)
+        return base, phi, base + phi.sum(axis=1)
+
+
+class BoostingExplainer(Explainer):
+    method = "tree_shap_margin_secant"
+
+    def __init__(
+        self, schema: FeatureSchema, preprocessor: Preprocessor, boosting: Any
+    ) -> None:
+        super().__init__(schema, preprocessor)
+        if len(boosting.classes_) != 2 or boosting.estimators_.shape[1] != 1:
+            raise NotExplainable("only binary gradient boosting is explained")
+        if getattr(boosting, "loss", "log_loss") != "log_loss":
+            raise NotExplainable(f"gradient boosting with loss {boosting.loss!r}")
+        self.init_margin = _init_margin(boosting)
+        trees = [row[0].tree_ for row in boosting.estimators_]
+        self.trees = pack_trees(trees, [boosting.learning_rate] * len(trees), self.groups)
+
+    def _explain(
+        self, columns: PreparedColumns, rows: int
+    ) -> tuple[float, np.ndarray, np.ndarray]:
+        phi = self.trees.shap(self.preprocessor.matrix(columns, rows), len(self.features))
+        return margin_to_probability(self.init_margin + self.trees.expected, phi)
+
+
+def _init_margin(boosting: Any) -> float:
+    init = boosting.init_
+    if isinstance(init, str) and init == "zero":
+        return 0.0
+    if isinstance(init, DummyClassifier) and init.strategy == "prior":
+        prior = float(np.asarray(init.class_prior_)[1])
+        return float(np.log(prior / (1 - prior)))
+    raise NotExplainable(f"gradient boosting initialised with {type(init).__name__}")
+
+
+class LinearExplainer(Explainer):
+    method = "linear_margin_secant"
+
+    def __init__(
+        self,
+        schema: FeatureSchema,
+        preprocessor: Preprocessor,
+        model: Any,
+        reference: np.ndarray,
+    ) -> None:
+        super().__init__(schema, preprocessor)
+        coef = np.asarray(model.coef_, dtype=np.float64)
+        if coef.shape != (1, preprocessor.width) or len(model.classes_) != 2:
+            raise NotExplainable("only a binary logistic regression is explained")
+        self.weights = coef[0]
+        self.reference = reference
+        self.base_margin = float(np.asarray(model.intercept_)[0]) + float(
+            self.weights @ reference
+        )
+        # (columns, features) 0/1: sums each column's term into its original feature
+        self.sum_by_feature = np.zeros((preprocessor.width, len(self.features)))
+        self.sum_by_feature[np.arange(preprocessor.width), self.groups] = 1.0
+
+    def _explain(
+        self, columns: PreparedColumns, rows: int
+    ) -> tuple[float, np.ndarray, np.ndarray]:
+        z = self.preprocessor.matrix(columns, rows, dtype=np.float64)
+        phi = ((z - self.reference) * self.weights) @ self.sum_by_feature
+        return margin_to_probability(self.base_margin, phi)
+
+
+def column_groups(preprocessor: Preprocessor, schema: FeatureSchema) -> np.ndarray:
+    """For each column of the transformed matrix, the index of its original feature."""
+    index = {name: i for i, name in enumerate(schema.names)}
+    groups = np.empty(preprocessor.width, dtype=np.int32)
+    offset = 0
+    for block in preprocessor.blocks:
+        if isinstance(block, NumericBlock):
+            for j, name in enumerate(block.names):
+                groups[offset + j] = index[name]
+        else:
+            for name, codes in zip(block.names, block.codes, strict=True):
+                for column in codes.values():
+                    groups[offset + column] = index[name]
+        offset += block.width
+    return groups
+
+
+def training_mean(
+    preprocessor: Preprocessor, profile: Mapping[str, Any] | None
+) -> np.ndarray:
+    """E[z] of the transformed training data, from the bundle's reference profile: 0 for a
+    centred numeric column (the scaler's mean is the imputed training mean), the training
+    share of each category for a one-hot column (a missing value counts as the fill)."""
+    mean = np.zeros(preprocessor.width)
+    categorical = (profile or {}).get("categorical") or {}
+    offset = 0
+    for block in preprocessor.blocks:
+        if isinstance(block, NumericBlock):
+            if block.mean is None:
+                raise NotExplainable("numeric columns that are not centred by the scaler")
+        elif isinstance(block, OneHotBlock):
+            for name, codes in zip(block.names, block.codes, strict=True):
+                summary = categorical.get(name)
+                if not summary or "counts" not in summary:
+                    raise NotExplainable(
+                        f"the bundle's reference profile has no category counts for '{name}'"
+                    )
+                counts = {str(k): int(v) for k, v in summary["counts"].items()}
+                missing = int(summary.get("n_missing") or 0)
+                total = sum(counts.values()) + missing
+                for category, column in codes.items():
+                    share = counts.get(category, 0) + (missing if category == block.fill else 0)
+                    mean[offset + column] = share / total if total else 0.0
+        offset += block.width
+    return mean
+
+
+def make_explainer(
+    pipeline: Any, schema: FeatureSchema, profile: Mapping[str, Any] | None = None
+) -> Explainer:
+    """The exact explainer for a fitted churn pipeline; NotExplainable if there is none.
+    `profile` is the bundle's reference profile (only a linear model needs it)."""
+    steps = getattr(pipeline, "named_steps", {})
+    if "preprocess" not in steps or "classifier" not in steps:
+        raise NotExplainable("the model is not a pipeline with 'preprocess' and 'classifier'")
+    try:
+        preprocessor = compile_preprocessor(steps["preprocess"], schema)
+    except UnsupportedModel as exc:
+        raise NotExplainable(f"unsupported preprocessing ({exc})") from None
+    classifier = steps["classifier"]
+    if isinstance(classifier, RandomForestClassifier | ExtraTreesClassifier):
+        return ForestExplainer(schema, preprocessor, classifier)
+    if isinstance(classifier, GradientBoostingClassifier):
+        return BoostingExplainer(schema, preprocessor, classifier)
+    if isinstance(classifier, LogisticRegression):
+        return LinearExplainer(
+            schema, preprocessor, classifier, training_mean(preprocessor, profile)
+        )
+    raise NotExplainable(f"{type(classifier).__name__} has no exact explainer")
