@@ -172,12 +172,18 @@ class ModelService:
 
     # ------------------------------------------------------------------ prediction
 
-    async def answer(self, model: ServedModel, rows: list[Row]) -> tuple[Answers, list[str]]:
+    async def answer(
+        self, model: ServedModel, rows: list[Row], explain: bool = False
+    ) -> tuple[Answers, list[str]]:
         """Answers and new prediction ids for `rows` (validated by the model's codec), in
-        order; logged and counted (categories unseen in training too, as the model saw them)."""
+        order; logged and counted (categories unseen in training too, as the model saw them).
+        With `explain` (the codec checked the model can) each answer carries its explanation;
+        the prediction is logged exactly as without, and the explained rows are counted."""
         started = time.perf_counter()
         try:
-            answers: Answers = await self.batcher.predict(model, rows)
+            answers: Answers = await self.batcher.predict(
+                model.explaining if explain else model, rows
+            )
         except Exception:
             self.metrics.observe_prediction_errors(len(rows))
             raise
@@ -191,6 +197,8 @@ class ModelService:
         if answers.warned:
             for name, count in answers.unknown_categories().items():
                 self.metrics.unknown_category.labels(name).inc(count)
+        if explain:
+            self.metrics.explained.inc(len(rows))
         self._log(model, answers, batch_id)
         return answers, ids
 

@@ -44,6 +44,7 @@ from sklearn.ensemble import (
 )
 from sklearn.linear_model import LogisticRegression
 
+from churn.bundle import ModelBundle
 from churn.data import PreparedColumns
 from churn.forest import (
     NumericBlock,
@@ -99,14 +100,14 @@ class Explanations:
         order = sorted(range(len(values)), key=lambda j: -abs(float(values[j])))[:n]
         return [(self.features[j], float(values[j])) for j in order]
 
-    def reasons(
-        self, row: int, values: Mapping[str, Any], n: int = TOP_REASONS
-    ) -> list[str]:
+    def reasons(self, row: int, values: Mapping[str, Any], n: int = TOP_REASONS) -> list[str]:
         """The top `n` contributions in plain words, e.g. "Contract type: Month-to-month
         +0.21"; `values` are the row's inputs by feature (as the model saw them)."""
         return [reason(name, values.get(name), c) for name, c in self.top(row, n)]
 
-    def rows(self, columns: Mapping[str, Sequence[Any]], n: int = TOP_REASONS) -> list[dict[str, Any]]:
+    def rows(
+        self, columns: Mapping[str, Sequence[Any]], n: int = TOP_REASONS
+    ) -> list[dict[str, Any]]:
         """One JSON-ready explanation per row (what the API answers under ``explanation``);
         `columns` are the rows' inputs by feature, as the model saw them."""
         out = []
@@ -126,7 +127,7 @@ class Explanations:
 
 
 def feature_label(name: str) -> str:
-    """"contract_type" -> "Contract type"."""
+    """ "contract_type" -> "Contract type"."""
     words = name.replace("_", " ").strip()
     return words[:1].upper() + words[1:]
 
@@ -257,7 +258,7 @@ def _shap_kernel() -> Any:
     import numba
 
     @numba.njit(nogil=True, cache=False)
-    def extend(feat, zero, one, pw, at, depth, zero_fraction, one_fraction, feature):  # type: ignore[no-untyped-def]
+    def extend(feat, zero, one, pw, at, depth, zero_fraction, one_fraction, feature):
         feat[at + depth] = feature
         zero[at + depth] = zero_fraction
         one[at + depth] = one_fraction
@@ -267,7 +268,7 @@ def _shap_kernel() -> Any:
             pw[at + i] = zero_fraction * pw[at + i] * (depth - i) / (depth + 1)
 
     @numba.njit(nogil=True, cache=False)
-    def unwind(feat, zero, one, pw, at, depth, index):  # type: ignore[no-untyped-def]
+    def unwind(feat, zero, one, pw, at, depth, index):
         one_fraction = one[at + index]
         zero_fraction = zero[at + index]
         next_one = pw[at + depth]
@@ -284,7 +285,7 @@ def _shap_kernel() -> Any:
             one[at + i] = one[at + i + 1]
 
     @numba.njit(nogil=True, cache=False)
-    def unwound_sum(zero, one, pw, at, depth, index):  # type: ignore[no-untyped-def]
+    def unwound_sum(zero, one, pw, at, depth, index):
         one_fraction = one[at + index]
         zero_fraction = zero[at + index]
         next_one = pw[at + depth]
@@ -300,7 +301,7 @@ def _shap_kernel() -> Any:
         return total * (depth + 1)
 
     @numba.njit(nogil=True, cache=False)
-    def shap(x, offsets, left, right, column, group, threshold, value, cover, groups, size):  # type: ignore[no-untyped-def]
+    def shap(x, offsets, left, right, column, group, threshold, value, cover, groups, size):
         rows = x.shape[0]
         phi = np.zeros((rows, groups))
         feat = np.full(size, -1, np.int32)
@@ -385,7 +386,9 @@ def _sigmoid(z: np.ndarray | float) -> Any:
     return 1.0 / (1.0 + np.exp(-np.asarray(z, dtype=np.float64)))
 
 
-def margin_to_probability(base_margin: float, phi: np.ndarray) -> tuple[float, np.ndarray, np.ndarray]:
+def margin_to_probability(
+    base_margin: float, phi: np.ndarray
+) -> tuple[float, np.ndarray, np.ndarray]:
     """Margin contributions mapped to the probability by the sigmoid's secant between the
     base margin and each row's margin: (base probability, contributions, probabilities)."""
     total = phi.sum(axis=1)
@@ -393,9 +396,7 @@ def margin_to_probability(base_margin: float, phi: np.ndarray) -> tuple[float, n
     probability = _sigmoid(base_margin + total)
     flat = np.abs(total) < _FLAT
     middle = _sigmoid(base_margin + total / 2)
-    slope = np.where(
-        flat, middle * (1 - middle), (probability - base) / np.where(flat, 1.0, total)
-    )
+    slope = np.where(flat, middle * (1 - middle), (probability - base) / np.where(flat, 1.0, total))
     return base, phi * slope[:, None], probability
 
 
@@ -416,9 +417,7 @@ class Explainer:
         base, contributions, probabilities = self._explain(columns, rows)
         return Explanations(self.features, base, contributions, probabilities, self.method)
 
-    def _explain(
-        self, columns: PreparedColumns, rows: int
-    ) -> tuple[float, np.ndarray, np.ndarray]:
+    def _explain(self, columns: PreparedColumns, rows: int) -> tuple[float, np.ndarray, np.ndarray]:
         raise NotImplementedError
 
 
@@ -432,9 +431,7 @@ class ForestExplainer(Explainer):
         trees = [estimator.tree_ for estimator in forest.estimators_]
         self.trees = pack_trees(trees, [1.0 / len(trees)] * len(trees), self.groups)
 
-    def _explain(
-        self, columns: PreparedColumns, rows: int
-    ) -> tuple[float, np.ndarray, np.ndarray]:
+    def _explain(self, columns: PreparedColumns, rows: int) -> tuple[float, np.ndarray, np.ndarray]:
         phi = self.trees.shap(self.preprocessor.matrix(columns, rows), len(self.features))
         base = float(self.trees.expected)
         return base, phi, base + phi.sum(axis=1)
@@ -443,9 +440,7 @@ class ForestExplainer(Explainer):
 class BoostingExplainer(Explainer):
     method = "tree_shap_margin_secant"
 
-    def __init__(
-        self, schema: FeatureSchema, preprocessor: Preprocessor, boosting: Any
-    ) -> None:
+    def __init__(self, schema: FeatureSchema, preprocessor: Preprocessor, boosting: Any) -> None:
         super().__init__(schema, preprocessor)
         if len(boosting.classes_) != 2 or boosting.estimators_.shape[1] != 1:
             raise NotExplainable("only binary gradient boosting is explained")
@@ -455,9 +450,7 @@ class BoostingExplainer(Explainer):
         trees = [row[0].tree_ for row in boosting.estimators_]
         self.trees = pack_trees(trees, [boosting.learning_rate] * len(trees), self.groups)
 
-    def _explain(
-        self, columns: PreparedColumns, rows: int
-    ) -> tuple[float, np.ndarray, np.ndarray]:
+    def _explain(self, columns: PreparedColumns, rows: int) -> tuple[float, np.ndarray, np.ndarray]:
         phi = self.trees.shap(self.preprocessor.matrix(columns, rows), len(self.features))
         return margin_to_probability(self.init_margin + self.trees.expected, phi)
 
@@ -488,16 +481,12 @@ class LinearExplainer(Explainer):
             raise NotExplainable("only a binary logistic regression is explained")
         self.weights = coef[0]
         self.reference = reference
-        self.base_margin = float(np.asarray(model.intercept_)[0]) + float(
-            self.weights @ reference
-        )
+        self.base_margin = float(np.asarray(model.intercept_)[0]) + float(self.weights @ reference)
         # (columns, features) 0/1: sums each column's term into its original feature
         self.sum_by_feature = np.zeros((preprocessor.width, len(self.features)))
         self.sum_by_feature[np.arange(preprocessor.width), self.groups] = 1.0
 
-    def _explain(
-        self, columns: PreparedColumns, rows: int
-    ) -> tuple[float, np.ndarray, np.ndarray]:
+    def _explain(self, columns: PreparedColumns, rows: int) -> tuple[float, np.ndarray, np.ndarray]:
         z = self.preprocessor.matrix(columns, rows, dtype=np.float64)
         phi = ((z - self.reference) * self.weights) @ self.sum_by_feature
         return margin_to_probability(self.base_margin, phi)
@@ -520,9 +509,7 @@ def column_groups(preprocessor: Preprocessor, schema: FeatureSchema) -> np.ndarr
     return groups
 
 
-def training_mean(
-    preprocessor: Preprocessor, profile: Mapping[str, Any] | None
-) -> np.ndarray:
+def training_mean(preprocessor: Preprocessor, profile: Mapping[str, Any] | None) -> np.ndarray:
     """E[z] of the transformed training data, from the bundle's reference profile: 0 for a
     centred numeric column (the scaler's mean is the imputed training mean), the training
     share of each category for a one-hot column (a missing value counts as the fill)."""
@@ -572,3 +559,104 @@ def make_explainer(
             schema, preprocessor, classifier, training_mean(preprocessor, profile)
         )
     raise NotExplainable(f"{type(classifier).__name__} has no exact explainer")
+
+
+# Sample rows the explainer must reproduce the pipeline on before it is used, and how closely.
+CHECK_ROWS = 32
+CHECK_TOLERANCE = 1e-6
+
+
+def checked_explainer(bundle: ModelBundle) -> Explainer:
+    """`make_explainer` for a verified bundle, used only if on sample rows (churn.inference
+    .sample_rows: padded categories, missing values) base + contributions equals the sklearn
+    pipeline's probability within CHECK_TOLERANCE; NotExplainable otherwise (fail closed)."""
+    from churn.inference import SklearnPredictor, sample_rows
+
+    explainer = make_explainer(
+        bundle.pipeline, bundle.schema, bundle.metadata.get("reference_profile")
+    )
+    sklearn = SklearnPredictor(bundle.schema, bundle.pipeline)
+    rows = sklearn.prepare(sample_rows(bundle, n=CHECK_ROWS, seed=1))
+    expected = sklearn.predict_prepared(rows)
+    try:
+        got = explainer.explain(rows)
+    except Exception as exc:  # a kernel failure must not stop serving predictions
+        raise NotExplainable(f"the explainer fails on sample rows ({type(exc).__name__})") from None
+    total = got.base_value + got.contributions.sum(axis=1)
+    worst = float(np.max(np.abs(np.concatenate([total, got.probabilities]) - np.tile(expected, 2))))
+    if not np.isfinite(worst) or worst > CHECK_TOLERANCE:
+        raise NotExplainable(
+            f"its explanations do not reproduce the pipeline's probabilities on sample rows "
+            f"(max difference {worst:.2g} > {CHECK_TOLERANCE:g})"
+        )
+    return explainer
+
+
+# ---------------------------------------------------------------------------- global view
+
+# Validation rows explained at training for the summary plot and the importance table:
+# enough for a stable mean |contribution|, few enough for seconds on a 200-tree forest.
+GLOBAL_ROWS = 1000
+
+
+@dataclass(frozen=True)
+class GlobalImportance:
+    """Mean |contribution| per feature over explained rows (the SHAP global importance)."""
+
+    explanations: Explanations
+    values: dict[str, list[Any]]  # the explained rows' inputs, by feature
+
+    def table(self) -> list[dict[str, Any]]:
+        """One row per feature, most important first."""
+        contributions = self.explanations.contributions
+        mean_abs = np.abs(contributions).mean(axis=0)
+        mean = contributions.mean(axis=0)
+        order = np.argsort(-mean_abs, kind="stable")
+        return [
+            {
+                "feature": self.explanations.features[j],
+                "mean_abs_contribution": float(mean_abs[j]),
+                "mean_contribution": float(mean[j]),
+            }
+            for j in order
+        ]
+
+    def as_metadata(self) -> dict[str, Any]:
+        """What the bundle keeps (GET /model shows it)."""
+        return {
+            "available": True,
+            "method": self.explanations.method,
+            "base_value": self.explanations.base_value,
+            "rows": len(self.explanations),
+            "importance": self.table(),
+        }
+
+
+def categorical_profile(frame: Any, schema: FeatureSchema) -> dict[str, Any]:
+    """The category counts a linear explainer needs, as the bundle's reference profile keeps
+    them (churn.profile), for explaining before the bundle exists."""
+    from churn.profile import CategoricalSummary
+
+    return {
+        "categorical": {
+            name: CategoricalSummary.from_values(frame[name]).to_dict()
+            for name in schema.categorical
+        }
+    }
+
+
+def global_importance(
+    explainer: Explainer, frame: Any, rows: int = GLOBAL_ROWS, seed: int = 0
+) -> GlobalImportance:
+    """Explanations of a uniform sample of at most `rows` rows of `frame` (validation data)."""
+    from churn.inference import frame_to_columns
+
+    sample = frame if len(frame) <= rows else frame.sample(rows, random_state=seed)
+    columns = frame_to_columns(sample, explainer.schema)
+    from churn.data import prepare_columns
+
+    prepared = prepare_columns(columns, explainer.schema.numeric, explainer.schema.categorical)
+    values = {
+        name: (v.tolist() if isinstance(v, np.ndarray) else list(v)) for name, v in prepared.items()
+    }
+    return GlobalImportance(explainer.explain(prepared), values)

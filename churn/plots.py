@@ -94,3 +94,45 @@ def feature_importance_figure(rows: list[FeatureImportance]) -> Any:
 def close(figures: dict[str, Any]) -> None:
     for fig in figures.values():
         plt.close(fig)
+
+
+def shap_summary_figure(
+    features: tuple[str, ...], contributions: np.ndarray, values: dict[str, list[Any]]
+) -> Any:
+    """A SHAP summary (beeswarm) plot: one row per feature, most important on top, a dot per
+    explained customer at its contribution to the churn probability, coloured by the
+    feature's value (numeric: low blue to high red by rank; categorical: one colour per
+    category, named in the row label)."""
+    mean_abs = np.abs(contributions).mean(axis=0)
+    order = np.argsort(mean_abs, kind="stable")  # least important at the bottom
+    rng = np.random.default_rng(0)
+    fig, ax = plt.subplots(figsize=(8, max(3, 0.6 * len(features) + 1)))
+    cmap = plt.get_cmap("coolwarm")
+    labels = []
+    for row, j in enumerate(order):
+        name = features[j]
+        x = contributions[:, j]
+        y = row + rng.uniform(-0.3, 0.3, len(x))
+        raw = values[name]
+        colour: Any
+        numeric = [v for v in raw if isinstance(v, int | float) and v == v]
+        if len(numeric) == len(raw) or (numeric and not any(isinstance(v, str) for v in raw)):
+            known = np.array([v if isinstance(v, int | float) and v == v else np.nan for v in raw])
+            ranks = np.argsort(np.argsort(np.nan_to_num(known, nan=np.nanmedian(known))))
+            colour = cmap(ranks / max(len(ranks) - 1, 1))
+            labels.append(name)
+        else:
+            categories = sorted({str(v) for v in raw})
+            palette = plt.get_cmap("tab10")
+            index = {c: i for i, c in enumerate(categories)}
+            colour = [palette(index[str(v)] % 10) for v in raw]
+            labels.append(
+                f"{name} ({', '.join(categories[:4])}{'…' if len(categories) > 4 else ''})"
+            )
+        ax.scatter(x, y, s=6, c=colour, alpha=0.6, linewidths=0)
+    ax.axvline(0, color="grey", linewidth=1)
+    ax.set_yticks(range(len(order)), labels, fontsize=8)
+    ax.set_xlabel("contribution to the churn probability (TreeSHAP / linear, exact)")
+    ax.set_title("Per-customer contributions (numeric: blue low → red high)")
+    fig.tight_layout()
+    return fig
