@@ -127,7 +127,7 @@ class Explanations:
 
 
 def feature_label(name: str) -> str:
-    """ "contract_type" -> "Contract type"."""
+    """A feature name in plain words: contract_type -> Contract type."""
     words = name.replace("_", " ").strip()
     return words[:1].upper() + words[1:]
 
@@ -145,234 +145,187 @@ def reason(name: str, value: Any, contribution: float) -> str:
 
 
 # ---------------------------------------------------------------------------- TreeSHAP
+#
+# Path-dependent TreeSHAP, leaf by leaf. A leaf's share of feature i's value depends on the
+# features tested on its path (d of them, each ORIGINAL feature once), on how much training
+# weight follows the path at that feature's splits (z_f, the product of cover ratios) and on
+# whether x follows every split of that feature (o_f, 0 or 1):
+#
+#   phi_i += v * (o_i - z_i) * sum_k q_k * k! (d-1-k)! / d!,   Q(t) = prod_{j != i} (z_j + o_j t)
+#
+# the sum over coalitions of Algorithm 2 (Lundberg et al. 2018), written as a polynomial. z_f,
+# the features and the split tests of every path are fixed by the tree, so they are laid out
+# once per leaf at load; a row then costs a few comparisons and O(d^2) arithmetic per leaf,
+# with no walk of the inner nodes and no path copies.
 
 
 @dataclass(frozen=True)
 class PackedTrees:
-    """Trees as flat arrays (node ``i`` of tree ``t`` at ``offsets[t] + i``) with each
-    split's ORIGINAL feature (``group``) beside the pipeline column it tests."""
+    """Every leaf of an ensemble with its path: split tests, and per original feature on the
+    path its zero fraction (z_f); leaf values already scaled (1/trees or learning rate)."""
 
-    offsets: np.ndarray  # (trees + 1,) int64
-    left: np.ndarray  # int32, relative to the tree's offset; -1 at a leaf
-    right: np.ndarray
-    column: np.ndarray  # int32 column of the transformed matrix tested at the node
-    group: np.ndarray  # int32 original feature of that column
-    threshold: np.ndarray  # float32, rounded down (x <= t as scikit-learn compares)
-    value: np.ndarray  # float64: the leaf's output, already scaled (1/trees or learning rate)
-    cover: np.ndarray  # float64: weighted training samples reaching the node
-    depth: int
-    expected: float  # sum over trees of the cover-weighted mean leaf value
+    value: np.ndarray  # (leaves,) float64
+    width: np.ndarray  # (leaves,) int64: d, original features on the path
+    feature: np.ndarray  # (leaves, max d) int32: those features
+    zero: np.ndarray  # (leaves, max d) float64: their zero fractions
+    tests: np.ndarray  # (leaves + 1,) int64: offsets into the split tests
+    column: np.ndarray  # (tests,) int32: column of the transformed matrix tested
+    threshold: np.ndarray  # (tests,) float32, rounded down (x <= t as scikit-learn compares)
+    left: np.ndarray  # (tests,) bool: the path goes left (x <= t) at this split
+    slot: np.ndarray  # (tests,) int64: index of the split's feature in the leaf's features
+    expected: float  # the ensemble's output averaged over the training data (cover weights)
 
     def shap(self, matrix: np.ndarray, groups: int) -> np.ndarray:
-        """(rows, groups) contributions of each original feature to the trees' summed output."""
+        """(rows, groups) contributions of each original feature to the summed output."""
         x = np.ascontiguousarray(matrix, dtype=np.float32)
-        size = (self.depth + 3) * (self.depth + 4)
         return np.asarray(
             _shap_kernel()(
                 x,
-                self.offsets,
-                self.left,
-                self.right,
-                self.column,
-                self.group,
-                self.threshold,
                 self.value,
-                self.cover,
+                self.width,
+                self.feature,
+                self.zero,
+                self.tests,
+                self.column,
+                self.threshold,
+                self.left,
+                self.slot,
                 groups,
-                size,
             )
         )
-
-    def predict(self, matrix: np.ndarray) -> np.ndarray:
-        """The trees' summed output per row, walked in Python (for tests and checks)."""
-        x = np.asarray(matrix, dtype=np.float32)
-        total = np.zeros(len(x))
-        for t in range(len(self.offsets) - 1):
-            base = int(self.offsets[t])
-            for r in range(len(x)):
-                node = 0
-                while self.left[base + node] >= 0:
-                    i = base + node
-                    go_left = x[r, self.column[i]] <= self.threshold[i]
-                    node = int(self.left[i] if go_left else self.right[i])
-                total[r] += self.value[base + node]
-        return total
 
 
 def pack_trees(trees: Sequence[Any], scales: Sequence[float], groups: np.ndarray) -> PackedTrees:
     """sklearn ``Tree`` objects with each leaf value ``values[leaf] * scale``; `groups` maps
     each column of the transformed matrix to its original feature. For a classifier's tree
     the value is the positive-class fraction, for a regressor's the value itself."""
-    offsets = [0]
-    parts: dict[str, list[np.ndarray]] = {
-        k: [] for k in ("left", "right", "column", "group", "threshold", "value", "cover")
-    }
-    depth, expected = 1, 0.0
+    values: list[float] = []
+    paths: list[list[tuple[int, float, bool]]] = []  # (column, threshold, left) per split
+    zeros: list[dict[int, float]] = []  # feature -> zero fraction, in first-seen order
     for tree, scale in zip(trees, scales, strict=True):
         value = tree.value[:, 0, :]
         leaf_value = (value[:, 1] / value.sum(axis=1)) if value.shape[1] == 2 else value[:, 0]
         leaf_value = np.asarray(leaf_value, dtype=np.float64) * scale
-        inner = tree.children_left >= 0
-        column = np.where(inner, tree.feature, 0).astype(np.int32)
-        parts["left"].append(tree.children_left.astype(np.int32))
-        parts["right"].append(tree.children_right.astype(np.int32))
-        parts["column"].append(column)
-        parts["group"].append(np.where(inner, groups[column], -1).astype(np.int32))
-        parts["threshold"].append(float32_at_most(np.where(inner, tree.threshold, 0.0)))
-        parts["value"].append(leaf_value)
         cover = np.asarray(tree.weighted_n_node_samples, dtype=np.float64)
-        parts["cover"].append(cover)
-        offsets.append(offsets[-1] + tree.node_count)
-        depth = max(depth, int(tree.max_depth))
-        expected += _expected(tree.children_left, tree.children_right, cover, leaf_value)
-    arrays = {k: np.concatenate(v) for k, v in parts.items()}
+        threshold = float32_at_most(np.where(tree.children_left >= 0, tree.threshold, 0.0))
+        stack: list[tuple[int, list[tuple[int, float, bool]], dict[int, float]]] = [(0, [], {})]
+        while stack:
+            node, path, zero = stack.pop()
+            left, right = int(tree.children_left[node]), int(tree.children_right[node])
+            if left < 0:
+                values.append(float(leaf_value[node]))
+                paths.append(path)
+                zeros.append(zero)
+                continue
+            column = int(tree.feature[node])
+            feature = int(groups[column])
+            for child, goes_left in ((left, True), (right, False)):
+                ratio = cover[child] / cover[node]
+                stack.append(
+                    (
+                        child,
+                        [*path, (column, float(threshold[node]), goes_left)],
+                        {**zero, feature: zero.get(feature, 1.0) * ratio},
+                    )
+                )
+    widest = max((len(z) for z in zeros), default=1) or 1
+    leaves = len(values)
+    width = np.zeros(leaves, dtype=np.int64)
+    feature_of = np.zeros((leaves, widest), dtype=np.int32)
+    zero_of = np.ones((leaves, widest), dtype=np.float64)
+    tests = np.zeros(leaves + 1, dtype=np.int64)
+    columns, thresholds, lefts, slots = [], [], [], []
+    expected = 0.0
+    for k, (path, zero) in enumerate(zip(paths, zeros, strict=True)):
+        order = {f: i for i, f in enumerate(zero)}
+        width[k] = len(zero)
+        feature_of[k, : len(zero)] = list(zero)
+        zero_of[k, : len(zero)] = list(zero.values())
+        for column, limit, goes_left in path:
+            columns.append(column)
+            thresholds.append(limit)
+            lefts.append(goes_left)
+            slots.append(order[int(groups[column])])
+        tests[k + 1] = len(columns)
+        expected += values[k] * float(np.prod(zero_of[k, : len(zero)]))
     return PackedTrees(
-        offsets=np.asarray(offsets, dtype=np.int64),
-        depth=depth,
+        value=np.asarray(values, dtype=np.float64),
+        width=width,
+        feature=feature_of,
+        zero=zero_of,
+        tests=tests,
+        column=np.asarray(columns, dtype=np.int32),
+        threshold=np.asarray(thresholds, dtype=np.float32),
+        left=np.asarray(lefts, dtype=np.bool_),
+        slot=np.asarray(slots, dtype=np.int64),
         expected=expected,
-        **arrays,
     )
-
-
-def _expected(left: np.ndarray, right: np.ndarray, cover: np.ndarray, value: np.ndarray) -> float:
-    """The tree's output averaged over the training data as it reaches the leaves, computed
-    by the fractions TreeSHAP uses (so base + contributions adds up to the output)."""
-    total, stack = 0.0, [(0, 1.0)]
-    while stack:
-        node, weight = stack.pop()
-        if left[node] < 0:
-            total += weight * value[node]
-            continue
-        for child in (left[node], right[node]):
-            stack.append((int(child), weight * cover[child] / cover[node]))
-    return total
 
 
 _compiled: list[Any] = []
 
 
 def _shap_kernel() -> Any:
-    """The numba TreeSHAP kernel, compiled on first use (a few seconds, once per process)."""
+    """The numba kernel, compiled on first use (about a second, once per process)."""
     if _compiled:
         return _compiled[0]
     import numba
 
     @numba.njit(nogil=True, cache=False)
-    def extend(feat, zero, one, pw, at, depth, zero_fraction, one_fraction, feature):
-        feat[at + depth] = feature
-        zero[at + depth] = zero_fraction
-        one[at + depth] = one_fraction
-        pw[at + depth] = 1.0 if depth == 0 else 0.0
-        for i in range(depth - 1, -1, -1):
-            pw[at + i + 1] += one_fraction * pw[at + i] * (i + 1) / (depth + 1)
-            pw[at + i] = zero_fraction * pw[at + i] * (depth - i) / (depth + 1)
-
-    @numba.njit(nogil=True, cache=False)
-    def unwind(feat, zero, one, pw, at, depth, index):
-        one_fraction = one[at + index]
-        zero_fraction = zero[at + index]
-        next_one = pw[at + depth]
-        for i in range(depth - 1, -1, -1):
-            if one_fraction != 0.0:
-                tmp = pw[at + i]
-                pw[at + i] = next_one * (depth + 1) / ((i + 1) * one_fraction)
-                next_one = tmp - pw[at + i] * zero_fraction * (depth - i) / (depth + 1)
-            else:
-                pw[at + i] = pw[at + i] * (depth + 1) / (zero_fraction * (depth - i))
-        for i in range(index, depth):
-            feat[at + i] = feat[at + i + 1]
-            zero[at + i] = zero[at + i + 1]
-            one[at + i] = one[at + i + 1]
-
-    @numba.njit(nogil=True, cache=False)
-    def unwound_sum(zero, one, pw, at, depth, index):
-        one_fraction = one[at + index]
-        zero_fraction = zero[at + index]
-        next_one = pw[at + depth]
-        total = 0.0
-        if one_fraction != 0.0:
-            for i in range(depth - 1, -1, -1):
-                tmp = next_one / ((i + 1) * one_fraction)
-                total += tmp
-                next_one = pw[at + i] - tmp * zero_fraction * (depth - i)
-        else:
-            for i in range(depth - 1, -1, -1):
-                total += pw[at + i] / (zero_fraction * (depth - i))
-        return total * (depth + 1)
-
-    @numba.njit(nogil=True, cache=False)
-    def shap(x, offsets, left, right, column, group, threshold, value, cover, groups, size):
+    def shap(x, value, width, feature, zero, tests, column, threshold, left, slot, groups):
         rows = x.shape[0]
+        widest = feature.shape[1]
         phi = np.zeros((rows, groups))
-        feat = np.full(size, -1, np.int32)
-        zero = np.zeros(size)
-        one = np.zeros(size)
-        pw = np.zeros(size)
-        # the depth-first walk's pending nodes: node, path depth, parent's path offset,
-        # zero and one fractions, feature of the split that led there
-        stack = size
-        s_node = np.zeros(stack, np.int64)
-        s_depth = np.zeros(stack, np.int64)
-        s_parent = np.zeros(stack, np.int64)
-        s_zero = np.zeros(stack)
-        s_one = np.zeros(stack)
-        s_feature = np.zeros(stack, np.int32)
+        # weights[d, k] = k! (d-1-k)! / d!: a coalition of k of the other d-1 features
+        weights = np.zeros((widest + 1, widest + 1))
+        for d in range(1, widest + 1):
+            for k in range(d):
+                weights[d, k] = math.gamma(k + 1) * math.gamma(d - k) / math.gamma(d + 1)
+        hot = np.zeros(widest, np.bool_)
+        poly = np.zeros(widest + 1)
         for r in range(rows):
             xr = x[r]
             out = phi[r]
-            for t in range(offsets.shape[0] - 1):
-                base = offsets[t]
-                top = 0
-                s_node[0], s_depth[0], s_parent[0] = 0, 0, 0
-                s_zero[0], s_one[0], s_feature[0] = 1.0, 1.0, -1
-                while top >= 0:
-                    node, depth, parent_at = s_node[top], s_depth[top], s_parent[top]
-                    zero_fraction, one_fraction = s_zero[top], s_one[top]
-                    parent_feature = s_feature[top]
-                    top -= 1
-                    # this node's copy of the path follows its parent's (which the walk
-                    # leaves untouched until both children have copied it)
-                    at = parent_at + depth + 1
-                    for i in range(depth + 1):
-                        feat[at + i] = feat[parent_at + i]
-                        zero[at + i] = zero[parent_at + i]
-                        one[at + i] = one[parent_at + i]
-                        pw[at + i] = pw[parent_at + i]
-                    extend(feat, zero, one, pw, at, depth, zero_fraction, one_fraction,
-                           parent_feature)  # fmt: skip
-                    i = base + node
-                    if left[i] < 0:
-                        leaf = value[i]
-                        for k in range(1, depth + 1):
-                            w = unwound_sum(zero, one, pw, at, depth, k)
-                            out[feat[at + k]] += w * (one[at + k] - zero[at + k]) * leaf
-                        continue
-                    if xr[column[i]] <= threshold[i]:
-                        hot, cold = left[i], right[i]
+            for leaf in range(value.shape[0]):
+                d = width[leaf]
+                for j in range(d):
+                    hot[j] = True
+                for c in range(tests[leaf], tests[leaf + 1]):
+                    if (xr[column[c]] <= threshold[c]) != left[c]:
+                        hot[slot[c]] = False
+                # P(t) = prod_j (z_j + o_j t)
+                poly[0] = 1.0
+                for k in range(1, d + 1):
+                    poly[k] = 0.0
+                for j in range(d):
+                    z = zero[leaf, j]
+                    if hot[j]:
+                        for k in range(j + 1, 0, -1):
+                            poly[k] = poly[k] * z + poly[k - 1]
+                        poly[0] *= z
                     else:
-                        hot, cold = right[i], left[i]
-                    feature = group[i]
-                    incoming_zero, incoming_one = 1.0, 1.0
-                    index = depth + 1
-                    for k in range(depth + 1):
-                        if feat[at + k] == feature:
-                            index = k
-                            break
-                    if index != depth + 1:  # the feature split above already: undo, redo
-                        incoming_zero = zero[at + index]
-                        incoming_one = one[at + index]
-                        unwind(feat, zero, one, pw, at, depth, index)
-                        depth -= 1
-                    whole = cover[i]
-                    # cold below hot: hot is walked first, cold copies the path after it
-                    top += 1
-                    s_node[top], s_depth[top], s_parent[top] = cold, depth + 1, at
-                    s_zero[top] = cover[base + cold] / whole * incoming_zero
-                    s_one[top], s_feature[top] = 0.0, feature
-                    top += 1
-                    s_node[top], s_depth[top], s_parent[top] = hot, depth + 1, at
-                    s_zero[top] = cover[base + hot] / whole * incoming_zero
-                    s_one[top], s_feature[top] = incoming_one, feature
+                        for k in range(j + 1):
+                            poly[k] *= z
+                v = value[leaf]
+                w = weights[d]
+                # a feature x does not follow: Q = P / z and (o - z) / z = -1, the same
+                # sum for every such feature of the leaf
+                cold = 0.0
+                for k in range(d):
+                    cold += poly[k] * w[k]
+                cold *= v
+                for i in range(d):
+                    if hot[i]:
+                        # Q = P / (t + z), from the top (stable: z <= 1)
+                        z = zero[leaf, i]
+                        q = poly[d]
+                        total = q * w[d - 1]
+                        for k in range(d - 1, 0, -1):
+                            q = poly[k] - z * q
+                            total += q * w[k - 1]
+                        out[feature[leaf, i]] += total * (1.0 - z) * v
+                    else:
+                        out[feature[leaf, i]] -= cold
         return phi
 
     _compiled.append(shap)
