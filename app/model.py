@@ -9,8 +9,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
-from functools import cached_property
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -168,12 +167,6 @@ class ServedModel:
     def labels(self) -> tuple[str, str, str, str]:
         return (self.name, self.version, self.run_id, self.backend)
 
-    @cached_property
-    def explaining(self) -> ExplainingModel:
-        """This model answering with explanations (what the micro-batcher is handed for an
-        ``explain=true`` request; one object per model, so such requests batch together)."""
-        return ExplainingModel(self)
-
     def explain(self, columns: Mapping[str, Sequence[Any] | np.ndarray]) -> Explanations:
         """Contributions of each feature to the churn probability of each row of `columns`
         (raw inputs by feature name, prepared as for prediction); NotExplainable with the
@@ -182,20 +175,23 @@ class ServedModel:
             raise NotExplainable(self.unexplainable or "no explainer was built for it")
         return self.explainer.explain(self.predictor.prepare(columns))
 
-    def predict_rows(self, rows: list[Row], explain: bool = False) -> Answers:
+    def explain_answers(self, answers: Answers) -> Answers:
+        """`answers` with their explanations, computed from the columns the model saw (off
+        the inference thread: explaining a row costs far more than predicting it, and plain
+        requests must not queue behind it). NotExplainable if this model has none (the codec
+        refuses such requests first)."""
+        if self.explainer is None:
+            raise NotExplainable(self.unexplainable or "no explainer was built for it")
+        return replace(answers, explanations=self.explainer.explain(answers.columns))
+
+    def predict_rows(self, rows: list[Row]) -> Answers:
         """Answers for rows in feature order (runs on the inference thread). The columns are
         prepared once (churn.data.prepare_columns), scored, checked for reinterpreted values
-        and logged as the model saw them (missing values as null); explained on request
-        (the codec refused the request if this model has no explainer)."""
+        and logged as the model saw them (missing values as null)."""
         prepared = self.predictor.prepare(
             {name: [row[name] for row in rows] for name in self.schema.names}
         )
         probabilities = self.predictor.predict_prepared(prepared)
-        explanations = None
-        if explain:
-            if self.explainer is None:
-                raise NotExplainable(self.unexplainable or "no explainer was built for it")
-            explanations = self.explainer.explain(prepared)
         return Answers(
             probabilities=np.round(probabilities, PROBABILITY_DECIMALS).tolist(),
             decisions=(probabilities >= self.thresholds.decision).tolist(),
@@ -205,7 +201,6 @@ class ServedModel:
                 for name, values in prepared.items()
             },
             warnings=self.checks.find(prepared, len(rows)),
-            explanations=explanations,
         )
 
     def tiers(self, probabilities: np.ndarray) -> np.ndarray:
@@ -228,18 +223,6 @@ class ServedModel:
             },
         )
         return meta
-
-
-class ExplainingModel:
-    """A served model whose answers carry explanations (app.batcher's RowPredictor)."""
-
-    __slots__ = ("model",)
-
-    def __init__(self, model: ServedModel) -> None:
-        self.model = model
-
-    def predict_rows(self, rows: list[Row]) -> Answers:
-        return self.model.predict_rows(rows, explain=True)
 
 
 def explainer_for(settings: Settings, bundle: ModelBundle) -> tuple[Explainer | None, str | None]:
