@@ -165,14 +165,14 @@ class PackedTrees:
     path its zero fraction (z_f); leaf values already scaled (1/trees or learning rate)."""
 
     value: np.ndarray  # (leaves,) float64
-    width: np.ndarray  # (leaves,) int64: d, original features on the path
-    feature: np.ndarray  # (leaves, max d) int32: those features
+    width: np.ndarray  # (leaves,) uint8: d, original features on the path
+    feature: np.ndarray  # (leaves, max d) unsigned: those features
     zero: np.ndarray  # (leaves, max d) float64: their zero fractions
     tests: np.ndarray  # (leaves + 1,) int64: offsets into the split tests
-    column: np.ndarray  # (tests,) int32: column of the transformed matrix tested
+    column: np.ndarray  # (tests,) unsigned: column of the transformed matrix tested
     threshold: np.ndarray  # (tests,) float32, rounded down (x <= t as scikit-learn compares)
     left: np.ndarray  # (tests,) bool: the path goes left (x <= t) at this split
-    slot: np.ndarray  # (tests,) int64: index of the split's feature in the leaf's features
+    slot: np.ndarray  # (tests,) uint8: index of the split's feature in the leaf's features
     expected: float  # the ensemble's output averaged over the training data (cover weights)
 
     def shap(self, matrix: np.ndarray, groups: int) -> np.ndarray:
@@ -230,8 +230,8 @@ def pack_trees(trees: Sequence[Any], scales: Sequence[float], groups: np.ndarray
                 )
     widest = max((len(z) for z in zeros), default=1) or 1
     leaves = len(values)
-    width = np.zeros(leaves, dtype=np.int64)
-    feature_of = np.zeros((leaves, widest), dtype=np.int32)
+    width = np.zeros(leaves, dtype=np.uint8)
+    feature_of = np.zeros((leaves, widest), dtype=_index_type(int(groups.max(initial=0))))
     zero_of = np.ones((leaves, widest), dtype=np.float64)
     tests = np.zeros(leaves + 1, dtype=np.int64)
     columns, thresholds, lefts, slots = [], [], [], []
@@ -254,12 +254,20 @@ def pack_trees(trees: Sequence[Any], scales: Sequence[float], groups: np.ndarray
         feature=feature_of,
         zero=zero_of,
         tests=tests,
-        column=np.asarray(columns, dtype=np.int32),
+        column=np.asarray(columns, dtype=_index_type(max(columns, default=0))),
         threshold=np.asarray(thresholds, dtype=np.float32),
         left=np.asarray(lefts, dtype=np.bool_),
-        slot=np.asarray(slots, dtype=np.int64),
+        slot=np.asarray(slots, dtype=np.uint8),
         expected=expected,
     )
+
+
+def _index_type(largest: int) -> type[np.unsignedinteger[Any]]:
+    """The narrowest unsigned index type for values up to `largest` (less memory per leaf
+    and per split test: a 200-tree forest's table then stays in cache)."""
+    if largest < 1 << 8:
+        return np.uint8
+    return np.uint16 if largest < 1 << 16 else np.uint32
 
 
 _compiled: list[Any] = []
@@ -290,37 +298,38 @@ def _shap_kernel() -> Any:
                 d = width[leaf]
                 for j in range(d):
                     hot[j] = True
-                for c in range(tests[leaf], tests[leaf + 1]):
-                    if (xr[column[c]] <= threshold[c]) != left[c]:
-                        hot[slot[c]] = False
-                # P(t) = prod_j (z_j + o_j t)
+                for c in range(tests[leaf], tests[leaf + 1]):  # branch-free: unpredictable
+                    hot[slot[c]] &= (xr[column[c]] <= threshold[c]) == left[c]
+                # P(t) = prod_j (z_j + o_j t) = scale * prod_hot (z_j + t): the features x
+                # does not follow only scale it, so its degree is the number it follows
+                scale = 1.0
+                h = 0
                 poly[0] = 1.0
-                for k in range(1, d + 1):
-                    poly[k] = 0.0
                 for j in range(d):
                     z = zero[leaf, j]
                     if hot[j]:
-                        for k in range(j + 1, 0, -1):
+                        h += 1
+                        poly[h] = 0.0
+                        for k in range(h, 0, -1):
                             poly[k] = poly[k] * z + poly[k - 1]
                         poly[0] *= z
                     else:
-                        for k in range(j + 1):
-                            poly[k] *= z
-                v = value[leaf]
+                        scale *= z
+                v = value[leaf] * scale
                 w = weights[d]
                 # a feature x does not follow: Q = P / z and (o - z) / z = -1, the same
                 # sum for every such feature of the leaf
                 cold = 0.0
-                for k in range(d):
+                for k in range(h + 1):
                     cold += poly[k] * w[k]
                 cold *= v
                 for i in range(d):
                     if hot[i]:
                         # Q = P / (t + z), from the top (stable: z <= 1)
                         z = zero[leaf, i]
-                        q = poly[d]
-                        total = q * w[d - 1]
-                        for k in range(d - 1, 0, -1):
+                        q = poly[h]
+                        total = q * w[h - 1]
+                        for k in range(h - 1, 0, -1):
                             q = poly[k] - z * q
                             total += q * w[k - 1]
                         out[feature[leaf, i]] += total * (1.0 - z) * v
