@@ -89,8 +89,8 @@ class Settings(BaseSettings):
     explanations_enabled: bool = Field(
         default=True,
         description="build the exact explainer at load (checked against the pipeline on sample "
-        "rows; its kernel compiles once per worker, a few seconds) so `?explain=true` works; "
-        "`false`: such requests get 422",
+        "rows; about 1 s of CPU per worker for the default forest, its kernel compiled once) so "
+        "`?explain=true` works; `false`: such requests get 422",
     )
     explain_top_reasons: int = Field(
         default=3,
