@@ -187,8 +187,6 @@ def explain_requested(query: str | bytes) -> bool:
         return False
     if isinstance(query, bytes):
         query = query.decode("latin-1")
-    if EXPLAIN not in query:
-        return False
     value = None
     for key, given in parse_qsl(query, keep_blank_values=True):
         if key == EXPLAIN:

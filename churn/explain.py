@@ -138,7 +138,8 @@ def reason(name: str, value: Any, contribution: float) -> str:
     if value is None or (isinstance(value, float) and math.isnan(value)):
         shown = "missing"
     elif isinstance(value, float):
-        shown = f"{value:g}"
+        # as a person writes it: 3, 70.5, 1234567.25 (no exponent below a billion)
+        shown = f"{value:.4f}".rstrip("0").rstrip(".") if abs(value) < 1e9 else f"{value:g}"
     else:
         shown = str(value)
     return f"{feature_label(name)}: {shown} {contribution:+.2f}"

@@ -286,6 +286,8 @@ def test_reasons_in_plain_words_largest_first() -> None:
     assert reason("tenure", 3.0, -0.123) == "Tenure: 3 -0.12"
     assert reason("monthly_charges", 70.5, 0.004) == "Monthly charges: 70.5 +0.00"
     assert reason("tenure", float("nan"), -0.05) == "Tenure: missing -0.05"
+    assert reason("total_charges", 1234567.25, 0.031) == "Total charges: 1234567.25 +0.03"
+    assert reason("total_charges", 0.5, -0.031) == "Total charges: 0.5 -0.03"
     assert reason("payment_method", None, 0.01) == "Payment method: missing +0.01"
     explained = Explanations(
         ("tenure", "contract_type", "internet_service", "num_products"),
