@@ -75,6 +75,11 @@ def test_every_section_is_measured_with_finite_numbers(smoke: Path) -> None:
     # the compiled forest is the pipeline's own arithmetic; ONNX rounds thresholds
     assert parity["forest"]["max_abs_diff"] <= 1e-9
     assert parity["forest"]["tier_agreement"] == 1.0
+    explain = servers["service"]["explain"]
+    assert explain["explained"]["requests"] > 0 and explain["explained"]["errors"] == 0
+    assert explain["batch_explained"]["rows_per_s"] > 0
+    assert results["explain_inprocess"]["max_additivity_error"] <= 1e-6
+    assert "explain_1_row_p99_explained_over_plain" in results["ratios"]
     assert results["training"]["rows"] == 600 and results["training"]["train_s"] > 0
     assert set(results["drift"]) == {"5000", "20000"}
     assert set(results["performance"]) == {"5000", "20000"}
@@ -87,7 +92,7 @@ def test_every_section_is_measured_with_finite_numbers(smoke: Path) -> None:
     log = servers["service"]["prediction_log"]
     # every load's predictions were counted; none of their log records was dropped
     assert log["predictions"] >= servers["service"]["predict"]["requests"] and log["dropped"] == 0
-    assert len(results["targets"]) == 9
+    assert len(results["targets"]) == 10
     assert {t["mark"] for t in results["targets"]} <= {"pass", "short", "n/a"}
     numbers = _numbers(results)
     assert numbers, "no figures at all"
@@ -111,6 +116,7 @@ def test_results_md_renders_every_section_and_the_plot(smoke: Path) -> None:
         "## 3. Batches",
         "## 4. In-process inference",
         "## 5. Training, drift check, start-up, memory",
+        "## 6. Explanations",
     ):
         assert heading in text
     assert "smoke run" in text
