@@ -142,8 +142,28 @@ def _json_answer(content: bytes) -> Response:
     return Response(content, media_type="application/json")
 
 
+# Read by the codec (both transports), documented here.
+_EXPLAIN_PARAMETER = {
+    "parameters": [
+        {
+            "name": "explain",
+            "in": "query",
+            "required": False,
+            "schema": {"type": "boolean", "default": False},
+            "description": "Add `explanation` to each prediction: the contribution of each "
+            "feature to the churn probability (base_value + contributions = probability), "
+            "and the top reasons in plain words. 422 if the model cannot be explained.",
+        }
+    ]
+}
+
+
 @router.post(
-    "/predict", response_model=PredictionResponse, tags=["predict"], responses=_CLIENT_ERRORS
+    "/predict",
+    response_model=PredictionResponse,
+    tags=["predict"],
+    responses=_CLIENT_ERRORS,
+    openapi_extra=_EXPLAIN_PARAMETER,
 )
 async def predict(service: ServiceDep, request: Request) -> Response:
     """Churn probability, decision and risk tier for one customer.
@@ -151,20 +171,26 @@ async def predict(service: ServiceDep, request: Request) -> Response:
     Strict input: numbers as JSON numbers (integers for integer features), `null` where the
     model imputes the feature, unknown fields refused (422 naming the likely intended field).
     `warnings` appears only when a value was reinterpreted (a category not seen in training,
-    a number outside the training range)."""
+    a number outside the training range). With `?explain=true`, `explanation` says how much
+    each feature moved this customer's probability from the base value."""
     model = _model_or_503(service, request)
     try:
+        explain = model.codec.decode_explain(request.url.query)
         rows = model.codec.decode_customer(
             await request.body(), request.headers.get("content-type")
         )
     except RequestError as exc:
         raise _client_error(exc) from None
-    answers, ids = await service.answer(model, rows)
+    answers, ids = await service.answer(model, rows, explain)
     return _json_answer(model.codec.encode_customer(answers, ids))
 
 
 @router.post(
-    "/predict/batch", response_model=BatchResponse, tags=["predict"], responses=_CLIENT_ERRORS
+    "/predict/batch",
+    response_model=BatchResponse,
+    tags=["predict"],
+    responses=_CLIENT_ERRORS,
+    openapi_extra=_EXPLAIN_PARAMETER,
 )
 async def predict_batch(service: ServiceDep, request: Request) -> Response:
     """Predictions for up to MAX_BATCH_SIZE customers, answered in the order sent.
@@ -173,11 +199,12 @@ async def predict_batch(service: ServiceDep, request: Request) -> Response:
     invalid customer (`loc` = body, customers, index, field) with the reason."""
     model = _model_or_503(service, request)
     try:
+        explain = model.codec.decode_explain(request.url.query)
         content_type = request.headers.get("content-type")
         rows = model.codec.decode_batch(await request.body(), content_type)
     except RequestError as exc:
         raise _client_error(exc) from None
-    answers, ids = await service.answer(model, rows)
+    answers, ids = await service.answer(model, rows, explain)
     return _json_answer(model.codec.encode_batch(answers, ids))
 
 

@@ -19,6 +19,10 @@ why (NaN, malformed JSON, batch size, each field); a body containing NaN or Infi
 pass the request types (every field is typed and extra fields are refused), so the NaN rule
 costs nothing on valid requests (tests/test_api_fastpath.py checks that property).
 
+Options come in the query string, parsed here too: ``explain=true`` asks for each
+prediction's explanation (churn.explain); a value that is not a boolean, or a model that
+cannot be explained, is a 422 naming ``query.explain`` and why.
+
 The answer is formatted directly as the JSON FastAPI's JSONResponse would render for
 `app.schemas.PredictionResponse` (compact, UTF-8), one f-string per prediction, with
 ``warnings`` present only when the input was reinterpreted.
@@ -30,6 +34,7 @@ import difflib
 import json
 from dataclasses import dataclass
 from typing import Any, NoReturn
+from urllib.parse import parse_qsl
 
 from pydantic import BaseModel, TypeAdapter, ValidationError
 
@@ -167,12 +172,63 @@ class Reinterpretation:
         )
 
 
+EXPLAIN = "explain"
+# The words a query boolean may be (case-insensitive), as FastAPI/pydantic read them.
+_TRUE = frozenset({"true", "1", "yes", "on"})
+_FALSE = frozenset({"false", "0", "no", "off"})
+EXPLANATIONS_UNAVAILABLE = "explanations are not available for this model"
+NO_EXPLAINER = "no explainer was built for it"
+
+
+def explain_requested(query: str | bytes) -> bool:
+    """Whether the query string says ``explain=true`` (422 for a value that is no boolean;
+    the last one wins if the parameter is repeated, as Starlette reads query parameters)."""
+    if not query:
+        return False
+    if isinstance(query, bytes):
+        query = query.decode("latin-1")
+    value = None
+    for key, given in parse_qsl(query, keep_blank_values=True):
+        if key == EXPLAIN:
+            value = given
+    if value is None:
+        return False
+    word = value.strip().lower()
+    if word in _TRUE:
+        return True
+    if word in _FALSE:
+        return False
+    raise RequestError(
+        422,
+        [
+            {
+                "loc": ["query", EXPLAIN],
+                "msg": f"explain must be true or false, got {value!r}",
+                "type": "bool_parsing",
+            }
+        ],
+    )
+
+
 class RequestCodec:
-    """Decoding and encoding for one served model (built at load, immutable)."""
+    """Decoding and encoding for one served model (built at load, immutable).
+
+    `unexplainable` is why this model's predictions cannot be explained (None: they can);
+    `top_reasons` is how many plain-word reasons an explanation gives."""
 
     _BOOL = ("false", "true")
 
-    def __init__(self, schema: FeatureSchema, max_batch_size: int, model_version: str) -> None:
+    def __init__(
+        self,
+        schema: FeatureSchema,
+        max_batch_size: int,
+        model_version: str,
+        *,
+        unexplainable: str | None = NO_EXPLAINER,
+        top_reasons: int = 3,
+    ) -> None:
+        self.unexplainable = unexplainable
+        self.top_reasons = top_reasons
         self.max_batch_size = max_batch_size
         self.fields = schema.names
         # the request types, also what OpenAPI documents (app.openapi)
@@ -183,6 +239,24 @@ class RequestCodec:
         self.version_json = _json(model_version)
 
     # ------------------------------------------------------------------ decoding
+
+    def decode_explain(self, query: str | bytes) -> bool:
+        """Whether the request asks for explanations (`explain_requested`); 422 when it does
+        and this model cannot give them, with the reason."""
+        if not explain_requested(query):
+            return False
+        if self.unexplainable is not None:
+            raise RequestError(
+                422,
+                [
+                    {
+                        "loc": ["query", EXPLAIN],
+                        "msg": f"{EXPLANATIONS_UNAVAILABLE}: {self.unexplainable}",
+                        "type": "explanation_unavailable",
+                    }
+                ],
+            )
+        return True
 
     def decode_customer(self, body: bytes, content_type: str | bytes | None) -> list[Row]:
         """The one customer of a /predict body, as a row (raises RequestError)."""
@@ -250,6 +324,10 @@ class RequestCodec:
                 if found:
                     texts = _json([w.text() for w in found])
                     items[k] = f'{items[k][:-1]},"warnings":{texts}}}'
+        explanations = getattr(answers, "explanations", None)
+        if explanations is not None:
+            for k, explained in enumerate(explanation_objects(answers, self.top_reasons)):
+                items[k] = f'{items[k][:-1]},"explanation":{_json(explained)}}}'
         return items
 
     def encode_customer(self, answers: Any, ids: list[str]) -> bytes:
@@ -259,3 +337,15 @@ class RequestCodec:
         items = ",".join(self.predictions(answers, ids))
         head = f'{{"model_version":{self.version_json},"count":{len(ids)},"predictions":['
         return f"{head}{items}]}}".encode()
+
+
+def explanation_objects(answers: Any, top_reasons: int = 3) -> list[dict[str, Any]]:
+    """Each answer's explanation as a JSON-ready object (`app.schemas.ExplanationResponse`):
+    base value, the probability explained, contribution per original feature, the top
+    reasons in plain words and the method. For any encoder of explained answers (the JSON
+    API here; a V2 encoder can put the same objects in a BYTES output or parameters)."""
+    explanations = answers.explanations
+    if explanations is None:
+        return []
+    rows: list[dict[str, Any]] = explanations.rows(answers.columns, top_reasons)
+    return rows

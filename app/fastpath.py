@@ -79,6 +79,7 @@ class PredictFastPath:
         codec = model.codec
         batch = self._batch[scope["path"]]
         try:
+            explain = codec.decode_explain(scope.get("query_string", b""))
             body = await _read_body(receive)
             if batch:
                 rows = codec.decode_batch(body, _content_type(scope))
@@ -87,7 +88,7 @@ class PredictFastPath:
         except RequestError as exc:
             await send_answer(send, exc.body(), exc.status)
             return
-        answers, ids = await service.answer(model, rows)
+        answers, ids = await service.answer(model, rows, explain)
         content = codec.encode_batch(answers, ids) if batch else codec.encode_customer(answers, ids)
         await send_answer(send, content)
 

@@ -147,6 +147,11 @@ class Metrics:
             ["feature"],
             registry=r,
         )
+        self.explained = Counter(
+            "explained_predictions_total",
+            "Predictions answered with an explanation (?explain=true)",
+            registry=r,
+        )
         for result in ("success", "failure"):
             self.reloads.labels(result)
         for reason in ("queue_full", "write_error", "shutdown", "disabled"):

@@ -8,7 +8,8 @@ started with and never sees half of each.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +19,7 @@ from app.batcher import Row
 from app.codec import Reinterpretation, RequestCodec
 from app.settings import Settings
 from churn.bundle import BundleError, ModelBundle, load_bundle
+from churn.explain import Explainer, Explanations, NotExplainable, checked_explainer
 from churn.inference import BackendError, Predictor, choose_predictor
 from churn.risk import PROBABILITY_DECIMALS, Thresholds, risk_tiers
 from churn.schema import FeatureSchema
@@ -42,6 +44,8 @@ class Answers:
     columns: dict[str, list[Any]] = field(default_factory=dict)
     # per row, what was reinterpreted (None if nothing); empty when no row of the call was
     warnings: list[tuple[Reinterpretation, ...] | None] = field(default_factory=list)
+    # per row, the contributions to the probability, when explanations were asked for
+    explanations: Explanations | None = None
 
     def __len__(self) -> int:
         return len(self.probabilities)
@@ -53,6 +57,7 @@ class Answers:
             self.tiers[part],
             {name: values[part] for name, values in self.columns.items()},
             self.warnings[part],
+            None if self.explanations is None else self.explanations[part],
         )
 
     @property
@@ -154,10 +159,30 @@ class ServedModel:
     codec: RequestCodec
     checks: InputChecks
     backend_reason: str = ""
+    # exact per-feature contributions (churn.explain); None with the reason when unavailable
+    explainer: Explainer | None = None
+    unexplainable: str | None = None
 
     @property
     def labels(self) -> tuple[str, str, str, str]:
         return (self.name, self.version, self.run_id, self.backend)
+
+    def explain(self, columns: Mapping[str, Sequence[Any] | np.ndarray]) -> Explanations:
+        """Contributions of each feature to the churn probability of each row of `columns`
+        (raw inputs by feature name, prepared as for prediction); NotExplainable with the
+        reason when this model cannot be explained."""
+        if self.explainer is None:
+            raise NotExplainable(self.unexplainable or "no explainer was built for it")
+        return self.explainer.explain(self.predictor.prepare(columns))
+
+    def explain_answers(self, answers: Answers) -> Answers:
+        """`answers` with their explanations, computed from the columns the model saw (off
+        the inference thread: explaining a row costs far more than predicting it, and plain
+        requests must not queue behind it). NotExplainable if this model has none (the codec
+        refuses such requests first)."""
+        if self.explainer is None:
+            raise NotExplainable(self.unexplainable or "no explainer was built for it")
+        return replace(answers, explanations=self.explainer.explain(answers.columns))
 
     def predict_rows(self, rows: list[Row]) -> Answers:
         """Answers for rows in feature order (runs on the inference thread). The columns are
@@ -182,11 +207,14 @@ class ServedModel:
         return risk_tiers(probabilities, self.thresholds.high, self.thresholds.medium)
 
     def public_metadata(self) -> dict[str, Any]:
-        """Bundle metadata for GET /model, without the large reference profile."""
+        """Bundle metadata for GET /model, without the large reference profile; the global
+        importances (``explanations.importance``, from training) stay in it."""
         meta = {k: v for k, v in self.metadata.items() if k != "reference_profile"}
         meta.update(
             backend=self.backend,
             backend_reason=self.backend_reason,
+            explanations_available=self.explainer is not None,
+            explanations_unavailable_reason=self.unexplainable,
             source=self.source,
             thresholds={
                 "high": self.thresholds.high,
@@ -195,6 +223,22 @@ class ServedModel:
             },
         )
         return meta
+
+
+def explainer_for(settings: Settings, bundle: ModelBundle) -> tuple[Explainer | None, str | None]:
+    """The bundle's exact explainer, checked against its pipeline on sample rows, or None and
+    why (a client may read the reason: it names the model type, never an exception text)."""
+    if not settings.explanations_enabled:
+        return None, "explanations are disabled on this server (EXPLANATIONS_ENABLED=false)"
+    try:
+        return checked_explainer(bundle), None
+    except NotExplainable as exc:
+        logger.warning(
+            "explanations unavailable: %s",
+            exc,
+            extra={"model_version": bundle.version, "reason": str(exc)},
+        )
+        return None, str(exc)
 
 
 def thresholds_for(settings: Settings, metadata: dict[str, Any]) -> Thresholds:
@@ -238,6 +282,7 @@ def load_model(settings: Settings) -> ServedModel:
         schema = bundle.schema
         thresholds = thresholds_for(settings, bundle.metadata)
         predictor, reason = choose_predictor(bundle, settings.inference_backend, thresholds)
+        explainer, unexplainable = explainer_for(settings, bundle)
     except ModelLoadError:
         raise
     except BackendError as exc:
@@ -257,6 +302,14 @@ def load_model(settings: Settings) -> ServedModel:
         schema=schema,
         predictor=predictor,
         thresholds=thresholds,
-        codec=RequestCodec(schema, settings.max_batch_size, bundle.version),
+        codec=RequestCodec(
+            schema,
+            settings.max_batch_size,
+            bundle.version,
+            unexplainable=unexplainable,
+            top_reasons=settings.explain_top_reasons,
+        ),
         checks=InputChecks.from_schema(schema),
+        explainer=explainer,
+        unexplainable=unexplainable,
     )

@@ -152,6 +152,31 @@ def build_customer_model(schema: FeatureSchema) -> type[BaseModel]:
 RiskTier = Literal["HIGH", "MEDIUM", "LOW"]
 
 
+class ExplanationResponse(BaseModel):
+    """Why one prediction is what it is (churn.explain; present with `?explain=true`)."""
+
+    base_value: float = Field(
+        description="The model's expected probability before any feature is known"
+    )
+    probability: float = Field(
+        description="The probability explained, unrounded: base_value + sum(contributions). "
+        "Equal to the served churn_probability before rounding with the forest and sklearn "
+        "backends; within the ONNX export's checked tolerance with the ONNX backend"
+    )
+    contributions: dict[str, float] = Field(
+        description="Per original feature (one-hot columns summed back), how much it moved "
+        "the probability: positive raises the churn risk"
+    )
+    reasons: list[str] = Field(
+        description="The largest contributions in plain words, e.g. "
+        "'Contract type: Month-to-month +0.21' (EXPLAIN_TOP_REASONS of them)"
+    )
+    method: str = Field(
+        description="tree_shap_probability (forest), tree_shap_margin_secant (boosting), "
+        "linear_margin_secant (logistic regression)"
+    )
+
+
 class PredictionResponse(BaseModel):
     """The answer for one customer (formatted by app.codec; this model documents it)."""
 
@@ -164,6 +189,9 @@ class PredictionResponse(BaseModel):
         default=None,
         description="Present only when the input was reinterpreted: a category not seen in "
         "training (scored as unknown) or a value outside the training range.",
+    )
+    explanation: ExplanationResponse | None = Field(
+        default=None, description="Present only with `?explain=true`"
     )
 
     model_config = ConfigDict(

@@ -11,6 +11,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -74,6 +75,9 @@ class ModelService:
         self.log_writer = log_writer
         self.loader = loader
         self.batcher = MicroBatcher()
+        # Explanations on a thread of their own (the numba kernel releases the GIL): a plain
+        # prediction never waits behind one.
+        self._explainer = ThreadPoolExecutor(1, thread_name_prefix="explain")
         self._ids = RandomHex()
         self.model: ServedModel | None = None
         # client-safe reason of the last failed load (None after a good one)
@@ -93,6 +97,7 @@ class ModelService:
 
     def stop(self) -> None:
         self.batcher.stop()
+        self._explainer.shutdown(wait=True, cancel_futures=True)
         if self.log_writer is not None:
             self.log_writer.close()
 
@@ -172,16 +177,25 @@ class ModelService:
 
     # ------------------------------------------------------------------ prediction
 
-    async def answer(self, model: ServedModel, rows: list[Row]) -> tuple[Answers, list[str]]:
+    async def answer(
+        self, model: ServedModel, rows: list[Row], explain: bool = False
+    ) -> tuple[Answers, list[str]]:
         """Answers and new prediction ids for `rows` (validated by the model's codec), in
-        order; logged and counted (categories unseen in training too, as the model saw them)."""
+        order; logged and counted (categories unseen in training too, as the model saw them).
+        With `explain` (the codec checked the model can) each answer carries its explanation;
+        the prediction is logged exactly as without, and the explained rows are counted."""
         started = time.perf_counter()
         try:
             answers: Answers = await self.batcher.predict(model, rows)
+            # the model call's time (prediction_latency_seconds), explanation excluded
+            elapsed = time.perf_counter() - started
+            if explain:
+                answers = await asyncio.get_running_loop().run_in_executor(
+                    self._explainer, model.explain_answers, answers
+                )
         except Exception:
             self.metrics.observe_prediction_errors(len(rows))
             raise
-        elapsed = time.perf_counter() - started
         batch_id = self._ids.batch_id()
         ids = prediction_ids(batch_id, len(rows))
         tiers = answers.tiers
@@ -191,6 +205,8 @@ class ModelService:
         if answers.warned:
             for name, count in answers.unknown_categories().items():
                 self.metrics.unknown_category.labels(name).inc(count)
+        if explain:
+            self.metrics.explained.inc(len(rows))
         self._log(model, answers, batch_id)
         return answers, ids
 

@@ -85,6 +85,19 @@ class Settings(BaseSettings):
         description="`auto`/`forest`: the compiled forest, else ONNX, else sklearn, each "
         "checked against sklearn at load; `onnx`: ONNX first; `sklearn`: always the pipeline",
     )
+    # Per-prediction explanations (churn.explain): `?explain=true` on /predict and /predict/batch.
+    explanations_enabled: bool = Field(
+        default=True,
+        description="build the exact explainer at load (checked against the pipeline on sample "
+        "rows; about 1 s of CPU per worker for the default forest, its kernel compiled once) so "
+        "`?explain=true` works; `false`: such requests get 422",
+    )
+    explain_top_reasons: int = Field(
+        default=3,
+        ge=1,
+        le=50,
+        description="plain-word reasons per explained prediction (largest contributions first)",
+    )
     # The key bundles are signed with (churn.bundle): an unsigned or wrongly signed bundle is
     # refused. Required in production; one of the two, never both.
     bundle_signing_key: SecretStr | None = Field(

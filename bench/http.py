@@ -31,6 +31,9 @@ class HttpConfig:
     batch_sizes: tuple[int, ...]
     server_cpu: int | None
     load_cpu: int | None
+    # ?explain=true: one connection for "light load", rows per explained batch
+    light_connections: int = 1
+    explain_batch_rows: int = 100
 
 
 @dataclass(frozen=True)
@@ -201,6 +204,39 @@ def batch_throughput(server: RunningServer, bodies: Bodies, cfg: HttpConfig) -> 
     return out
 
 
+def explain_latency(server: RunningServer, bodies: Bodies, cfg: HttpConfig) -> dict[str, Any]:
+    """?explain=true against the plain call in the same run: one row at light load (one
+    connection, so latency is the request's own cost), and explained rows/s at
+    `cfg.explain_batch_rows` rows per call (the batch connections)."""
+    spec = server.spec
+    assert spec.batch_path is not None
+    one = bodies.path(spec.body_format, 1)
+    many = bodies.path(spec.body_format, cfg.explain_batch_rows)
+    out: dict[str, Any] = {
+        "light_connections": cfg.light_connections,
+        "batch_rows": cfg.explain_batch_rows,
+        "batch_connections": cfg.batch_connections,
+    }
+    shapes = {
+        "plain": (spec.predict_path, one, cfg.light_connections),
+        "explained": (f"{spec.predict_path}?explain=true", one, cfg.light_connections),
+        "batch_plain": (spec.batch_path, many, cfg.batch_connections),
+        "batch_explained": (f"{spec.batch_path}?explain=true", many, cfg.batch_connections),
+    }
+    for name, (path, body, connections) in shapes.items():
+        if cfg.warmup_s > 0:
+            loadgen.run_load(
+                loadgen.Load(server.url(path), connections, cfg.warmup_s, body), cfg.load_cpu
+            )
+        load = loadgen.Load(server.url(path), connections, cfg.duration_s, body)
+        result = _measure(server, load, cfg)
+        if name.startswith("batch"):
+            rows = cfg.explain_batch_rows
+            result["rows_per_s"] = result["rps"] * rows if result["errors"] == 0 else 0.0
+        out[name] = result
+    return out
+
+
 def measure_server(
     spec: ServerSpec, bodies: Bodies, cfg: HttpConfig, log_dir: Path, sections: set[str]
 ) -> dict[str, Any]:
@@ -216,6 +252,9 @@ def measure_server(
         if "batch" in sections and spec.batch_path is not None:
             say(f"{spec.label}: batches of {', '.join(map(str, cfg.batch_sizes))} rows")
             result["batch"] = batch_throughput(server, bodies, cfg)
+        if "explain" in sections and spec.name == "service":
+            say(f"{spec.label}: ?explain=true vs plain, 1 row at light load and batches")
+            result["explain"] = explain_latency(server, bodies, cfg)
         result["memory"] = resident_memory(server.process.pid)
         if spec.name == "service":
             # every load above (warm-ups included) was logged, or dropped and counted here

@@ -78,6 +78,32 @@ def inference(
     }
 
 
+def explanations(
+    bundle: ModelBundle, sizes: tuple[int, ...], repeats: dict[int, int]
+) -> dict[str, Any]:
+    """Milliseconds per call of the exact explainer (churn.explain) beside the served
+    backend's prediction for the same rows, and the worst additivity error seen."""
+    from churn.explain import checked_explainer
+    from churn.inference import choose_predictor
+    from churn.risk import Thresholds
+
+    explainer = checked_explainer(bundle)
+    predictor, _ = choose_predictor(bundle, "auto", Thresholds.from_metadata(bundle.metadata))
+    out: dict[str, Any] = {"method": explainer.method, "backend": predictor.backend}
+    worst = 0.0
+    for size in sizes:
+        prepared = predictor.prepare(frame_to_columns(customers(size, seed=7), bundle.schema))
+        explain = _timed(functools.partial(explainer.explain, prepared), repeats[size])
+        predict = _timed(functools.partial(predictor.predict_prepared, prepared), repeats[size])
+        got = explainer.explain(prepared)
+        total = got.base_value + got.contributions.sum(axis=1)
+        worst = max(worst, float(np.max(np.abs(total - got.probabilities))))
+        explain["rows_per_s"] = size / (explain["median_ms"] / 1000)
+        out[str(size)] = {"explain": explain, "predict": predict}
+    out["max_additivity_error"] = worst
+    return out
+
+
 def parity(
     bundle: ModelBundle, predictor: Predictor, sklearn: SklearnPredictor, rows: int
 ) -> dict[str, Any]:

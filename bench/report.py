@@ -67,6 +67,17 @@ def ratios(results: dict[str, Any]) -> dict[str, Any]:
                 out[f"batch_{size}_rows_per_s_http_over_inprocess_{served}"] = _div(
                     figures["rows_per_s"], in_process["rows_per_s"]
                 )
+    explain = (ours or {}).get("explain")
+    if explain:
+        out["explain_1_row_p50_explained_over_plain"] = _div(
+            explain["explained"]["latency_ms"]["p50"], explain["plain"]["latency_ms"]["p50"]
+        )
+        out["explain_1_row_p99_explained_over_plain"] = _div(
+            explain["explained"]["latency_ms"]["p99"], explain["plain"]["latency_ms"]["p99"]
+        )
+        out[f"explain_batch_{explain['batch_rows']}_rows_per_s_plain_over_explained"] = _div(
+            explain["batch_plain"]["rows_per_s"], explain["batch_explained"]["rows_per_s"]
+        )
     timings = results.get("inprocess", {}).get("timings", {})
     for backend in FAST_BACKENDS:
         for size, fast in timings.get(backend, {}).items():
@@ -139,6 +150,13 @@ def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
             "<=",
             0,
             "",
+        ),
+        (
+            "one-row /predict?explain=true p99 < 20 ms (light load)",
+            _get(results, *service, "explain", "explained", "latency_ms", "p99"),
+            "<",
+            20.0,
+            " ms",
         ),
         (
             "drift check 1,000,000 × 7 < 10 s",
@@ -362,6 +380,55 @@ def _inprocess_table(results: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _explain_table(results: dict[str, Any]) -> list[str]:
+    explain = _get(results, "http", "servers", "service", "explain")
+    if not explain:
+        return ["(not measured)"]
+    light, rows = explain["light_connections"], explain["batch_rows"]
+    lines = [
+        "| request | connections | req/s | rows/s | p50 ms | p99 ms | errors | server CPU ms/req |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    shapes = (
+        ("plain", "`/predict`", light, 1),
+        ("explained", "`/predict?explain=true`", light, 1),
+        ("batch_plain", f"`/predict/batch`, {rows} rows", explain["batch_connections"], rows),
+        (
+            "batch_explained",
+            f"`/predict/batch?explain=true`, {rows} rows",
+            explain["batch_connections"],
+            rows,
+        ),
+    )
+    for key, label, connections, per_call in shapes:
+        r = explain[key]
+        lines.append(
+            f"| {label} | {connections} | {_f(r['rps'], 1)} | {_f(r['rps'] * per_call, 0)} | "
+            f"{_f(r['latency_ms']['p50'], 2)} | {_f(r['latency_ms']['p99'], 2)} | "
+            f"{r['errors']} | {_f(r.get('server_cpu_ms_per_request'), 3)} |"
+        )
+    inproc = results.get("explain_inprocess")
+    if inproc:
+        lines += [
+            "",
+            f"In process, one thread ({inproc['method']}; prediction by the served "
+            f"{inproc['backend']} backend for the same rows); worst |base + Σ contributions − "
+            f"probability| seen: {inproc['max_additivity_error']:.1e}.",
+            "",
+            "| rows per call | explain: median ms (rows/s) | p99 ms | predict: median ms |",
+            "|---:|---:|---:|---:|",
+        ]
+        for size, t in inproc.items():
+            if not isinstance(t, dict):
+                continue
+            e, p = t["explain"], t["predict"]
+            lines.append(
+                f"| {int(size):,} | {_f(e['median_ms'], 3)} ({_f(e['rows_per_s'], 0)}) | "
+                f"{_f(e['p99_ms'], 3)} | {_f(p['median_ms'], 3)} |"
+            )
+    return lines
+
+
 def _other_table(results: dict[str, Any]) -> list[str]:
     lines = ["| measurement | value |", "|---|---:|"]
     train = results.get("training")
@@ -462,6 +529,13 @@ def render(results: dict[str, Any], plot_path: Path | None, md_dir: Path) -> str
         "",
         *_other_table(results),
         "",
+        "## 6. Explanations (`?explain=true`)",
+        "",
+        "The same service, one request at a time (light load) and batches of explained rows, "
+        "each beside the plain call measured in this run.",
+        "",
+        *_explain_table(results),
+        "",
         "## Ratios (same run)",
         "",
         "| ratio | value |",
@@ -504,12 +578,38 @@ def _budget_notes(results: dict[str, Any]) -> list[str]:
     return notes
 
 
+# Sections other benchmarks write into RESULTS.md (bench/spark_batch.py); kept on re-render.
+KEPT_SECTIONS = (("<!-- spark-batch:start -->", "<!-- spark-batch:end -->"),)
+
+
+def section(text: str, start: str, end: str) -> str | None:
+    """The block from ``start`` to ``end`` (markers included) in ``text``, if any."""
+    first = text.find(start)
+    last = text.find(end, first)
+    return text[first : last + len(end)] if first >= 0 and last >= 0 else None
+
+
+def put_section(text: str, start: str, end: str, block: str) -> str:
+    """``text`` with its ``start``..``end`` block replaced by ``block`` (appended if none)."""
+    old = section(text, start, end)
+    if old is not None:
+        return text.replace(old, block)
+    return text.rstrip("\n") + "\n\n" + block + "\n"
+
+
 def write_report(results: dict[str, Any], results_dir: Path, md_path: Path) -> Path:
-    """Plot and RESULTS.md from the results (ratios and targets are recomputed)."""
+    """Plot and RESULTS.md from the results (ratios and targets are recomputed); the
+    sections other benchmarks wrote (``KEPT_SECTIONS``) stay."""
     results["ratios"] = ratios(results)
     results["targets"] = targets(results)
     png = plot(results, results_dir / "throughput.png")
-    md_path.write_text(render(results, png, md_path.parent))
+    text = render(results, png, md_path.parent)
+    old = md_path.read_text() if md_path.exists() else ""
+    for start, end in KEPT_SECTIONS:
+        kept = section(old, start, end)
+        if kept is not None:
+            text = put_section(text, start, end, kept)
+    md_path.write_text(text)
     return md_path
 
 

@@ -34,6 +34,7 @@ SERVERS = ("service", "mlflow", "blog", "ceiling")
 SECTIONS = (
     "health",
     "batch",
+    "explain",
     "inprocess",
     "training",
     "drift",
@@ -93,6 +94,10 @@ def _settings(args: argparse.Namespace) -> dict[str, Any]:
         "health_connections": 1,
         "batch_connections": 4,
         "batch_sizes": [100, 1000],
+        "light_connections": 1,
+        "explain_batch_rows": 100,
+        "explain_inprocess_sizes": [1, 100],
+        "explain_inprocess_repeats": {"1": 20, "100": 3} if quick else {"1": 300, "100": 20},
         "inprocess_sizes": [1, 1000],
         "inprocess_repeats": {"1": 20, "1000": 3} if quick else {"1": 500, "1000": 30},
         "parity_rows": 2000 if quick else 20000,
@@ -188,6 +193,8 @@ def run_http(
         batch_sizes=tuple(settings["batch_sizes"]),
         server_cpu=server_cpu,
         load_cpu=load_cpu,
+        light_connections=settings["light_connections"],
+        explain_batch_rows=settings["explain_batch_rows"],
     )
     # only the features: the API refuses unknown fields (the target column among them)
     complete = generate_customers(200, seed=3).dropna()[bundle.schema.names].to_dict("records")
@@ -226,6 +233,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             repeats = {int(k): v for k, v in settings["inprocess_repeats"].items()}
             results["inprocess"] = inprocess.inference(
                 bundle, tuple(settings["inprocess_sizes"]), repeats, settings["parity_rows"]
+            )
+        if "explain" not in skip:
+            http.say("in-process explanations (churn.explain) vs the served prediction")
+            repeats = {int(k): v for k, v in settings["explain_inprocess_repeats"].items()}
+            results["explain_inprocess"] = inprocess.explanations(
+                bundle, tuple(settings["explain_inprocess_sizes"]), repeats
             )
         if "training" not in skip:
             http.say(f"training on {settings['train_rows']:,} rows with {args.config}")

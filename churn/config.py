@@ -185,7 +185,7 @@ class BatchConfig(_Section):
     # Numeric values per feature sampled uniformly for the drift tests (counts are exact).
     drift_sample_size: int = Field(50_000, ge=100)
     # Rows per Arrow batch handed to the model on an executor.
-    arrow_batch_rows: int = Field(20_000, ge=100)
+    arrow_batch_rows: int = Field(100_000, ge=100)
 
 
 class GuardrailsConfig(_Section):

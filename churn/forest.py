@@ -299,8 +299,12 @@ class Preprocessor:
     blocks: tuple[NumericBlock | OneHotBlock, ...]
     width: int
 
-    def matrix(self, columns: PreparedColumns, rows: int) -> np.ndarray:
-        out = np.zeros((rows, self.width), dtype=np.float32)
+    def matrix(
+        self, columns: PreparedColumns, rows: int, dtype: type[np.floating[Any]] = np.float32
+    ) -> np.ndarray:
+        """The transformed rows: float32 as the trees compare them, or float64 (the
+        explanations of a linear model, which scikit-learn computes in float64)."""
+        out = np.zeros((rows, self.width), dtype=dtype)
         offset = 0
         for block in self.blocks:
             if isinstance(block, NumericBlock):

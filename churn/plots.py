@@ -94,3 +94,52 @@ def feature_importance_figure(rows: list[FeatureImportance]) -> Any:
 def close(figures: dict[str, Any]) -> None:
     for fig in figures.values():
         plt.close(fig)
+
+
+def shap_summary_figure(
+    features: tuple[str, ...], contributions: np.ndarray, values: dict[str, list[Any]]
+) -> Any:
+    """A SHAP summary (beeswarm) plot: one row per feature, most important on top, a dot per
+    explained customer at its contribution to the churn probability, coloured by the
+    feature's value (numeric: low blue to high red by rank; categorical: one colour per
+    category, its name written at the median of its dots)."""
+    mean_abs = np.abs(contributions).mean(axis=0)
+    order = np.argsort(mean_abs, kind="stable")  # least important at the bottom
+    rng = np.random.default_rng(0)
+    fig, ax = plt.subplots(figsize=(10, max(3, 0.8 * len(features) + 1.2)))
+    cmap = plt.get_cmap("coolwarm")
+    palette = plt.get_cmap("tab10")
+    for row, j in enumerate(order):
+        name = features[j]
+        x = contributions[:, j]
+        y = row + rng.uniform(-0.25, 0.25, len(x))
+        raw = values[name]
+        colour: Any
+        if not any(isinstance(v, str) for v in raw):  # numeric (None/NaN: missing)
+            known = np.array([np.nan if v is None else float(v) for v in raw])
+            filled = np.nan_to_num(known, nan=float(np.nanmedian(known)))
+            ranks = np.argsort(np.argsort(filled, kind="stable"), kind="stable")
+            colour = cmap(ranks / max(len(ranks) - 1, 1))
+        else:
+            shown = ["missing" if v is None else str(v) for v in raw]
+            categories = sorted(set(shown))
+            index = {c: i for i, c in enumerate(categories)}
+            colour = [palette(index[v] % 10) for v in shown]
+            for category in categories:
+                mask = np.array([v == category for v in shown])
+                ax.annotate(
+                    category,
+                    # alternately above and below the row, so close medians stay legible
+                    (float(np.median(x[mask])), row + (0.3 if index[category] % 2 else -0.42)),
+                    ha="center",
+                    fontsize=7,
+                    color=palette(index[category] % 10),
+                )
+        ax.scatter(x, y, s=6, c=colour, alpha=0.6, linewidths=0)
+    ax.axvline(0, color="grey", linewidth=1)
+    ax.set_yticks(range(len(order)), [features[j] for j in order])
+    ax.set_ylim(-0.7, len(order) - 0.2)
+    ax.set_xlabel("contribution to the churn probability (exact; numeric: blue low, red high)")
+    ax.set_title("Why customers are at risk: per-customer contributions")
+    fig.tight_layout()
+    return fig

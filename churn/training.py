@@ -37,6 +37,14 @@ from churn.bundle import save_bundle
 from churn.calibration import Calibrator, fit_calibrator
 from churn.config import Config
 from churn.data import TrainingData, load_training_data
+from churn.explain import (
+    GLOBAL_ROWS,
+    GlobalImportance,
+    NotExplainable,
+    categorical_profile,
+    global_importance,
+    make_explainer,
+)
 from churn.forest import check_compiled_forest
 from churn.onnx_export import OnnxExport, export_onnx
 from churn.pipeline import build_classifier, build_pipeline, inference_ready
@@ -194,6 +202,7 @@ def build_metadata(
     onnx: OnnxExport,
     compiled_forest: dict[str, Any] | None = None,
     calibrator: Calibrator | None = None,
+    explanations: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Everything serving and monitoring need to know about the model, without the raw data."""
     reference = build_reference_profile(
@@ -225,6 +234,8 @@ def build_metadata(
         "target_column": config.data.target_column,
         "onnx": onnx.as_metadata(),
         "compiled_forest": compiled_forest or {"supported": False, "reason": "not checked"},
+        # global importances from per-prediction explanations (GET /model shows them)
+        "explanations": explanations or {"available": False, "reason": "not computed"},
         "training_data": {
             "path": str(data.path),
             "digest": data.digest,
@@ -267,6 +278,43 @@ def _log_evaluation(
     table = importance_table(importance)
     mlflow.log_text(table.to_csv(index=False), "feature_importance.csv")
     mlflow.log_dict({"features": table.to_dict(orient="records")}, "feature_importance.json")
+
+
+def explain_validation(
+    pipeline: Pipeline, schema: FeatureSchema, parts: Split, config: Config
+) -> tuple[GlobalImportance | None, dict[str, Any]]:
+    """Per-customer contributions on a sample of the validation split (churn.explain) and
+    what the bundle keeps of them; a model that cannot be explained is noted, not an error."""
+    try:
+        explainer = make_explainer(pipeline, schema, categorical_profile(parts.X_train, schema))
+        summary = global_importance(explainer, parts.X_val, seed=config.training.random_state)
+    except NotExplainable as exc:
+        return None, {"available": False, "reason": str(exc)}
+    return summary, summary.as_metadata()
+
+
+def _log_explanations(summary: GlobalImportance) -> None:
+    """The SHAP summary plot and the mean-|contribution| table (CSV and JSON)."""
+    import mlflow
+
+    from churn import plots
+
+    figure = plots.shap_summary_figure(
+        summary.explanations.features, summary.explanations.contributions, summary.values
+    )
+    mlflow.log_figure(figure, "plots/shap_summary.png")
+    plots.close({"shap_summary.png": figure})
+    table = pd.DataFrame(summary.table())
+    mlflow.log_text(table.to_csv(index=False), "shap_importance.csv")
+    mlflow.log_dict(
+        {
+            "method": summary.explanations.method,
+            "base_value": summary.explanations.base_value,
+            "rows": len(summary.explanations),
+            "features": table.to_dict(orient="records"),
+        },
+        "shap_importance.json",
+    )
 
 
 def model_signature(
@@ -378,6 +426,8 @@ def train(
     forest = check_compiled_forest(pipeline, schema, parts.X_val, val_probability)
     if forest["max_abs_diff"] is not None:
         metrics["forest_max_abs_diff"] = forest["max_abs_diff"]
+    _say(progress, f"explain   contributions on up to {GLOBAL_ROWS:,} validation rows")
+    explained, explanations = explain_validation(pipeline, schema, parts, config)
 
     tracking_uri = config.tracking_uri
     _say(
@@ -415,6 +465,8 @@ def train(
         )
         mlflow.log_input(dataset, context="training")
         _log_evaluation(pipeline, parts, val_probability, config)
+        if explained is not None:
+            _log_explanations(explained)
 
         example = parts.X_val.head(5)
         signature = model_signature(schema, parts.X_train, pipeline.predict_proba(example))
@@ -446,6 +498,7 @@ def train(
             onnx=onnx,
             compiled_forest=forest,
             calibrator=calibrator,
+            explanations=explanations,
         )
         # A fresh directory: files of an older bundle with the same number (a registry that
         # was reset) must not ride along into the run's bundle/ artifacts.

@@ -24,6 +24,7 @@ API_METRICS = API_HISTOGRAMS | {
     "model_info",
     "prediction_log_dropped_total",
     "unknown_category_total",
+    "explained_predictions_total",
     "model_reloads_total",
     "model_alias_mismatch",
     "shadow_predictions_total",  # outcome="success" | "error" | "dropped"

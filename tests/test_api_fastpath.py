@@ -239,3 +239,19 @@ def test_both_transports_answer_any_body_alike(
         assert fast.status_code in (200, 413, 422), fast.text
         if b"NaN" in body or b"Infinity" in body:
             assert fast.status_code == 422
+
+
+@pytest.mark.parametrize("query", ["explain=true", "explain=maybe", "explain=false&explain=1"])
+def test_explained_answers_and_refusals_are_the_routes(
+    clients: tuple[TestClient, TestClient], fast_answers: list[Any], query: str
+) -> None:
+    """?explain=... is read by the codec, so both transports explain (or refuse) alike."""
+    fast_client, routed_client = clients
+    customers = [CUSTOMER, {**CUSTOMER, "tenure": None, "contract_type": "Two year"}]
+    for path, body in (("/predict", CUSTOMER), ("/predict/batch", {"customers": customers})):
+        fast = fast_client.post(f"{path}?{query}", json=body)
+        routed = routed_client.post(f"{path}?{query}", json=body)
+        assert fast.status_code == (422 if "maybe" in query else 200), fast.text
+        assert "explanation" in fast.text or fast.status_code == 422
+        _same_answer(fast, routed)
+    assert len(fast_answers) == 2

@@ -75,6 +75,11 @@ def test_every_section_is_measured_with_finite_numbers(smoke: Path) -> None:
     # the compiled forest is the pipeline's own arithmetic; ONNX rounds thresholds
     assert parity["forest"]["max_abs_diff"] <= 1e-9
     assert parity["forest"]["tier_agreement"] == 1.0
+    explain = servers["service"]["explain"]
+    assert explain["explained"]["requests"] > 0 and explain["explained"]["errors"] == 0
+    assert explain["batch_explained"]["rows_per_s"] > 0
+    assert results["explain_inprocess"]["max_additivity_error"] <= 1e-6
+    assert "explain_1_row_p99_explained_over_plain" in results["ratios"]
     assert results["training"]["rows"] == 600 and results["training"]["train_s"] > 0
     assert set(results["drift"]) == {"5000", "20000"}
     assert set(results["performance"]) == {"5000", "20000"}
@@ -89,7 +94,7 @@ def test_every_section_is_measured_with_finite_numbers(smoke: Path) -> None:
     assert log["predictions"] >= servers["service"]["predict"]["requests"] and log["dropped"] == 0
     assert set(results["rollout_evaluation"]) == {"5000", "20000", "bootstrap"}
     assert results["rollout_evaluation"]["bootstrap"]["resamples"] == 2000
-    assert len(results["targets"]) == 11
+    assert len(results["targets"]) == 12
     assert {t["mark"] for t in results["targets"]} <= {"pass", "short", "n/a"}
     numbers = _numbers(results)
     assert numbers, "no figures at all"
@@ -113,6 +118,7 @@ def test_results_md_renders_every_section_and_the_plot(smoke: Path) -> None:
         "## 3. Batches",
         "## 4. In-process inference",
         "## 5. Training, drift check, start-up, memory",
+        "## 6. Explanations",
     ):
         assert heading in text
     assert "smoke run" in text
@@ -133,3 +139,50 @@ def test_report_rerenders_from_the_json(smoke: Path, tmp_path: Path) -> None:
 def test_unknown_skip_names_are_refused() -> None:
     with pytest.raises(SystemExit, match="unknown"):
         bench_run.main(["--quick", "--skip", "mlfow"])
+
+
+def spark_result() -> dict[str, Any]:
+    """A bench.spark_batch result of the shape run() returns (figures made up)."""
+    from bench import spark_batch
+
+    names = list(spark_batch.LABELS)
+    return {
+        "rows": 10_000_000,
+        "subset_rows": 1_000_000,
+        "arrow_batch_rows": 100_000,
+        "load_average_1_5_15min": {"start": [1.0], "subset_start": [2.0], "end": [1.5]},
+        "seconds": dict.fromkeys(names, 2.0),
+        "cpu_seconds_per_million_rows": dict.fromkeys(names, 3.0),
+        "rows_per_second": dict.fromkeys(names, 500_000.0),
+        "ratios": {"score_batch_vs_spark_udf": 4.0},
+        "score_batch_phase_seconds": {"score_batch_full": {"count": 0.5}},
+        "targets": {"full_run_seconds": {"value": 60.0}, "vs_spark_udf": {"value": 4.0}},
+    }
+
+
+def test_spark_section_is_written_once_with_its_marks(tmp_path: Path) -> None:
+    from bench import spark_batch
+
+    md = tmp_path / "RESULTS.md"
+    md.write_text("# Benchmark results\n\nother sections\n")
+    spark_batch.write_markdown(spark_result(), md)
+    spark_batch.write_markdown(spark_result(), md)  # a second run replaces, never adds
+    text = md.read_text()
+    assert text.startswith("# Benchmark results\n\nother sections\n")
+    assert text.count(spark_batch.SPARK_START) == 1 == text.count(spark_batch.SPARK_END)
+    assert "| 60.0 s | ✅ pass |" in text and "| 4.00× | ❌ fail |" in text
+    assert "at start [1.0]" in text
+
+
+def test_rerendered_report_keeps_the_spark_section(smoke: Path, tmp_path: Path) -> None:
+    from bench import report, spark_batch
+
+    md = tmp_path / "RESULTS.md"
+    md.write_text((smoke / "RESULTS.md").read_text())
+    spark_batch.write_markdown(spark_result(), md)
+    before = report.section(md.read_text(), spark_batch.SPARK_START, spark_batch.SPARK_END)
+    report.main([str(smoke / "latest.json"), "--md", str(md)])
+    after = md.read_text()
+    assert after.startswith("# Benchmark results") and "## 5. Training" in after
+    assert before is not None
+    assert report.section(after, spark_batch.SPARK_START, spark_batch.SPARK_END) == before

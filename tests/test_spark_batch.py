@@ -16,7 +16,6 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from churn.batch.drift import population_profile
 from churn.batch.job import (
     EXIT_TOO_MANY_INVALID,
     BatchInputError,
@@ -211,26 +210,77 @@ def test_drift_verdicts_match_the_in_process_detector(night: Any, trained_model:
     assert "<html" in (partition / "_drift.html").read_text()[:200]
 
 
-def test_bounded_sample_keeps_exact_counts(spark: Any, night: Any) -> None:
+def night_summary(frame: pd.DataFrame, scorer: Any, sample_size: int, parts: int) -> Any:
+    """The night's table scored in ``parts`` partitions of 5,000-row batches, as the tasks do,
+    their summaries merged on the way through the job's accumulator."""
+    from churn.batch.job import PartitionSummaries
+    from churn.batch.summary import ScoreSummary, merge_partitions, sample_fraction
+
+    schema = scorer.schema
+    template = ScoreSummary(
+        tuple(schema.numeric), tuple(schema.categorical), sample_size,
+        sample_fraction(len(frame), sample_size), seed=(0,),
+    )  # fmt: skip
+    accumulated: dict[int, Any] = PartitionSummaries().zero({})
+    for part, rows in enumerate(np.array_split(np.arange(len(frame)), parts)):
+        summary = template.fresh(seed=(0, part))
+        for start in range(0, len(rows), 5_000):
+            batch = frame.iloc[rows[start : start + 5_000]].reset_index(drop=True)
+            scorer.score(batch, ["customer_id"], summary)
+        accumulated = PartitionSummaries().addInPlace(accumulated, {part: summary})
+        if part == 0:  # a task run twice (retry, speculation) is counted once
+            accumulated = PartitionSummaries().addInPlace(accumulated, {part: summary})
+    return merge_partitions(accumulated, template.fresh())
+
+
+def test_bounded_sample_keeps_exact_counts(night: Any, trained_model: Any) -> None:
+    from churn.batch.drift import population
+    from churn.batch.scoring import BundlePayload, bundle_files, scorer_for
+
     frame, _, _, scores = night
+    payload = BundlePayload(bundle_files(trained_model.bundle_dir), "forest", allow_missing=True)
+    summary = night_summary(frame, scorer_for(payload), sample_size=2_000, parts=3)
     valid = (scores["status"] == "ok").to_numpy()
-    table = frame.loc[valid].assign(churn_probability=scores.loc[valid, "churn_probability"].values)
-    numeric, categorical = ["tenure", "total_charges"], ["payment_method"]
-    population = population_profile(
-        spark.createDataFrame(table[[*numeric, *categorical, "churn_probability"]]),
-        numeric,
-        categorical,
-        sample_size=2_000,
-    )
-    tenure = population.profile.numeric["tenure"]
+    table = frame.loc[valid]
+    assert (summary.rows, summary.invalid) == (ROWS, len(BAD))
+    profile = population(summary).profile
+    tenure = profile.numeric["tenure"]
     assert tenure.values.size == 2_000 and tenure.sampled
     assert tenure.n == int(table["tenure"].notna().sum())
-    assert tenure.mean == pytest.approx(table["tenure"].mean())
-    charges = population.profile.numeric["total_charges"]
+    assert tenure.mean == pytest.approx(table["tenure"].mean(), rel=1e-12)
+    assert tenure.std == pytest.approx(table["tenure"].std(), rel=1e-9)
+    # a uniform sample: its mean is within 5 standard errors of the population's
+    assert abs(np.mean(tenure.values) - tenure.mean) < 5 * tenure.std / np.sqrt(2_000)
+    charges = profile.numeric["total_charges"]
     assert charges.n_missing == int(table["total_charges"].isna().sum()) > 0
-    payment = population.profile.categorical["payment_method"]
+    payment = profile.categorical["payment_method"]
     assert payment.counts == table["payment_method"].value_counts().to_dict()
     assert payment.n_missing == int(table["payment_method"].isna().sum())
+    probability = profile.predictions
+    assert probability is not None and probability.values.size == 2_000
+    assert probability.mean == pytest.approx(scores.loc[valid, "churn_probability"].mean())
+
+
+def test_summaries_that_miss_rows_publish_nothing(
+    spark: Any, trained_model: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Fail closed: if a task's summary never reaches the driver, the counts and the drift
+    would describe part of the night; the job refuses to publish."""
+    from churn.batch import job as batch_job
+
+    output = tmp_path / "scores"
+    job = small_job(tmp_path, output, trained_model.bundle_dir, 400, seed=91)
+    merge = batch_job.merge_partitions
+
+    def lose_the_largest(parts: dict[int, Any], empty: Any) -> Any:
+        lost = max(parts, key=lambda index: parts[index].rows)
+        return merge({k: v for k, v in parts.items() if k != lost}, empty)
+
+    monkeypatch.setattr(batch_job, "merge_partitions", lose_the_largest)
+    with pytest.raises(OutputError, match=r"summarised [\d,]+ rows, the table has 400"):
+        run_batch(spark, job)
+    assert not (output / f"scoring_date={NIGHT.isoformat()}").exists()
+    assert not any((output / "_staging").iterdir())
 
 
 # --------------------------------------------------------------------------- reruns, failures
@@ -265,6 +315,18 @@ def test_rerun_replaces_the_partition(spark: Any, trained_model: Any, tmp_path: 
     assert not any((output / "_staging").iterdir()) and not any((output / "_replaced").iterdir())
 
 
+def corrupt_data_pages(path: Path) -> None:
+    """Flip bytes inside the first column's data page: the footer (row counts) still reads,
+    the values do not, so the job fails while scoring and writing."""
+    import pyarrow.parquet as pq
+
+    start = pq.read_metadata(path).row_group(0).column(0).data_page_offset
+    data = bytearray(path.read_bytes())
+    for i in range(start + 20, start + 60):
+        data[i] ^= 0xFF
+    path.write_bytes(bytes(data))
+
+
 def test_failed_job_leaves_no_partial_partition(
     spark: Any, trained_model: Any, tmp_path: Path
 ) -> None:
@@ -273,8 +335,8 @@ def test_failed_job_leaves_no_partial_partition(
     run_batch(spark, small_job(tmp_path, output, bundle, 500, seed=31))
     before = sorted(p.name for p in (output / f"scoring_date={NIGHT.isoformat()}").iterdir())
     broken = small_job(tmp_path, output, bundle, 500, seed=32)
-    (Path(broken.input) / "part-9.parquet").write_bytes(b"PAR1 not really parquet PAR1")
-    with pytest.raises(OutputError, match="failed"):
+    corrupt_data_pages(Path(broken.input) / "part-1.parquet")
+    with pytest.raises(OutputError, match="failed"):  # mid-write: the staging dir is dropped
         run_batch(spark, broken)
     after = sorted(p.name for p in (output / f"scoring_date={NIGHT.isoformat()}").iterdir())
     assert after == before and partition_ids(output) == {f"c31-{i}" for i in range(500)}
@@ -282,6 +344,13 @@ def test_failed_job_leaves_no_partial_partition(
         run_batch(spark, BatchJob(**{**broken.__dict__, "scoring_date": date(2026, 11, 30)}))
     assert not (output / "scoring_date=2026-11-30").exists()
     assert not any((output / "_staging").iterdir())
+    # a file that is not Parquet at all is refused before anything is written
+    (Path(broken.input) / "part-1.parquet").write_bytes(b"PAR1 not really parquet PAR1")
+    with pytest.raises(BatchInputError, match="cannot read the table"):
+        run_batch(spark, broken)
+    assert sorted(p.name for p in (output / f"scoring_date={NIGHT.isoformat()}").iterdir()) == (
+        before
+    )
 
 
 def test_too_many_invalid_rows_keep_the_previous_partition(
@@ -356,20 +425,32 @@ def test_cli_reports_and_exits(
 
 def test_scorer_in_process_matches_its_spark_columns(trained_model: Any) -> None:
     """The executor's scorer called directly: answers for valid rows, nulls for bad ones, and
-    the features as the model saw them (what the drift statistics read)."""
+    the summary the task sends: counts, and the features as the model saw them."""
     from churn.batch.scoring import SCORE_COLUMNS, BundlePayload, bundle_files, scorer_for
+    from churn.batch.summary import ScoreSummary
 
     payload = BundlePayload(bundle_files(trained_model.bundle_dir), "forest", allow_missing=True)
     scorer = scorer_for(payload)
     assert scorer_for(payload) is scorer  # once per worker
     frame = customers(50, seed=81)
     frame.loc[0, "tenure"] = -2.0
-    out = scorer.score(frame, ["customer_id"], with_features=True)
-    assert list(out.columns) == ["customer_id", *SCORE_COLUMNS, *scorer.schema.names]
+    summary = ScoreSummary(
+        tuple(scorer.schema.numeric), tuple(scorer.schema.categorical), 100, fraction=1.0
+    )
+    out = scorer.score(frame, ["customer_id"], summary)
+    assert list(out.columns) == ["customer_id", *SCORE_COLUMNS]
     assert out.loc[0, "status"] == "invalid" and np.isnan(out.loc[0, "churn_probability"])
-    assert np.isnan(out.loc[0, "tenure"]) and out.loc[1, "tenure"] == frame.loc[1, "tenure"]
     assert out.loc[1:, "churn_probability"].between(0, 1).all()
     assert set(out.loc[1:, "risk_tier"]) <= {"HIGH", "MEDIUM", "LOW"}
+    assert (summary.rows, summary.invalid, summary.reasons) == (50, 1, {"tenure:below_min": 1})
+    assert summary.tiers == out.loc[1:, "risk_tier"].value_counts().to_dict()
+    seen = summary.values()  # every valid row (fraction 1), in a random order
+    assert sorted(seen["tenure"]) == sorted(frame.loc[1:, "tenure"])
+    assert sorted(seen["churn_probability"]) == sorted(out.loc[1:, "churn_probability"])
+    assert (
+        summary.categories["contract_type"]
+        == frame.loc[1:, "contract_type"].value_counts().to_dict()
+    )
 
 
 def test_thresholds_from_metadata_and_job_errors_read_well() -> None:

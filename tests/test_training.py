@@ -126,6 +126,7 @@ def test_mlflow_run_has_everything(trained_model: TrainedModel) -> None:
             "calibration_curve.png",
             "confusion_matrix.png",
             "feature_importance.png",
+            "shap_summary.png",
         )
     }
     assert [a.path for a in client.list_artifacts(run.info.run_id, "config")] == [

@@ -7,8 +7,11 @@ The pieces, each usable and testable on its own:
 * :mod:`churn.batch.scoring` - what runs on the executors: the broadcast bundle bytes are
   verified again with :func:`churn.bundle.load_bundle`, the backend is chosen with
   :func:`churn.inference.choose_predictor` (the API's choice) and kept per Python worker;
-* :mod:`churn.batch.drift` - population statistics in Spark (exact category counts, a bounded
-  uniform sample of numerics) handed to the monitoring drift detector;
+* :mod:`churn.batch.summary` - what each scoring task learns while it scores (counts per
+  status, tier and reason; exact category counts, moments and a bounded uniform sample of
+  the valid rows), merged on the driver: the job reads the table once and caches nothing;
+* :mod:`churn.batch.drift` - those statistics as a profile, handed to the monitoring drift
+  detector;
 * :mod:`churn.batch.output` - the date partition replaced by renames, never half-written;
 * :mod:`churn.batch.job` - the job that ties them together.
 """

@@ -1,12 +1,14 @@
-"""Drift of the whole scored population, computed in Spark, judged by the monitoring detector.
+"""Drift of the whole scored population, summarised while scoring, judged by the monitoring
+detector.
 
-Spark reduces the population to the same summaries a bundle's reference profile holds
-(:class:`churn.profile.ReferenceProfile`), and the monitoring job's detector compares them:
+The scoring pass reduces the valid rows to the same summaries a bundle's reference profile
+holds (:class:`churn.profile.ReferenceProfile`; gathered by :mod:`churn.batch.summary`), and
+the monitoring job's detector compares them:
 
-* categorical features: the exact count of every category (one group-by over all features);
+* categorical features: the exact count of every category;
 * numeric features and the predicted probabilities: exact counts, missing counts, mean and
-  standard deviation (one aggregation), plus a **uniform sample of bounded size** for the
-  Kolmogorov-Smirnov test and the Wasserstein distance.
+  standard deviation, plus a **uniform sample of bounded size** for the Kolmogorov-Smirnov
+  test and the Wasserstein distance.
 
 Why a sample rather than ``approxQuantile``: the detector's tests are defined on values (two
 empirical CDFs), and the reference side is itself a uniform sample (``export.
@@ -21,7 +23,6 @@ exactly the in-process detector's on the same rows.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
@@ -29,12 +30,10 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from pyspark.sql import DataFrame
-from pyspark.sql import functions as F
 
+from churn.batch.summary import PROBABILITY, ScoreSummary
 from churn.profile import CategoricalSummary, NumericSummary, ReferenceProfile
 
-PROBABILITY = "churn_probability"
 # The monitoring job's defaults (python -m monitoring.drift_detector), so both judge alike.
 CORRECTION = "bonferroni"
 MIN_ROWS = 100
@@ -49,87 +48,36 @@ class Population:
     rows: int
 
 
-def _sample_fraction(rows: int, size: int) -> float:
-    """Bernoulli fraction that yields at least ``size`` rows with overwhelming probability
-    (10 standard deviations of margin); the surplus is cut by a random order."""
-    if rows <= size:
-        return 1.0
-    return min(1.0, (size + 10 * math.sqrt(size) + 100) / rows)
+def population(summary: ScoreSummary) -> Population:
+    """The valid rows' profile (exact counts and moments, the bounded sample's values)."""
+    sample = summary.values()
+    rows = summary.scored
 
-
-def population_profile(
-    scored: DataFrame,
-    numeric: Sequence[str],
-    categorical: Sequence[str],
-    *,
-    sample_size: int,
-    seed: int = 0,
-) -> Population:
-    """Summaries of ``scored`` (valid rows: features as the model saw them + probability)."""
-    measured = [*numeric, PROBABILITY]
-    aggregates = [F.count(F.lit(1)).alias("_rows")]
-    for name in measured:
-        column = F.col(name)
-        aggregates += [
-            F.count(column).alias(f"{name}__n"),
-            F.mean(column).alias(f"{name}__mean"),
-            F.stddev_samp(column).alias(f"{name}__std"),
-        ]
-    totals = scored.agg(*aggregates).first()
-    assert totals is not None
-    rows = int(totals["_rows"])
-
-    counts: dict[str, dict[str, int]] = {name: {} for name in categorical}
-    missing: dict[str, int] = dict.fromkeys(categorical, 0)
-    if categorical:
-        pairs = F.explode(
-            F.array(*[F.struct(F.lit(n).alias("f"), F.col(n).alias("v")) for n in categorical])
-        ).alias("kv")
-        grouped = scored.select(pairs).groupBy("kv.f", "kv.v").count().collect()
-        for feature, value, count in grouped:
-            if value is None:
-                missing[feature] += int(count)
-            else:
-                counts[feature][str(value)] = int(count)
-
-    chosen = scored.select(*measured, *categorical)
-    if rows > sample_size:
-        fraction = _sample_fraction(rows, sample_size)
-        if fraction < 1.0:
-            chosen = chosen.sample(False, fraction, seed)
-        chosen = chosen.orderBy(F.rand(seed)).limit(sample_size)
-    sample = pd.DataFrame(chosen.toPandas())
-
-    def summary(name: str) -> NumericSummary:
-        n = int(totals[f"{name}__n"])
-        values = sample[name].to_numpy(dtype=float, na_value=np.nan)
-        base = NumericSummary.from_values(values)
+    def numeric(name: str) -> NumericSummary:
+        moments = summary.moments[name]
+        base = NumericSummary.from_values(sample[name].to_numpy(dtype=float, na_value=np.nan))
         return replace(
             base,
-            n=n,
-            n_missing=rows - n,
-            mean=_float(totals[f"{name}__mean"]),
-            std=_float(totals[f"{name}__std"]),
-            sampled=base.n < n,
+            n=moments.n,
+            n_missing=rows - moments.n,
+            mean=moments.average,
+            std=moments.std,
+            sampled=base.n < moments.n,
         )
 
     profile = ReferenceProfile(
-        numeric={name: summary(name) for name in numeric},
+        numeric={name: numeric(name) for name in summary.numeric},
         categorical={
             name: CategoricalSummary(
-                counts=dict(sorted(counts[name].items(), key=lambda kv: -kv[1])),
-                n_missing=missing[name],
+                counts=dict(sorted(summary.categories[name].items(), key=lambda kv: -kv[1])),
+                n_missing=summary.missing[name],
             )
-            for name in categorical
+            for name in summary.categorical
         },
-        predictions=summary(PROBABILITY),
+        predictions=numeric(PROBABILITY),
         n_rows=rows,
     )
     return Population(profile, sample.rename(columns={PROBABILITY: "probability"}), rows)
-
-
-def _float(value: Any) -> float:
-    return float("nan") if value is None else float(value)
 
 
 def judge(

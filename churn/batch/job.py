@@ -17,18 +17,19 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
-from pyspark import StorageLevel
+from pyspark import AccumulatorParam, TaskContext
 from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
-from churn.batch.drift import judge, population_profile, push_drift_metrics
+from churn.batch.drift import judge, population, push_drift_metrics
 from churn.batch.output import HadoopFiles, OutputError, PartitionPaths, publish, reject
 from churn.batch.scoring import (
     BundlePayload,
@@ -36,6 +37,12 @@ from churn.batch.scoring import (
     bundle_files,
     materialise,
     scorer_for,
+)
+from churn.batch.summary import (
+    ScoreSummary,
+    first_per_partition,
+    merge_partitions,
+    sample_fraction,
 )
 from churn.batch.validation import STATUS_INVALID, STATUS_OK
 from churn.bundle import BundleError, ModelBundle, bundle_directory
@@ -54,6 +61,10 @@ SIGNING_ENV = ("BUNDLE_SIGNING_KEY", "BUNDLE_SIGNING_KEY_FILE")
 _CREDENTIALS = re.compile(r"://[^/@\s]+@")
 # Spark redacts conf values whose key matches this in its UI and logs; add the signing key.
 REDACTION_REGEX = r"(?i)secret|password|token|access[.]?key|signing[._]?key"
+# Input splits per core (Spark's spark.sql.files.minPartitionNum, unless the session sets it):
+# tasks of equal size keep every core busy to the end; one task per core would leave a core
+# idle while the largest file finishes.
+TASKS_PER_CORE = 4
 
 
 class BatchInputError(ValueError):
@@ -74,7 +85,7 @@ class BatchJob:
     max_invalid_share: float = 0.01
     allow_missing: bool = True
     drift_sample_size: int = 50_000
-    arrow_batch_rows: int = 20_000
+    arrow_batch_rows: int = 100_000
     alpha: float = 0.05
     pushgateway: str | None = None
     push_job: str = "batch_scoring"
@@ -233,25 +244,47 @@ def check_columns(frame: DataFrame, features: Sequence[str], keys: Sequence[str]
         raise BatchInputError(f"key column(s) {', '.join(clash)} are model features")
 
 
-def _output_schema(frame: DataFrame, keys: Sequence[str], bundle: ModelBundle) -> T.StructType:
+def _output_schema(frame: DataFrame, keys: Sequence[str]) -> T.StructType:
     by_name = {f.name: f for f in frame.schema.fields}
-    fields = [by_name[k] for k in keys] + [
-        T.StructField("churn_probability", T.DoubleType()),
-        T.StructField("churn_prediction", T.BooleanType()),
-        T.StructField("risk_tier", T.StringType()),
-        T.StructField("model_version", T.StringType()),
-        T.StructField("status", T.StringType()),
-        T.StructField("error", T.StringType()),
-        T.StructField("error_reasons", T.ArrayType(T.StringType())),
-    ]
-    for spec in bundle.schema.features:
-        kind = T.DoubleType() if spec.kind == "numeric" else T.StringType()
-        fields.append(T.StructField(spec.name, kind))
-    return T.StructType(fields)
+    return T.StructType(
+        [by_name[k] for k in keys]
+        + [
+            T.StructField("churn_probability", T.DoubleType()),
+            T.StructField("churn_prediction", T.BooleanType()),
+            T.StructField("risk_tier", T.StringType()),
+            T.StructField("model_version", T.StringType()),
+            T.StructField("status", T.StringType()),
+            T.StructField("error", T.StringType()),
+            T.StructField("error_reasons", T.ArrayType(T.StringType())),
+        ]
+    )
 
 
-def score_frame(frame: DataFrame, model: PreparedModel, keys: Sequence[str]) -> DataFrame:
-    """Scores (and the validated features) of every row, computed on the executors."""
+class PartitionSummaries(AccumulatorParam):
+    """Accumulates ``{partition: ScoreSummary}``; a partition's first summary wins (a task
+    run twice, retried or speculative, scored the same rows)."""
+
+    def zero(self, value: dict[int, ScoreSummary]) -> dict[int, ScoreSummary]:
+        return {}
+
+    def addInPlace(
+        self, value1: dict[int, ScoreSummary], value2: dict[int, ScoreSummary]
+    ) -> dict[int, ScoreSummary]:
+        return first_per_partition(value1, value2.items())
+
+
+def score_frame(
+    frame: DataFrame,
+    model: PreparedModel,
+    keys: Sequence[str],
+    summaries: Any = None,
+    template: ScoreSummary | None = None,
+) -> DataFrame:
+    """Scores of every row, computed on the executors in one pass.
+
+    With ``summaries`` (an accumulator of :class:`PartitionSummaries`) and ``template`` (an
+    empty :class:`ScoreSummary`), each task also adds its partition's counts and drift
+    statistics, seeded by the partition so a rerun draws the same sample."""
     spark = frame.sparkSession
     broadcast = spark.sparkContext.broadcast(model.payload)
     key_list = list(keys)
@@ -259,38 +292,48 @@ def score_frame(frame: DataFrame, model: PreparedModel, keys: Sequence[str]) -> 
 
     def score(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
         scorer = scorer_for(broadcast.value)
+        summary: ScoreSummary | None = None
+        partition = 0
+        if summaries is not None and template is not None:
+            context = TaskContext.get()
+            partition = context.partitionId() if context is not None else 0
+            summary = template.fresh(seed=(*template.seed, partition))
         for batch in batches:
-            yield scorer.score(batch, key_list, with_features=True)
+            yield scorer.score(batch, key_list, summary)
+        if summary is not None:
+            summaries.add({partition: summary})
 
     return frame.select(*key_list, *features).mapInPandas(
-        score, schema=_output_schema(frame, key_list, model.bundle)
+        score, schema=_output_schema(frame, key_list)
     )
+
+
+@contextmanager
+def _session_settings(spark: SparkSession, settings: Mapping[str, str]) -> Iterator[None]:
+    """Set SQL settings for one run and put the session's own values back afterwards."""
+    previous = {key: spark.conf.get(key, None) for key in settings}
+    for key, value in settings.items():
+        spark.conf.set(key, value)
+    try:
+        yield
+    finally:
+        for key, old in previous.items():
+            if old is None:
+                spark.conf.unset(key)
+            else:
+                spark.conf.set(key, old)
 
 
 # --------------------------------------------------------------------------- the run
 
 
-def _counts(scored: DataFrame) -> tuple[int, int, dict[str, int], dict[str, int]]:
-    tiers: dict[str, int] = {}
-    rows = invalid = 0
-    for status, tier, count in scored.groupBy("status", "risk_tier").count().collect():
-        rows += int(count)
-        if status == STATUS_INVALID:
-            invalid += int(count)
-        elif tier is not None:
-            tiers[str(tier)] = tiers.get(str(tier), 0) + int(count)
-    reasons: dict[str, int] = {}
-    if invalid:
-        exploded = scored.filter(F.col("status") == STATUS_INVALID).select(
-            F.explode("error_reasons").alias("reason")
-        )
-        for reason, count in exploded.groupBy("reason").count().collect():
-            reasons[str(reason)] = int(count)
-    return rows, invalid, dict(sorted(reasons.items(), key=lambda kv: -kv[1])), tiers
-
-
 def run_batch(spark: SparkSession, job: BatchJob) -> BatchResult:
-    """Score the table and publish the date partition (or refuse to, see the exit codes)."""
+    """Score the table and publish the date partition (or refuse to, see the exit codes).
+
+    One Spark pass reads, validates, scores and writes; the counts and the drift statistics
+    come back from the same tasks (:mod:`churn.batch.summary`), so nothing is cached or read
+    twice. Before it, one count of the table (Parquet: from the files' footers) sizes the
+    drift sample and is what the summaries must add up to."""
     if not 0 <= job.max_invalid_share <= 1:
         raise BatchInputError(f"max invalid share must be in [0, 1], got {job.max_invalid_share}")
     model = prepare_model(job)
@@ -303,15 +346,52 @@ def run_batch(spark: SparkSession, job: BatchJob) -> BatchResult:
         raise BatchInputError(
             f"{job.model}: the bundle has no usable reference profile for drift ({exc})"
         ) from None
+    cores = spark.sparkContext.defaultParallelism
+    settings = {"spark.sql.execution.arrow.maxRecordsPerBatch": str(job.arrow_batch_rows)}
+    if spark.conf.get("spark.sql.files.minPartitionNum", None) is None:
+        settings["spark.sql.files.minPartitionNum"] = str(TASKS_PER_CORE * cores)
+    with _session_settings(spark, settings):
+        return _run(spark, job, model, reference, cores)
+
+
+def _run(
+    spark: SparkSession,
+    job: BatchJob,
+    model: PreparedModel,
+    reference: ReferenceProfile,
+    cores: int,
+) -> BatchResult:
+    bundle, schema = model.bundle, model.bundle.schema
+    clock = [time.perf_counter()]
+    seconds: dict[str, float] = {}
+
+    def lap(name: str) -> None:
+        now = time.perf_counter()
+        seconds[name] = round(now - clock[0], 3)
+        clock[0] = now
+
     customers = read_customers(spark, job.input, job.input_format)
     check_columns(customers, schema.names, job.key_columns)
-    cores = spark.sparkContext.defaultParallelism
+    try:
+        expected = customers.count()
+    except Exception as exc:
+        raise BatchInputError(f"{job.input}: cannot read the table ({cause(exc)})") from None
+    if expected == 0:
+        raise BatchInputError(f"{job.input}: the customer table has no rows")
     if customers.rdd.getNumPartitions() < cores:  # one big file (or one row group): use every core
         customers = customers.repartition(cores)
-    spark.conf.set("spark.sql.execution.arrow.maxRecordsPerBatch", str(job.arrow_batch_rows))
+    lap("count")
 
+    template = ScoreSummary(
+        tuple(schema.numeric),
+        tuple(schema.categorical),
+        sample_size=job.drift_sample_size,
+        fraction=sample_fraction(expected, job.drift_sample_size),
+        seed=(job.seed,),
+    )
+    summaries = spark.sparkContext.accumulator({}, PartitionSummaries())
     scored_at = datetime.now(UTC).replace(microsecond=0)
-    scored = score_frame(customers, model, job.key_columns).persist(StorageLevel.MEMORY_AND_DISK)
+    scored = score_frame(customers, model, job.key_columns, summaries, template)
     paths = PartitionPaths.for_run(job.output, job.scoring_date.isoformat())
     files = HadoopFiles(spark)
     written: list[Column | str] = [
@@ -325,37 +405,24 @@ def run_batch(spark: SparkSession, job: BatchJob) -> BatchResult:
         "error",
         "error_reasons",
     ]
-    clock = [time.perf_counter()]
-    seconds: dict[str, float] = {}
-
-    def lap(name: str) -> None:
-        now = time.perf_counter()
-        seconds[name] = round(now - clock[0], 3)
-        clock[0] = now
-
     try:
         try:
             scored.select(*written).write.mode("overwrite").parquet(paths.staging)
         except Exception as exc:
             raise OutputError(f"scoring into {paths.staging} failed: {cause(exc)}") from exc
         lap("score_and_write")
-        rows, invalid, reasons, tiers = _counts(scored)
-        lap("counts")
-        if rows == 0:
-            raise BatchInputError(f"{job.input}: the customer table has no rows")
-        valid = scored.filter(F.col("status") == STATUS_OK)
-        population = population_profile(
-            valid,
-            schema.numeric,
-            schema.categorical,
-            sample_size=job.drift_sample_size,
-            seed=job.seed,
-        )
+        summary = merge_partitions(summaries.value, template.fresh())
+        if summary.rows != expected:  # fail closed: counts and drift must cover every row
+            raise OutputError(
+                f"the scoring tasks summarised {summary.rows:,} rows, the table has "
+                f"{expected:,} (did {job.input} change during the run?); nothing published"
+            )
+        drifting = population(summary)
         lap("drift_statistics")
         label = f"{job.input} scored {job.scoring_date.isoformat()}"
         ref_label = f"model {bundle.name} v{bundle.version} training profile"
         run, drift_json, drift_html = judge(
-            reference, ref_label, population, label, schema.numeric, schema.categorical,
+            reference, ref_label, drifting, label, schema.numeric, schema.categorical,
             alpha=job.alpha,
         )  # fmt: skip
         lap("drift_report")
@@ -367,12 +434,12 @@ def run_batch(spark: SparkSession, job: BatchJob) -> BatchResult:
             model_source=model.source,
             backend=model.payload.backend,
             backend_reason=model.backend_reason,
-            rows=rows,
-            scored=rows - invalid,
-            invalid=invalid,
+            rows=summary.rows,
+            scored=summary.scored,
+            invalid=summary.invalid,
             max_invalid_share=job.max_invalid_share,
-            reasons=reasons,
-            tiers=tiers,
+            reasons=summary.sorted_reasons(),
+            tiers=dict(sorted(summary.tiers.items())),
             drift_detected=run.drift_detected,
             drifted_features=run.drifted_features,
             drift_summary=run.summary_line(),
@@ -391,7 +458,6 @@ def run_batch(spark: SparkSession, job: BatchJob) -> BatchResult:
         else:
             publish(files, paths)
     finally:
-        scored.unpersist()
         if files.exists(paths.staging):
             files.delete(paths.staging)
     if job.pushgateway:

@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from churn.batch.summary import ScoreSummary
 from churn.batch.validation import STATUS_INVALID, STATUS_OK, validate_batch
 from churn.bundle import METADATA_FILE, ModelBundle, load_bundle
 from churn.inference import Predictor, choose_predictor
@@ -116,12 +117,13 @@ class Scorer:
         return cls(bundle.schema, predictor, thresholds, bundle.version, allow_missing)
 
     def score(
-        self, frame: pd.DataFrame, keys: list[str], with_features: bool = False
+        self, frame: pd.DataFrame, keys: list[str], summary: ScoreSummary | None = None
     ) -> pd.DataFrame:
         """Key columns, then the answers (or status/error) for every row of ``frame``.
 
-        ``with_features`` appends the features as the model saw them (numbers as floats,
-        categories as strings; null on invalid rows), for the drift statistics."""
+        ``summary`` (when given) also takes the batch's counts and the drift statistics of
+        its valid rows, features as the model saw them (numbers as floats, categories as
+        strings), probabilities as written."""
         checked = validate_batch(frame, self.schema, allow_missing=self.allow_missing)
         n = len(frame)
         probability = np.full(n, np.nan)
@@ -144,15 +146,8 @@ class Scorer:
         out["status"] = status
         out["error"] = checked.messages
         out["error_reasons"] = checked.reasons
-        if with_features:
-            for spec in self.schema.features:
-                values = checked.columns[spec.name]
-                if spec.kind == "numeric":
-                    full = np.full(n, np.nan)
-                else:
-                    full = np.full(n, None, dtype=object)
-                full[rows] = values
-                out[spec.name] = full
+        if summary is not None:
+            summary.add(checked, probability[rows], tiers[rows])
         return out
 
 
