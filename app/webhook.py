@@ -262,8 +262,8 @@ def _register_command(args: argparse.Namespace) -> int:
     except ValueError as exc:
         print(f"webhook: {exc}", file=sys.stderr)
         return 2
-    mlflow = client(tracking)
     try:
+        mlflow = client(tracking)
         done = register(mlflow, args.name, args.url, secret)
     except Exception as exc:  # MlflowException, connection errors: reported, never a trace
         message = redact(str(exc))
@@ -321,8 +321,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from churn.registry import bounded_http_retries
+
     args = build_parser().parse_args(argv)
-    return _register_command(args)
+    with bounded_http_retries():  # a registry that answers 5xx fails in seconds, not minutes
+        return _register_command(args)
 
 
 if __name__ == "__main__":

@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import random
 import secrets
 import shutil
 import statistics
@@ -23,6 +24,7 @@ import time
 import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +35,7 @@ WORKERS = 2
 WEBHOOK_ONLY_INTERVAL = 600.0  # seconds: polling that cannot explain a fast swap
 DEPLOYED_INTERVAL = 60.0  # MODEL_WATCH_INTERVAL in docker-compose.yml
 MOVE_TIMEOUT = 300.0
+SYNC_INTERVAL = 1.0  # MODEL_SYNC_INTERVAL's default: how often followers look for a reload
 
 
 def publish_version(tracking_uri: str, bundle_dir: Path, name: str, workdir: Path) -> str:
@@ -141,16 +144,28 @@ def wait_all_on(api: RunningServer, version: str, timeout: float) -> float:
 
 
 def measure_moves(
-    api: RunningServer, tracking: str, name: str, versions: list[str], moves: int
+    api: RunningServer,
+    tracking: str,
+    name: str,
+    versions: list[str],
+    moves: int,
+    period: float,
 ) -> list[float]:
-    """Move the alias `moves` times between the versions; seconds until all workers follow."""
+    """Move the alias `moves` times between the versions; seconds until all workers follow.
+
+    Each move waits a random part of `period` first (the interval of the timer that
+    matters: the watcher's, or the followers' MODEL_SYNC_INTERVAL), so moves land at random
+    points of it rather than just after the previous swap, which would be the worst case.
+    """
     from churn.registry import client
 
     mlflow = client(tracking)
     start = versions.index(str(served_versions(api)[0]))
+    chance = random.Random(16)  # timing jitter, not security
     seconds = []
     for i in range(moves):
         target = versions[(start + 1 + i) % len(versions)]
+        time.sleep(chance.uniform(0, period))
         began = time.perf_counter()  # the move itself (one registry call) is counted
         mlflow.set_registered_model_alias(name, ALIAS, target)
         wait_all_on(api, target, MOVE_TIMEOUT)
@@ -208,14 +223,15 @@ def alias_move(
         with running(api_spec(name, tracking, work, hook), work, None) as api:
             wait_all_on(api, versions[0], 120)
             done = register(client(tracking), "bench-reload", api.url(HOOK_PATH), secret)
-            webhook = measure_moves(api, tracking, name, versions, webhook_moves)
+            webhook = measure_moves(api, tracking, name, versions, webhook_moves, SYNC_INTERVAL)
             client(tracking).update_webhook(done.webhook_id, status="DISABLED")
         polling_env = {"MODEL_WATCH_INTERVAL": f"{poll_interval:g}"}
         with running(api_spec(name, tracking, work, polling_env), work, None) as api:
             current = client(tracking).get_model_version_by_alias(name, ALIAS).version
             wait_all_on(api, str(current), 120)
-            polling = measure_moves(api, tracking, name, versions, poll_moves)
+            polling = measure_moves(api, tracking, name, versions, poll_moves, poll_interval)
     result = {
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
         "workers": WORKERS,
         "poll_interval_s": poll_interval,
         "webhook_poll_interval_s": WEBHOOK_ONLY_INTERVAL,

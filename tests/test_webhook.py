@@ -383,3 +383,45 @@ def test_a_signed_move_of_the_served_alias_reloads_on_the_spot(stack: Stack) -> 
     assert body["status"] in {"reloaded", "unchanged"}
     assert body["all_workers_swapped"] is True and body["generation"] > before
     assert {g for g, _ in _generations(stack)} == {body["generation"]}
+
+
+def test_a_file_store_has_no_webhooks(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Evidence for the README: MLflow's file store cannot hold webhooks (polling only)."""
+    secret = tmp_path / "secret"
+    secret.write_text(SECRET)
+    args = ["register", "--url", "https://churn.example.com/hooks/mlflow"]
+    args += ["--tracking-uri", f"file://{tmp_path / 'mlruns'}", "--secret-file", str(secret)]
+    monkeypatch.delenv("MLFLOW_ALLOW_FILE_STORE", raising=False)
+    assert main(args) == 1  # MLflow 3.17 refuses a file store unless opted in
+    assert "filesystem tracking backend" in capsys.readouterr().err
+    monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")
+    assert main(args) == 1
+    err = capsys.readouterr().err
+    assert "FileStore does not support list_webhooks" in err and "keep polling" in err
+
+
+@pytest.mark.integration
+@pytest.mark.slow
+def test_a_default_mlflow_server_refuses_http_and_loopback_urls(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Evidence for the README: as shipped, MLflow 3.17 creates webhooks only for https URLs
+    on public addresses; the CLI names the server setting that allows the API's URL."""
+    secret = tmp_path / "secret"
+    secret.write_text(SECRET)
+    as_shipped = {
+        "MLFLOW_WEBHOOK_ALLOWED_SCHEMES": "https",
+        "MLFLOW_WEBHOOK_ALLOW_PRIVATE_IPS": "false",
+    }
+    with mlflow_server(f"sqlite:///{tmp_path / 'db.sqlite'}", tmp_path, env=as_shipped) as url:
+        common = ["--tracking-uri", url, "--secret-file", str(secret), "--no-check"]
+        assert main(["register", "--url", "http://127.0.0.1:9/hooks/mlflow", *common]) == 1
+        err = capsys.readouterr().err
+        assert "Invalid webhook URL scheme" in err
+        assert "MLFLOW_WEBHOOK_ALLOWED_SCHEMES=http,https" in err
+        assert main(["register", "--url", "https://127.0.0.1:9/hooks/mlflow", *common]) == 1
+        err = capsys.readouterr().err
+        assert "non-public IP address" in err and "MLFLOW_WEBHOOK_ALLOW_PRIVATE_IPS=true" in err
+        assert list(client(url).list_webhooks()) == []
