@@ -95,7 +95,7 @@ def verify(
         raise WebhookRefused(400, f"{DELIVERY_ID_HEADER} is not a delivery id")
     timestamp = _header(headers, TIMESTAMP_HEADER)
     given = _header(headers, SIGNATURE_HEADER)
-    if not timestamp.isdigit() or len(timestamp) > 12:
+    if not (timestamp.isascii() and timestamp.isdigit()) or len(timestamp) > 12:
         raise WebhookRefused(400, f"{TIMESTAMP_HEADER} is not a Unix time in seconds")
     if abs(now - int(timestamp)) > tolerance:
         raise WebhookRefused(

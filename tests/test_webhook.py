@@ -385,6 +385,23 @@ def test_a_signed_move_of_the_served_alias_reloads_on_the_spot(stack: Stack) -> 
     assert {g for g, _ in _generations(stack)} == {body["generation"]}
 
 
+@pytest.mark.integration
+@pytest.mark.slow
+def test_deleting_the_served_alias_keeps_the_model_serving(stack: Stack) -> None:
+    """Fail closed: the alias deleted (a real delivery from MLflow) makes the reload fail with
+    its reason (409 to MLflow); both workers keep serving; the alias set again is followed."""
+    mlflow = client(stack.tracking)
+    serving = stack.workers()[0]["model_version"]
+    mlflow.delete_registered_model_alias(stack.name, "production")
+    refused = '"route":"/hooks/mlflow","status":409'  # the access line of MLflow's delivery
+    assert wait_until(lambda: refused in stack.api.log(), timeout=60), stack.api.log()[-3000:]
+    assert stack.every_worker_on(serving)
+    assert httpx.get(f"{stack.api.url}/ready", timeout=10).status_code == 200
+    other = stack.new if serving == stack.old else stack.old
+    mlflow.set_registered_model_alias(stack.name, "production", other)
+    assert wait_until(lambda: stack.every_worker_on(other), timeout=60), stack.api.log()[-3000:]
+
+
 def test_a_file_store_has_no_webhooks(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
