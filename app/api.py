@@ -223,6 +223,14 @@ async def feedback(service: ServiceDep, request: Request) -> dict[str, Any]:
 admin_router = APIRouter(prefix="/admin", tags=["admin"])
 
 
+def _reload_refused(status: int, serving: Any, exc: ReloadError) -> HTTPException:
+    """A refused reload: what keeps serving and the stable reason (never exception text)."""
+    keeps = f"version {serving.version} keeps serving" if serving else "no model is serving"
+    return HTTPException(
+        status, detail={"message": f"reload refused; {keeps}", "reason": exc.reason}
+    )
+
+
 async def _check_token(service: ServiceDep, request: Request) -> None:
     token = service.settings.admin_token
     expected = token.get_secret_value().encode() if token else b""
@@ -259,10 +267,7 @@ async def reload_model(
     try:
         report = await lifecycle.reload_everywhere()
     except ReloadError as exc:
-        keeps = f"version {serving.version} keeps serving" if serving else "no model is serving"
-        raise HTTPException(
-            409, detail={"message": f"reload refused; {keeps}", "reason": exc.reason}
-        ) from None
+        raise _reload_refused(409, serving, exc) from None
     result = report.result
     request.state.model_version = result.model.version
     return {
@@ -333,11 +338,9 @@ async def mlflow_webhook(
     try:
         report = await lifecycle.reload_everywhere()
     except ReloadError as exc:
-        keeps = f"version {serving.version} keeps serving" if serving else "no model is serving"
-        raise HTTPException(
-            503 if exc.reason == REGISTRY_UNREACHABLE else 409,
-            detail={"message": f"reload refused; {keeps}", "reason": exc.reason},
-        ) from None
+        # an outage is worth MLflow's retry (it retries 5xx); a bad version is not
+        status = 503 if exc.reason == REGISTRY_UNREACHABLE else 409
+        raise _reload_refused(status, serving, exc) from None
     result = report.result
     request.state.model_version = result.model.version
     return answer | {
