@@ -16,7 +16,7 @@ from pathlib import Path
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
-from app.api import admin_router, router
+from app.api import admin_router, hooks_router, router
 from app.fastpath import PredictFastPath
 from app.lifecycle import ModelLifecycle, load_checked
 from app.logging import configure_logging
@@ -145,6 +145,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     if settings.admin_enabled:
         app.include_router(admin_router)
         routes += admin_router.routes
+    if settings.webhook_enabled:
+        app.include_router(hooks_router)
+        routes += hooks_router.routes
     if settings.docs_enabled:
         add_docs(app)
     # Innermost: inside CORS and the request middleware, so both apply to it unchanged.

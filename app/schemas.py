@@ -288,3 +288,16 @@ class ReloadResponse(BaseModel):
 
 class ErrorResponse(BaseModel):
     detail: Any
+
+
+class WebhookResponse(BaseModel):
+    """The answer to an MLflow webhook delivery."""
+
+    status: Literal["reloaded", "unchanged", "ignored"]
+    event: str
+    delivery_id: str
+    reason: str | None = Field(default=None, description="Why an event was ignored")
+    model_version: str | None = None
+    previous_version: str | None = None
+    generation: int | None = Field(default=None, description="The reload generation asked")
+    all_workers_swapped: bool | None = None

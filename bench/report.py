@@ -86,6 +86,11 @@ def ratios(results: dict[str, Any]) -> dict[str, Any]:
                 out[f"inprocess_{size}_sklearn_over_{backend}_time"] = _div(
                     sklearn["median_ms"], fast["median_ms"]
                 )
+    webhook = results.get("webhook")
+    if webhook:
+        out["alias_move_polling_over_webhook_time"] = _div(
+            webhook["polling"]["median_s"], webhook["webhook"]["median_s"]
+        )
     for size, forest in timings.get("forest", {}).items():
         onnx = timings.get("onnx", {}).get(size)
         if onnx:
@@ -444,6 +449,32 @@ def _other_table(results: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _webhook_table(results: dict[str, Any]) -> list[str]:
+    w = results.get("webhook")
+    if not w:
+        return ["Not measured in this run (`python -m bench.webhook` adds it)."]
+    lines = [
+        f"A real `mlflow server` (SQLite) and the API with {w['workers']} workers following "
+        "`@production`; each move, made at a random point of the interval that matters, sets "
+        "the alias with `MlflowClient` and is timed until `GET /model` shows every worker on "
+        f"the new version (measured {w.get('date', 'in this run')}).",
+        "",
+        "| how the API learns of the move | moves | median s | max s | each move s |",
+        "|---|---:|---:|---:|---|",
+    ]
+    rows = (
+        ("webhook", f"webhook (polling every {w['webhook_poll_interval_s']:g} s as well)"),
+        ("polling", f"polling only, MODEL_WATCH_INTERVAL={w['poll_interval_s']:g} s"),
+    )
+    for key, label in rows:
+        d = w[key]
+        each = ", ".join(f"{s:.2f}" for s in d["seconds"])
+        lines.append(
+            f"| {label} | {d['moves']} | {_f(d['median_s'], 2)} | {_f(d['max_s'], 2)} | {each} |"
+        )
+    return lines
+
+
 def render(results: dict[str, Any], plot_path: Path | None, md_dir: Path) -> str:
     """RESULTS.md text; `plot_path` is linked relative to `md_dir`."""
     meta, cfg = results.get("meta", {}), results.get("config", {})
@@ -508,6 +539,10 @@ def render(results: dict[str, Any], plot_path: Path | None, md_dir: Path) -> str
         "each beside the plain call measured in this run.",
         "",
         *_explain_table(results),
+        "",
+        "## 7. Alias move → every worker serving the new version: webhook vs polling",
+        "",
+        *_webhook_table(results),
         "",
         "## Ratios (same run)",
         "",

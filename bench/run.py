@@ -4,7 +4,8 @@ Measures, in one run on this machine: /predict on this service, ``mlflow models 
 blog-style FastAPI app and a constant-answer ceiling under the same load; /health while
 /predict is saturated; batch rows/s (and prediction-log drops); the compiled forest and ONNX
 vs sklearn in process with parity; training time; drift check and label-free performance
-estimation time; start-up time and memory. Writes ``<out>/latest.json``, the plot
+estimation time; start-up time and memory; an alias move reaching every worker, by webhook and
+by polling. Writes ``<out>/latest.json``, the plot
 ``<out>/throughput.png`` and ``bench/RESULTS.md``.
 """
 
@@ -31,7 +32,16 @@ from churn.datagen import generate_customers
 from churn.training import git_commit
 
 SERVERS = ("service", "mlflow", "blog", "ceiling")
-SECTIONS = ("health", "batch", "explain", "inprocess", "training", "drift", "performance")
+SECTIONS = (
+    "health",
+    "batch",
+    "explain",
+    "inprocess",
+    "training",
+    "drift",
+    "performance",
+    "webhook",
+)
 PACKAGES = (
     "fastapi",
     "starlette",
@@ -245,6 +255,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             rows = tuple(settings["drift_rows"])
             http.say(f"label-free performance estimate and segments on {rows} predictions")
             results["performance"] = performance(rows)
+        if "webhook" not in skip:
+            from bench.webhook import alias_move, quick_settings
+
+            http.say("alias move -> every worker on the new version: webhook vs polling")
+            results["webhook"] = alias_move(
+                bundle.directory, work / "webhook", **quick_settings(settings["quick"])
+            )
     results["meta"]["loadavg_end"] = os.getloadavg()[0]
     return results
 

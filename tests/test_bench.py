@@ -89,6 +89,12 @@ def test_every_section_is_measured_with_finite_numbers(smoke: Path) -> None:
     assert {"predict_rps_service_over_ceiling", "predict_rps_service_over_mlflow"} <= set(
         results["ratios"]
     )
+    # alias moves through a real mlflow server: by webhook (polling at 600 s could not have
+    # done it) and by polling alone
+    moves = results["webhook"]
+    assert (moves["webhook"]["moves"], moves["polling"]["moves"]) == (2, 1)
+    assert moves["webhook"]["max_s"] < moves["webhook_poll_interval_s"]
+    assert "alias_move_polling_over_webhook_time" in results["ratios"]
     log = servers["service"]["prediction_log"]
     # every load's predictions were counted; none of their log records was dropped
     assert log["predictions"] >= servers["service"]["predict"]["requests"] and log["dropped"] == 0
