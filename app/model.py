@@ -42,6 +42,10 @@ class Answers:
     columns: dict[str, list[Any]] = field(default_factory=dict)
     # per row, what was reinterpreted (None if nothing); empty when no row of the call was
     warnings: list[tuple[Reinterpretation, ...] | None] = field(default_factory=list)
+    # Progressive delivery (app.rollout): who answered. `versions` is None when the model
+    # whose codec encodes the answers answered every row; otherwise one version per row.
+    role: str = "champion"  # "champion", "challenger" or "mixed" (a batch split by routing)
+    versions: list[str] | None = None
 
     def __len__(self) -> int:
         return len(self.probabilities)
@@ -54,6 +58,16 @@ class Answers:
             {name: values[part] for name, values in self.columns.items()},
             self.warnings[part],
         )
+
+    @property
+    def version(self) -> str | None:
+        """The one version that answered every row; None when it is the encoding model's
+        (`versions` is None) or when the rows were split between two models."""
+        versions = self.versions
+        if not versions:
+            return None
+        first = versions[0]
+        return first if all(v == first for v in versions) else None
 
     @property
     def warned(self) -> bool:
