@@ -158,6 +158,28 @@ def validation_error(
     return RequestError(422, detail)
 
 
+def routing_header(value: str | bytes | None) -> str | None:
+    """The request's ``X-Routing-Key`` (None when absent or empty); a 422 naming the header
+    when longer than a routing key may be."""
+    if value is None:
+        return None
+    if isinstance(value, bytes):
+        value = value.decode("latin-1")
+    value = value.strip()
+    if len(value) > MAX_ROUTING_KEY_LENGTH:
+        raise RequestError(
+            422,
+            [
+                {
+                    "loc": ["header", "X-Routing-Key"],
+                    "msg": f"X-Routing-Key: at most {MAX_ROUTING_KEY_LENGTH} characters",
+                    "type": "routing_key_type",
+                }
+            ],
+        )
+    return value or None
+
+
 def validate_object(model_type: type[BaseModel], body: bytes, content_type: Any) -> BaseModel:
     """A small JSON request (e.g. feedback) as `model_type`, under the same rules."""
     payload = parse_json(body, content_type)
@@ -270,10 +292,10 @@ class RequestCodec:
                 )
             ]
         else:  # a batch split between champion and challenger: each row says who answered
-            texts = {v: _json(v) for v in set(versions)}
+            named = {v: _json(v) for v in set(versions)}
             items = [
                 f'{{"churn_probability":{p!r},"churn_prediction":{flag[d]},"risk_tier":"{t}",'
-                f'"model_version":{texts[v]},"prediction_id":"{i}"}}'
+                f'"model_version":{named[v]},"prediction_id":"{i}"}}'
                 for p, d, t, v, i in zip(
                     answers.probabilities,
                     answers.decisions,
