@@ -207,37 +207,44 @@ def judge(stats: WindowStats, bounds: Guardrails) -> str | None:
 
 
 class GuardrailWindow:
-    """One worker's canary answers over the last `window_seconds` (event loop only)."""
+    """One worker's canary answers over the last `window_seconds` (event loop only). The
+    counts are running sums (O(1) per answer); the p95 latency is computed when asked."""
 
     def __init__(self, window_seconds: float) -> None:
         self.window_seconds = window_seconds
         # (monotonic time, role is challenger, rows, high, errors, seconds)
         self._events: deque[tuple[float, bool, int, int, int, float]] = deque()
+        self._counts = [0, 0, 0, 0, 0]  # challenger rows, errors, high; champion rows, high
 
     def add(
         self, challenger: bool, rows: int, high: int, errors: int, seconds: float, now: float
     ) -> None:
         self._events.append((now, challenger, rows, high, errors, seconds))
+        self._count(challenger, rows, high, errors, 1)
 
-    def stats(self, now: float) -> WindowStats:
+    def _count(self, challenger: bool, rows: int, high: int, errors: int, sign: int) -> None:
+        counts = self._counts
+        if challenger:
+            counts[0] += sign * rows
+            counts[1] += sign * errors
+            counts[2] += sign * high
+        else:
+            counts[3] += sign * rows
+            counts[4] += sign * high
+
+    def stats(self, now: float, latency: bool = True) -> WindowStats:
+        """The window's figures at `now` (p95 latency 0 unless `latency`)."""
         events = self._events
         horizon = now - self.window_seconds
         while events and events[0][0] < horizon:
-            events.popleft()
-        counts = [0, 0, 0, 0, 0]  # challenger rows, errors, high; champion rows, high
-        latencies = []
-        for _, challenger, rows, high, errors, seconds in events:
-            if challenger:
-                counts[0] += rows
-                counts[1] += errors
-                counts[2] += high
-                if rows:
-                    latencies.append(seconds)
-            else:
-                counts[3] += rows
-                counts[4] += high
-        p95 = float(np.percentile(latencies, 95)) * 1000 if latencies else 0.0
-        return WindowStats(counts[0], counts[1], counts[2], p95, counts[3], counts[4])
+            _, challenger, rows, high, errors, _ = events.popleft()
+            self._count(challenger, rows, high, errors, -1)
+        p95 = 0.0
+        if latency:
+            seconds = [e[5] for e in events if e[1] and e[2]]
+            p95 = float(np.percentile(seconds, 95)) * 1000 if seconds else 0.0
+        c = self._counts
+        return WindowStats(c[0], c[1], c[2], p95, c[3], c[4])
 
 
 # --------------------------------------------------------------------------- shadow scoring
@@ -598,16 +605,19 @@ class Rollout:
     # ------------------------------------------------------------------ guardrails
 
     def observe(self, challenger: bool, rows: int, high: int, errors: int, seconds: float) -> None:
-        """Record canary answers (event loop) and judge the guardrails, at most every 0.1 s."""
+        """Record canary answers (event loop) and judge the guardrails after each challenger
+        answer: the counts every time, the p95 latency (a sort) at most every 0.1 s."""
         current = self.current
         if current is None or current.share <= 0.0:
             return
         now = time.monotonic()
         self.window.add(challenger, rows, high, errors, seconds, now)
-        if not challenger or now - self._last_judged < 0.1:
+        if not challenger:
             return
-        self._last_judged = now
-        stats = self.window.stats(now)
+        latency = now - self._last_judged >= 0.1
+        if latency:
+            self._last_judged = now
+        stats = self.window.stats(now, latency)
         reason = judge(stats, current.guardrails)
         if reason is not None:
             self.roll_back(current, reason, _describe_breach(reason, stats, current.guardrails))

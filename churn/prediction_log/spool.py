@@ -409,8 +409,7 @@ def _insert_new(conn: Any, table: Any, rows: list[dict[str, Any]]) -> None:
     else:
         keys = [column.name for column in table.primary_key.columns]
         present = {
-            tuple(found)
-            for found in conn.execute(select(*(table.c[k] for k in keys))).all()
+            tuple(found) for found in conn.execute(select(*(table.c[k] for k in keys))).all()
         }
         rows = [row for row in rows if tuple(row[k] for k in keys) not in present]
         if rows:
