@@ -62,6 +62,7 @@ from churn.rollout import (
     read_challenger,
     read_record,
     routing_bucket,
+    routing_buckets,
     write_record,
 )
 from churn.schema import FeatureSchema
@@ -131,7 +132,10 @@ def routing_keys(rows: Sequence[Row], header: str | None, names: Sequence[str]) 
 
 def challenger_rows(keys: Sequence[str], share: float) -> list[bool]:
     """Which rows the challenger answers at `share` (sticky per key; see routing_bucket)."""
-    return [routing_bucket(key) < share for key in keys]
+    if len(keys) == 1:
+        return [routing_bucket(keys[0]) < share]
+    picked: list[bool] = (routing_buckets(keys) < share).tolist()
+    return picked
 
 
 # --------------------------------------------------------------------------- guardrails

@@ -155,6 +155,19 @@ def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
             " s",
         ),
     ]
+    phases = ("rollout", "phases")
+    for phase, limit in (("shadow", 0.30), ("canary", 0.05)):
+        for path, what in (("predict", "/predict"), ("batch", "/predict/batch (1,000 rows)")):
+            cost = _get(results, *phases, phase, f"{path}_cost")
+            rows.append(
+                (
+                    f"{what} throughput cost of {phase} ≤ {limit:.0%} (vs no challenger)",
+                    None if cost is None else 100 * cost,
+                    "<=",
+                    100 * limit,
+                    " %",
+                )
+            )
     out = []
     for name, value, op, limit, unit in rows:
         if value is None:
@@ -435,6 +448,10 @@ def render(results: dict[str, Any], plot_path: Path | None, md_dir: Path) -> str
         "",
         *_other_table(results),
         "",
+        "## 6. Progressive delivery: a challenger beside the champion",
+        "",
+        *_rollout_table(results),
+        "",
         "## Ratios (same run)",
         "",
         "| ratio | value |",
@@ -446,6 +463,44 @@ def render(results: dict[str, Any], plot_path: Path | None, md_dir: Path) -> str
     if budget:
         out += ["## What bounds the targets (from the figures above)", "", *budget, ""]
     return "\n".join(out)
+
+
+def _rollout_table(results: dict[str, Any]) -> list[str]:
+    rollout = results.get("rollout")
+    if not rollout:
+        return ["(not measured: `--skip rollout`)"]
+    phases = rollout["phases"]
+    lines = [
+        "One service (one worker) serving `@production`, switched by the registry alone "
+        "between no `@challenger` (off), a challenger in shadow and a canary at "
+        f"{rollout['canary_share']:.0%}; /predict with an `X-Routing-Key` over 1,000 "
+        "customers, /predict/batch with 1,000 customers each with a `customer_id`. Best of "
+        f"{rollout['rounds']} round(s) per phase, phases interleaved; cost = 1 − throughput ÷ "
+        f"off's. Two versions trained on {rollout['train_rows']:,} rows each.",
+        "",
+        "| phase | /predict req/s | p99 ms | cost | batch rows/s | p99 ms | cost | "
+        "answered by the challenger | errors |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for name in ("off", "shadow", "canary"):
+        p = phases[name]
+        share = p.get("challenger_share")
+        cost = {k: p.get(f"{k}_cost") for k in ("predict", "batch")}
+        shown = {k: "–" if v is None else f"{100 * v:.1f} %" for k, v in cost.items()}
+        lines.append(
+            f"| {name} | {_f(p['predict_rps'], 0)} | {_f(p['predict_p99_ms'])} | "
+            f"{shown['predict']} | {_f(p['batch_rows_per_s'], 0)} | {_f(p['batch_p99_ms'])} | "
+            f"{shown['batch']} | {'–' if share is None else f'{100 * share:.1f} %'} | "
+            f"{p['predict_errors'] + p['batch_errors']} |"
+        )
+    shadow = rollout.get("shadow_predictions", {})
+    lines += [
+        "",
+        f"Shadow scores over the whole section: {shadow.get('success', 0):,.0f} scored, "
+        f"{shadow.get('error', 0):,.0f} failed, {shadow.get('dropped', 0):,.0f} dropped "
+        "(a full shadow queue or log: counted, never waited for).",
+    ]
+    return lines
 
 
 def _budget_notes(results: dict[str, Any]) -> list[str]:

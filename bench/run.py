@@ -31,7 +31,7 @@ from churn.datagen import generate_customers
 from churn.training import git_commit
 
 SERVERS = ("service", "mlflow", "blog", "ceiling")
-SECTIONS = ("health", "batch", "inprocess", "training", "drift", "performance")
+SECTIONS = ("health", "batch", "inprocess", "training", "drift", "performance", "rollout")
 PACKAGES = (
     "fastapi",
     "starlette",
@@ -163,15 +163,9 @@ def _load(bundle_dir: Path) -> ModelBundle:
         ) from None
 
 
-def run_http(
-    args: argparse.Namespace,
-    settings: dict[str, Any],
-    bundle: ModelBundle,
-    skip: set[str],
-    work: Path,
-) -> dict[str, Any]:
+def _http_config(args: argparse.Namespace, settings: dict[str, Any]) -> http.HttpConfig:
     server_cpu, load_cpu, _ = _cpus(args.no_pin)
-    cfg = http.HttpConfig(
+    return http.HttpConfig(
         duration_s=settings["duration_s"],
         warmup_s=settings["warmup_s"],
         connections=settings["connections"],
@@ -181,9 +175,25 @@ def run_http(
         server_cpu=server_cpu,
         load_cpu=load_cpu,
     )
+
+
+def _customers(bundle: ModelBundle) -> list[dict[str, Any]]:
     # only the features: the API refuses unknown fields (the target column among them)
-    complete = generate_customers(200, seed=3).dropna()[bundle.schema.names].to_dict("records")
-    bodies = http.Bodies(work, complete)
+    customers: list[dict[str, Any]] = (
+        generate_customers(200, seed=3).dropna()[bundle.schema.names].to_dict("records")
+    )
+    return customers
+
+
+def run_http(
+    args: argparse.Namespace,
+    settings: dict[str, Any],
+    bundle: ModelBundle,
+    skip: set[str],
+    work: Path,
+) -> dict[str, Any]:
+    cfg = _http_config(args, settings)
+    bodies = http.Bodies(work, _customers(bundle))
     model_uri = args.model_uri or f"models:/{bundle.name}/{bundle.version}"
     sections = {s for s in SECTIONS if s not in skip}
     servers: dict[str, Any] = {}
@@ -213,6 +223,18 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="churn-bench-") as tmp:
         work = Path(tmp)
         results["http"] = run_http(args, settings, bundle, skip, work)
+        if "rollout" not in skip:
+            from bench import rollout
+
+            http.say("progressive delivery: /predict and /predict/batch, off/shadow/canary")
+            results["rollout"] = rollout.measure(
+                args.config,
+                min(settings["train_rows"], 20_000),
+                work,
+                _http_config(args, settings),
+                _customers(bundle),
+                rounds=1 if settings["quick"] else 2,
+            )
         if "inprocess" not in skip:
             http.say("in-process inference: compiled forest, ONNX Runtime, sklearn")
             repeats = {int(k): v for k, v in settings["inprocess_repeats"].items()}

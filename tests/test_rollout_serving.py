@@ -98,6 +98,13 @@ def test_canary_routing_keeps_its_share_and_only_adds_keys_when_widened() -> Non
     assert challenger_rows(keys, 0.10) == at_10  # sticky
 
 
+def test_batch_routing_buckets_equal_the_one_key_rule() -> None:
+    from churn.rollout import routing_bucket, routing_buckets
+
+    keys = [f"customer-{i}" for i in range(5000)] + ["", "é-ü", "x" * 500, "42"]
+    assert routing_buckets(keys).tolist() == [routing_bucket(k) for k in keys]
+
+
 def test_routing_keys_customer_id_then_header_then_the_features() -> None:
     names = ["tenure", "contract_type"]
     rows = [
