@@ -30,6 +30,7 @@ evidence stays paired on the customers the challenger answered.
 from __future__ import annotations
 
 import asyncio
+import bisect
 import contextlib
 import logging
 import math
@@ -42,14 +43,12 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
-import numpy as np
-
 from app.batcher import Row
 from app.loopflush import defer
 from app.metrics import Metrics
 from app.model import ServedModel, load_model
 from app.settings import Settings
-from app.source import describe, tracking_uri
+from app.source import REGISTRY_UNREACHABLE, describe, failure_reason, tracking_uri
 from app.workers import StateDir, state_root
 from churn.prediction_log import PredictionLogWriter, ShadowBatch
 from churn.rollout import (
@@ -210,45 +209,83 @@ def judge(stats: WindowStats, bounds: Guardrails) -> str | None:
     return None
 
 
+# Latency bins for the window's p95: 5 % apart from 10 µs to over 100 s, so the p95 is known
+# to within 5 % at O(1) cost per answer (a sort of every latency in a 300 s window would cost
+# more than the answers it judges).
+_LATENCY_BOUNDS = [1e-5 * 1.05**i for i in range(340)]
+
+
 class GuardrailWindow:
-    """One worker's canary answers over the last `window_seconds` (event loop only). The
-    counts are running sums (O(1) per answer); the p95 latency is computed when asked."""
+    """One worker's canary answers over the last `window_seconds` (event loop only).
+
+    Kept in one-second slots with running sums (counts and a latency histogram): adding an
+    answer and judging are O(1), and memory is a few hundred slots whatever the traffic."""
 
     def __init__(self, window_seconds: float) -> None:
         self.window_seconds = window_seconds
-        # (monotonic time, role is challenger, rows, high, errors, seconds)
-        self._events: deque[tuple[float, bool, int, int, int, float]] = deque()
-        self._counts = [0, 0, 0, 0, 0]  # challenger rows, errors, high; champion rows, high
+        # [second, challenger rows, errors, high, champion rows, high, {latency bin: calls}]
+        self._slots: deque[list[Any]] = deque()
+        self._counts = [0, 0, 0, 0, 0]
+        self._latency = [0] * (len(_LATENCY_BOUNDS) + 1)
+        self._calls = 0
 
     def add(
         self, challenger: bool, rows: int, high: int, errors: int, seconds: float, now: float
     ) -> None:
-        self._events.append((now, challenger, rows, high, errors, seconds))
-        self._count(challenger, rows, high, errors, 1)
-
-    def _count(self, challenger: bool, rows: int, high: int, errors: int, sign: int) -> None:
+        second = int(now)
+        slots = self._slots
+        if not slots or slots[-1][0] != second:
+            slots.append([second, 0, 0, 0, 0, 0, {}])
+        slot = slots[-1]
         counts = self._counts
         if challenger:
-            counts[0] += sign * rows
-            counts[1] += sign * errors
-            counts[2] += sign * high
+            slot[1] += rows
+            slot[2] += errors
+            slot[3] += high
+            counts[0] += rows
+            counts[1] += errors
+            counts[2] += high
+            if rows:  # the latency of calls that answered
+                index = bisect.bisect_left(_LATENCY_BOUNDS, seconds)
+                slot[6][index] = slot[6].get(index, 0) + 1
+                self._latency[index] += 1
+                self._calls += 1
         else:
-            counts[3] += sign * rows
-            counts[4] += sign * high
+            slot[4] += rows
+            slot[5] += high
+            counts[3] += rows
+            counts[4] += high
 
     def stats(self, now: float, latency: bool = True) -> WindowStats:
         """The window's figures at `now` (p95 latency 0 unless `latency`)."""
-        events = self._events
+        slots = self._slots
         horizon = now - self.window_seconds
-        while events and events[0][0] < horizon:
-            _, challenger, rows, high, errors, _ = events.popleft()
-            self._count(challenger, rows, high, errors, -1)
-        p95 = 0.0
-        if latency:
-            seconds = [e[5] for e in events if e[1] and e[2]]
-            p95 = float(np.percentile(seconds, 95)) * 1000 if seconds else 0.0
-        c = self._counts
-        return WindowStats(c[0], c[1], c[2], p95, c[3], c[4])
+        counts = self._counts
+        while slots and slots[0][0] + 1 <= horizon:  # the whole second is out
+            _, rows, errors, high, champion_rows, champion_high, bins = slots.popleft()
+            counts[0] -= rows
+            counts[1] -= errors
+            counts[2] -= high
+            counts[3] -= champion_rows
+            counts[4] -= champion_high
+            for index, calls in bins.items():
+                self._latency[index] -= calls
+                self._calls -= calls
+        p95 = self._p95() if latency else 0.0
+        return WindowStats(counts[0], counts[1], counts[2], p95, counts[3], counts[4])
+
+    def _p95(self) -> float:
+        """The p95 of the challenger's call latency in ms: the upper bound of its bin."""
+        if not self._calls:
+            return 0.0
+        wanted = 0.95 * self._calls
+        seen = 0
+        for index, calls in enumerate(self._latency):
+            seen += calls
+            if seen >= wanted:
+                bound = _LATENCY_BOUNDS[min(index, len(_LATENCY_BOUNDS) - 1)]
+                return bound * 1000
+        return _LATENCY_BOUNDS[-1] * 1000
 
 
 # --------------------------------------------------------------------------- shadow scoring
@@ -425,6 +462,16 @@ class _Refusal:
     version: str
     reason: str
     detail: str
+    champion: str | None = None  # the champion it was judged against (schema, bundle)
+
+    def final(self, version: str, champion: ServedModel) -> bool:
+        """Whether `version` stays refused beside `champion` (not loaded again): a bad bundle
+        or another schema; a missing record is looked at again on every tick."""
+        return (
+            self.version == version
+            and self.reason in (BAD_BUNDLE, SCHEMA_MISMATCH)
+            and self.champion == champion.version
+        )
 
 
 ROLLBACK_FILE = "rollback.json"
@@ -533,11 +580,13 @@ class Rollout:
         model = current.model if current and current.version == record.version else None
         if model is not None and schema_difference(champion.schema, model.schema):
             # The champion changed under it: refused without loading it again.
-            self._refuse(record.version, SCHEMA_MISMATCH, "differs from the new champion's")
+            self._refuse(
+                record.version, SCHEMA_MISMATCH, "differs from the new champion's", champion
+            )
             model = None
         if model is None:
             refused = self._refused
-            if refused is not None and refused.version == record.version:
+            if refused is not None and refused.final(record.version, champion):
                 self._set(None)
                 return
             model = await self._load(name, record.version, champion)
@@ -552,24 +601,36 @@ class Rollout:
         try:
             model = await asyncio.to_thread(self.loader, settings)
         except Exception as exc:
-            self._refuse(version, BAD_BUNDLE, describe(exc))
+            if failure_reason(exc, settings) == REGISTRY_UNREACHABLE:
+                # an outage says nothing about the version: tried again on the next tick
+                logger.warning("cannot fetch challenger version %s yet: %s", version, describe(exc))
+                return None
+            self._refuse(version, BAD_BUNDLE, describe(exc), champion)
             return None
         difference = schema_difference(champion.schema, model.schema)
         if difference is not None:
-            self._refuse(version, SCHEMA_MISMATCH, difference)
+            self._refuse(version, SCHEMA_MISMATCH, difference, champion)
             return None
+        self._refused = None
         logger.info(
             "challenger loaded",
             extra={"model_version": model.version, "backend": model.backend, "source": uri},
         )
         return model
 
-    def _refuse(self, version: str, reason: str, detail: str) -> None:
+    def _refuse(
+        self, version: str, reason: str, detail: str, champion: ServedModel | None = None
+    ) -> None:
         """Refuse a challenger version (logged and counted once per version and reason)."""
         refused = self._refused
-        if refused is not None and (refused.version, refused.reason) == (version, reason):
+        judged_by = champion.version if champion is not None else None
+        if refused is not None and (refused.version, refused.reason, refused.champion) == (
+            version,
+            reason,
+            judged_by,
+        ):
             return
-        self._refused = _Refusal(version, reason, detail)
+        self._refused = _Refusal(version, reason, detail, judged_by)
         self.metrics.challenger_refused.labels(reason).inc()
         logger.error(
             "CHALLENGER REFUSED: version %s (%s: %s); the champion alone serves",

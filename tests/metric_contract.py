@@ -6,9 +6,15 @@ Written once here; tests of the emitters and of the consumers (dashboard, rules)
 from __future__ import annotations
 
 API_HISTOGRAMS = frozenset(
-    {"prediction_latency_seconds", "prediction_probability", "http_request_duration_seconds"}
+    {
+        "prediction_latency_seconds",  # role="champion" | "challenger"
+        "prediction_probability",
+        "http_request_duration_seconds",
+        "shadow_latency_seconds",
+    }
 )
 API_METRICS = API_HISTOGRAMS | {
+    # role="champion" | "challenger" (the model that answered) on the next three and latency
     "predictions_total",  # outcome="success" | "error"
     "prediction_decisions_total",  # decision="churn" | "no_churn"
     "high_risk_predictions_total",
@@ -18,6 +24,12 @@ API_METRICS = API_HISTOGRAMS | {
     "unknown_category_total",
     "model_reloads_total",
     "model_alias_mismatch",
+    # progressive delivery (app/rollout.py)
+    "shadow_predictions_total",  # outcome="success" | "error" | "dropped"
+    "rollout_canary_share",
+    "rollout_stage",  # stage
+    "rollout_rollbacks_total",  # reason="error_ratio" | "latency" | "high_risk"
+    "challenger_refused_total",  # reason
 }
 # Pushed by `monitoring.drift_detector --pushgateway` (job drift_monitor).
 DRIFT_METRICS = frozenset(

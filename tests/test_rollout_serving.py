@@ -12,7 +12,6 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pytest
 import sqlalchemy as sa
 from fastapi.testclient import TestClient
@@ -81,7 +80,8 @@ def test_the_window_forgets_answers_older_than_its_length() -> None:
     window.add(True, rows=5, high=0, errors=0, seconds=0.004, now=109.0)
     stats = window.stats(now=109.0)
     assert (stats.challenger_rows, stats.challenger_errors, stats.champion_rows) == (10, 1, 20)
-    assert stats.p95_latency_ms == pytest.approx(float(np.percentile([2.0, 4.0], 95)))
+    # the p95 (the 4 ms call of two) to within its 5 % latency bin, never below
+    assert 4.0 <= stats.p95_latency_ms <= 4.2
     later = window.stats(now=111.0)  # the first answer is out of the window
     assert (later.challenger_rows, later.challenger_errors, later.champion_rows) == (5, 0, 20)
 

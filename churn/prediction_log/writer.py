@@ -20,10 +20,10 @@ from collections import deque
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, ClassVar
+from typing import Any, ClassVar, TypeVar
 
 from pydantic_core import PydanticSerializationError, to_json
-from sqlalchemy import Engine, insert
+from sqlalchemy import Engine, Table, insert
 from sqlalchemy.engine import Dialect
 from sqlalchemy.exc import SQLAlchemyError
 
@@ -126,6 +126,8 @@ class ShadowBatch:
     probabilities: Sequence[float]
     tiers: Sequence[str]
 
+    _json: tuple[bytes, bytes] | None = field(default=None, init=False, repr=False, compare=False)
+
     shadow: ClassVar[bool] = True
 
     def __len__(self) -> int:
@@ -136,14 +138,21 @@ class ShadowBatch:
         """Its queue key: never a served batch's (is_pending answers for served ones only)."""
         return f"{self.batch_id}/{self.model_version}"
 
+    def json_columns(self) -> tuple[bytes, bytes]:
+        """Probabilities and risk tiers as JSON, encoded once (spool line and insert)."""
+        if self._json is None:
+            self._json = (_json(list(self.probabilities)), _json(list(self.tiers)))
+        return self._json
+
     def spool_record(self) -> bytes:
+        probabilities, tiers = self.json_columns()
         return encode_shadow_record(
             self.batch_id,
             self.created_at,
             self.model_version,
             self.served_version,
-            _json(list(self.probabilities)),
-            _json(list(self.tiers)),
+            probabilities,
+            tiers,
         )
 
     def record(self) -> dict[str, Any]:
@@ -165,12 +174,41 @@ def write_log(engine: Engine, batches: Sequence[LogBatch]) -> None:
     """Insert served batches and shadow scores in one transaction (what the writer thread
     does): a retry after a failure never finds half of them written."""
     served = [b for b in batches if not b.shadow]
-    shadows = [b.record() for b in batches if b.shadow]
+    shadows = [b for b in batches if b.shadow]
     with engine.begin() as conn:
         if served:
             _insert_batches(conn, served)  # type: ignore[arg-type]
         if shadows:
-            conn.execute(insert(shadow_predictions), shadows)
+            _insert_shadows(conn, shadows)  # type: ignore[arg-type]
+
+
+def _insert_shadows(conn: Any, shadows: Sequence[ShadowBatch]) -> None:
+    """Insert shadow scores on an open transaction: SQLite through the same multi-row
+    statements as served batches (a shadow row per served request must not cost more than
+    the request's own), other stores through SQLAlchemy Core."""
+    dialect = conn.dialect
+    if dialect.paramstyle != "qmark":
+        conn.execute(insert(shadow_predictions), [s.record() for s in shadows])
+        return
+    stamp = shadow_predictions.c.created_at.type.dialect_impl(dialect).bind_processor(dialect)
+    for group in _statement_groups(shadows):
+        values: list[Any] = []
+        for shadow in group:
+            created = datetime.fromtimestamp(shadow.created_at, UTC)
+            probabilities, tiers = shadow.json_columns()
+            values += (
+                shadow.batch_id,
+                shadow.model_version,
+                shadow.served_version,
+                stamp(created) if stamp is not None else created,
+                len(shadow),
+                probabilities.decode(),
+                tiers.decode(),
+            )
+        conn.exec_driver_sql(
+            _multi_row_insert(dialect, len(group), shadow_predictions), tuple(values)
+        )
+        _yield_cpu()
 
 
 def write_batches(engine: Engine, batches: Sequence[PredictionBatch]) -> None:
@@ -211,14 +249,16 @@ def _insert_batches(conn: Any, batches: Sequence[PredictionBatch]) -> None:
         _yield_cpu()
 
 
+_Batch = TypeVar("_Batch", "PredictionBatch", "ShadowBatch")
+
 # 7 columns x 25 rows = 175 parameters, under SQLite's oldest limit of 999; a statement
 # also stops at about a thousand predictions, so none holds the GIL for long.
 ROWS_PER_STATEMENT = 25
 PREDICTIONS_PER_STATEMENT = 1000
 
 
-def _statement_groups(batches: Sequence[PredictionBatch]) -> Iterator[list[PredictionBatch]]:
-    group: list[PredictionBatch] = []
+def _statement_groups(batches: Sequence[_Batch]) -> Iterator[list[_Batch]]:
+    group: list[_Batch] = []
     predictions = 0
     for batch in batches:
         if group and (
@@ -233,9 +273,9 @@ def _statement_groups(batches: Sequence[PredictionBatch]) -> Iterator[list[Predi
 
 
 @functools.cache
-def _multi_row_insert(dialect: Dialect, rows: int) -> str:
-    """INSERT INTO prediction_batches (...) VALUES (?, ...), (?, ...), ... for `rows` rows."""
-    single = str(insert(prediction_batches).compile(dialect=dialect))
+def _multi_row_insert(dialect: Dialect, rows: int, table: Table = prediction_batches) -> str:
+    """INSERT INTO <table> (...) VALUES (?, ...), (?, ...), ... for `rows` rows."""
+    single = str(insert(table).compile(dialect=dialect))
     head, _, values = single.partition(" VALUES ")
     return f"{head} VALUES {', '.join([values] * rows)}"
 
