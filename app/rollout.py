@@ -304,13 +304,29 @@ class ShadowScorer:
     """Scores served rows with the model that did not answer, on its own thread, after the
     answer: a bounded queue (rows), handed over once per event-loop iteration, drained in one
     model call per model. Every row submitted ends as scored and logged, or counted in
-    ``shadow_predictions_total``: error (the model failed) or dropped (a full queue, a full
-    or disabled log)."""
+    ``shadow_predictions_total``: error (the model failed) or dropped (a full queue, its time
+    budget spent, a full or disabled log).
 
-    def __init__(self, metrics: Metrics, writer: PredictionLogWriter | None, max_rows: int) -> None:
+    The time budget (`max_share`, SHADOW_MAX_TIME_SHARE) bounds what shadow may cost the
+    answers: a token bucket of scoring seconds, refilled at `max_share` seconds per second
+    (one second's worth at most). While it is spent, new shadow rows are dropped and counted:
+    at saturation shadow scores a sample of the traffic instead of slowing every answer; below
+    it, everything."""
+
+    def __init__(
+        self,
+        metrics: Metrics,
+        writer: PredictionLogWriter | None,
+        max_rows: int,
+        max_share: float = 1.0,
+    ) -> None:
         self.metrics = metrics
         self.writer = writer
         self.max_rows = max_rows
+        self.max_share = max_share
+        self._budget = max_share  # seconds of scoring time available now
+        self._refilled = time.monotonic()
+        self._dropped = 0  # rows dropped on the event loop, counted once per iteration
         self._pending: list[_ShadowJob] = []
         self._jobs: queue.SimpleQueue[list[_ShadowJob] | None] = queue.SimpleQueue()
         self._queued_rows = 0
@@ -326,6 +342,7 @@ class ShadowScorer:
 
     def stop(self, timeout: float = 5.0) -> None:
         """Score what is queued (bounded by `timeout`), then end the thread."""
+        self._count_dropped()
         self._hand_over()
         self._stopped = True
         self._jobs.put(None)
@@ -335,12 +352,17 @@ class ShadowScorer:
     def submit(self, model: ServedModel, rows: list[Row], batch_id: str, served: str) -> None:
         """Queue rows for shadow scoring (O(1), never blocks); counted dropped when full."""
         n = len(rows)
+        now = time.monotonic()
         with self._lock:
-            full = self._stopped or self._queued_rows + n > self.max_rows
+            budget = self._budget + (now - self._refilled) * self.max_share
+            self._budget = min(self.max_share, budget)
+            self._refilled = now
+            full = self._stopped or self._queued_rows + n > self.max_rows or self._budget <= 0
             if not full:
                 self._queued_rows += n
         if full:
-            self.metrics.shadow.labels("dropped").inc(n)
+            self._dropped += n
+            defer(self._count_dropped)
             return
         self._pending.append(_ShadowJob(model, rows, batch_id, served, time.time()))
         if len(self._pending) == 1:
@@ -349,6 +371,11 @@ class ShadowScorer:
     @property
     def queued(self) -> int:
         return self._queued_rows
+
+    def _count_dropped(self) -> None:
+        dropped, self._dropped = self._dropped, 0
+        if dropped:
+            self.metrics.shadow.labels("dropped").inc(dropped)
 
     def _hand_over(self) -> None:
         jobs, self._pending = self._pending, []
@@ -392,7 +419,10 @@ class ShadowScorer:
                 self.metrics.shadow.labels("error").inc(len(rows))
                 self._done(len(rows))
                 continue
-            self.metrics.shadow_latency.observe(time.perf_counter() - started)
+            elapsed = time.perf_counter() - started
+            with self._lock:
+                self._budget -= elapsed
+            self.metrics.shadow_latency.observe(elapsed)
             self.metrics.shadow.labels("success").inc(len(rows))
             self.scored += len(rows)
             start = 0
@@ -491,7 +521,9 @@ class Rollout:
         self.metrics = metrics
         self.loader = loader
         self.current: Challenger | None = None
-        self.shadow = ShadowScorer(metrics, writer, settings.shadow_queue_size)
+        self.shadow = ShadowScorer(
+            metrics, writer, settings.shadow_queue_size, settings.shadow_max_time_share
+        )
         self.window = GuardrailWindow(Guardrails().window_seconds)
         self._refused: _Refusal | None = None
         self.problem: str | None = None  # why a challenger in the registry is not used

@@ -479,8 +479,8 @@ def _rollout_table(results: dict[str, Any]) -> list[str]:
         f"off's. Two versions trained on {rollout['train_rows']:,} rows each.",
         "",
         "| phase | /predict req/s | p99 ms | cost | batch rows/s | p99 ms | cost | "
-        "answered by the challenger | errors |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "answered by the challenger | shadow rows scored / dropped | errors |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for name in ("off", "shadow", "canary"):
         p = phases[name]
@@ -491,6 +491,7 @@ def _rollout_table(results: dict[str, Any]) -> list[str]:
             f"| {name} | {_f(p['predict_rps'], 0)} | {_f(p['predict_p99_ms'])} | "
             f"{shown['predict']} | {_f(p['batch_rows_per_s'], 0)} | {_f(p['batch_p99_ms'])} | "
             f"{shown['batch']} | {'–' if share is None else f'{100 * share:.1f} %'} | "
+            f"{p.get('shadow_scored', 0):,.0f} / {p.get('shadow_dropped', 0):,.0f} | "
             f"{p['predict_errors'] + p['batch_errors']} |"
         )
     shadow = rollout.get("shadow_predictions", {})
@@ -498,7 +499,8 @@ def _rollout_table(results: dict[str, Any]) -> list[str]:
         "",
         f"Shadow scores over the whole section: {shadow.get('success', 0):,.0f} scored, "
         f"{shadow.get('error', 0):,.0f} failed, {shadow.get('dropped', 0):,.0f} dropped "
-        "(a full shadow queue or log: counted, never waited for).",
+        "(its time budget `SHADOW_MAX_TIME_SHARE` spent, or a full queue or log: counted, "
+        "never waited for).",
     ]
     return lines
 

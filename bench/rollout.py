@@ -207,6 +207,13 @@ def measure(
                         - _sum(before, "predictions_total", outcome="success", role="challenger"),
                         "answers": _sum(after, "predictions_total", outcome="success")
                         - _sum(before, "predictions_total", outcome="success"),
+                        **{
+                            f"shadow_{outcome}": _sum(
+                                after, "shadow_predictions_total", outcome=outcome
+                            )
+                            - _sum(before, "shadow_predictions_total", outcome=outcome)
+                            for outcome in ("success", "dropped")
+                        },
                     }
                 )
         text = _metrics(server)
@@ -234,6 +241,8 @@ def summarise(
             "challenger_share": sum(r["challenger_answers"] for r in results) / answers
             if answers
             else None,
+            "shadow_scored": sum(r["shadow_success"] for r in results),
+            "shadow_dropped": sum(r["shadow_dropped"] for r in results),
             "rounds": results,
         }
     off = best["off"]
