@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import asyncio
 import bisect
-import contextlib
 import logging
 import math
 import os
@@ -817,11 +816,6 @@ class Rollout:
             return
         if self._record_pending == pending:
             self._record_pending = None
-
-    async def settle(self) -> None:
-        for task in list(self._tasks):
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(task, timeout=5)
 
 
 def _describe_breach(reason: str, stats: WindowStats, bounds: Guardrails) -> str:

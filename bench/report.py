@@ -478,10 +478,20 @@ def _rollout_table(results: dict[str, Any]) -> list[str]:
         f"{rollout['rounds']} round(s) per phase, phases interleaved; cost = 1 − throughput ÷ "
         f"off's. Two versions trained on {rollout['train_rows']:,} rows each.",
         "",
-        "| phase | /predict req/s | p99 ms | cost | batch rows/s | p99 ms | cost | "
-        "answered by the challenger | shadow rows scored / dropped | errors |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| phase | /predict req/s | p99 ms | cost | server CPU ms/req | batch rows/s | p99 ms "
+        "| cost | server CPU ms/batch | answered by the challenger | shadow rows scored / "
+        "dropped | errors |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
+
+    def cpu(phase: dict[str, Any], path: str) -> str:
+        spent = [
+            r[path].get("server_cpu_ms_per_request")
+            for r in phase.get("rounds", [])
+            if r[path].get("server_cpu_ms_per_request") is not None
+        ]
+        return _f(min(spent), 3) if spent else "–"
+
     for name in ("off", "shadow", "canary"):
         p = phases[name]
         share = p.get("challenger_share")
@@ -489,8 +499,9 @@ def _rollout_table(results: dict[str, Any]) -> list[str]:
         shown = {k: "–" if v is None else f"{100 * v:.1f} %" for k, v in cost.items()}
         lines.append(
             f"| {name} | {_f(p['predict_rps'], 0)} | {_f(p['predict_p99_ms'])} | "
-            f"{shown['predict']} | {_f(p['batch_rows_per_s'], 0)} | {_f(p['batch_p99_ms'])} | "
-            f"{shown['batch']} | {'–' if share is None else f'{100 * share:.1f} %'} | "
+            f"{shown['predict']} | {cpu(p, 'predict')} | {_f(p['batch_rows_per_s'], 0)} | "
+            f"{_f(p['batch_p99_ms'])} | {shown['batch']} | {cpu(p, 'batch')} | "
+            f"{'–' if share is None else f'{100 * share:.1f} %'} | "
             f"{p.get('shadow_scored', 0):,.0f} / {p.get('shadow_dropped', 0):,.0f} | "
             f"{p['predict_errors'] + p['batch_errors']} |"
         )
@@ -500,7 +511,9 @@ def _rollout_table(results: dict[str, Any]) -> list[str]:
         f"Shadow scores over the whole section: {shadow.get('success', 0):,.0f} scored, "
         f"{shadow.get('error', 0):,.0f} failed, {shadow.get('dropped', 0):,.0f} dropped "
         "(its time budget `SHADOW_MAX_TIME_SHARE` spent, or a full queue or log: counted, "
-        "never waited for).",
+        "never waited for). Server CPU ms per request is the lowest of the rounds: steadier "
+        "than throughput when other work shares the machine (load average at the end of the "
+        f"run: {_f(results.get('meta', {}).get('loadavg_end'))}).",
     ]
     return lines
 
