@@ -24,6 +24,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -250,6 +251,8 @@ def summarise(
         best[phase]["predict_cost"] = 1 - best[phase]["predict_rps"] / off["predict_rps"]
         best[phase]["batch_cost"] = 1 - best[phase]["batch_rows_per_s"] / off["batch_rows_per_s"]
     return {
+        "measured_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "loadavg_end": os.getloadavg()[0],
         "train_rows": rows,
         "rounds": rounds,
         "canary_share": CANARY_SHARE,
