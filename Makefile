@@ -202,6 +202,23 @@ score: $(BIN)/.installed ## Replay FILE= (a CSV) to the running API in batches; 
 smoke: $(BIN)/.installed ## Smoke-test a running API: make smoke URL=http://localhost:8000
 	$(PY) scripts/smoke_test.py --url $(or $(URL),http://localhost:$(PORT))
 
+# Blue/green on Kubernetes (deploy/k8s-bluegreen): standard library + kubectl, no venv needed.
+# Exit codes: 0 done, 1 refused (the Service was not switched), 2 usage or cluster error.
+BLUEGREEN = $(PYTHON) scripts/deploy_bluegreen.py $(if $(NAMESPACE),--namespace $(NAMESPACE))
+
+.PHONY: bluegreen-deploy
+bluegreen-deploy: ## Deploy IMAGE= (...@sha256:) serving VERSION= to the idle colour, smoke-test, switch (NAMESPACE=, MODEL_URI=)
+	@test -n "$(IMAGE)" && test -n "$(VERSION)" || { echo "usage: make bluegreen-deploy IMAGE=ghcr.io/...@sha256:... VERSION=<model version> [NAMESPACE=] [MODEL_URI=]" >&2; exit 2; }
+	$(BLUEGREEN) deploy --image $(IMAGE) --model-version $(VERSION) $(if $(MODEL_URI),--model-uri $(MODEL_URI))
+
+.PHONY: bluegreen-rollback
+bluegreen-rollback: ## Switch the churn-api Service back to the other (still running) colour (NAMESPACE=)
+	$(BLUEGREEN) rollback
+
+.PHONY: bluegreen-status
+bluegreen-status: ## The live colour and the image and model version of each colour (NAMESPACE=)
+	$(BLUEGREEN) status
+
 .PHONY: compose-config
 compose-config: ## Validate docker-compose.yml (needs a .env; see .env.example)
 	docker-compose --env-file $(or $(wildcard .env),.env.example) config --quiet

@@ -44,13 +44,15 @@ export KUBECONFIG="$workdir/kubeconfig"
 printf '%s' "$KUBECONFIG_DATA" >"$KUBECONFIG"
 chmod 600 "$KUBECONFIG"
 
-# An overlay in a temp dir pins the image without editing the checked-in manifests.
+# An overlay in a temp dir pins the image without editing the checked-in manifests. The base
+# is named by a relative path: kustomize refuses an absolute one ("new root cannot be absolute").
+base="$(realpath --relative-to="$workdir" "$manifests")"
 cat >"$workdir/kustomization.yaml" <<YAML
 apiVersion: kustomize.config.k8s.io/v1beta1
 kind: Kustomization
 namespace: $namespace
 resources:
-  - $manifests
+  - $base
 images:
   - name: ghcr.io/example/churn-mlops/churn-api
     newName: ${image%@*}

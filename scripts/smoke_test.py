@@ -72,13 +72,21 @@ def check_health(base: str) -> None:
         raise SmokeTestFailure(f"GET /health answered {status} {body[:200]!r}")
 
 
-def check_predict(base: str) -> float:
+def check_predict(base: str, model_version: str | None = None) -> float:
+    """POST the sample customer; with `model_version`, the answer must come from that version
+    (a blue/green switch must not go live with a colour serving another model)."""
     status, body = request(f"{base}/predict", SAMPLE_CUSTOMER)
     if status != 200:
         raise SmokeTestFailure(f"POST /predict answered {status} {body[:300]!r}")
-    probability = json.loads(body).get("churn_probability")
+    answer = json.loads(body)
+    probability = answer.get("churn_probability")
     if not isinstance(probability, int | float) or not 0.0 <= probability <= 1.0:
         raise SmokeTestFailure(f"POST /predict churn_probability is not in [0, 1]: {body!r}")
+    served = answer.get("model_version")
+    if model_version is not None and str(served) != model_version:
+        raise SmokeTestFailure(
+            f"POST /predict was answered by model_version {served!r}, expected {model_version!r}"
+        )
     return float(probability)
 
 
@@ -88,12 +96,12 @@ def check_metrics(base: str) -> None:
         raise SmokeTestFailure(f"GET /metrics answered {status} without Prometheus text")
 
 
-def run(base: str, wait_s: float, metrics: bool) -> float:
+def run(base: str, wait_s: float, metrics: bool, model_version: str | None = None) -> float:
     """All checks in order; returns the sample's churn probability."""
     base = base.rstrip("/")
     wait_until_ready(base, wait_s)
     check_health(base)
-    probability = check_predict(base)
+    probability = check_predict(base, model_version)
     if metrics:
         check_metrics(base)
     return probability
@@ -104,11 +112,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--url", required=True, help="base URL, e.g. http://127.0.0.1:8000")
     parser.add_argument("--wait", type=float, default=60.0, help="seconds to wait for /ready")
     parser.add_argument("--no-metrics", action="store_true", help="skip the /metrics check")
+    parser.add_argument(
+        "--model-version", help="fail unless /predict is answered by this model version"
+    )
     args = parser.parse_args(argv)
     if not args.url.startswith(("http://", "https://")):
         parser.error("--url must start with http:// or https://")
     try:
-        probability = run(args.url, args.wait, metrics=not args.no_metrics)
+        probability = run(args.url, args.wait, not args.no_metrics, args.model_version)
     except (SmokeTestFailure, urllib.error.URLError, OSError, ValueError) as exc:
         print(f"SMOKE TEST FAILED ({args.url}): {exc}", file=sys.stderr)
         return 1

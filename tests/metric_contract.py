@@ -5,29 +5,30 @@ Written once here; tests of the emitters and of the consumers (dashboard, rules)
 
 from __future__ import annotations
 
+# Progressive delivery (#13, notes in ROLLOUT.md): predictions_total, prediction_latency_seconds,
+# high_risk_predictions_total and prediction_decisions_total carry role="champion" | "challenger"
+# (the model that answered).
 API_HISTOGRAMS = frozenset(
     {
-        "prediction_latency_seconds",  # role="champion" | "challenger"
+        "prediction_latency_seconds",  # role
         "prediction_probability",
         "http_request_duration_seconds",
-        "shadow_latency_seconds",
+        "shadow_latency_seconds",  # the challenger's scoring time in shadow
     }
 )
 API_METRICS = API_HISTOGRAMS | {
-    # role="champion" | "challenger" (the model that answered) on the next three and latency
-    "predictions_total",  # outcome="success" | "error"
-    "prediction_decisions_total",  # decision="churn" | "no_churn"
-    "high_risk_predictions_total",
+    "predictions_total",  # outcome="success" | "error", role
+    "prediction_decisions_total",  # decision="churn" | "no_churn", role
+    "high_risk_predictions_total",  # role
     "http_requests_total",
     "model_info",
     "prediction_log_dropped_total",
     "unknown_category_total",
     "model_reloads_total",
     "model_alias_mismatch",
-    # progressive delivery (app/rollout.py)
     "shadow_predictions_total",  # outcome="success" | "error" | "dropped"
-    "rollout_canary_share",
-    "rollout_stage",  # stage
+    "rollout_canary_share",  # the share this worker applies now
+    "rollout_stage",  # stage=...: 1 for the stage this worker applies
     "rollout_rollbacks_total",  # reason="error_ratio" | "latency" | "high_risk"
     "challenger_refused_total",  # reason
 }
@@ -62,4 +63,16 @@ PERFORMANCE_METRICS = frozenset(
         "churn_segment_miscalibrated",
     }
 )
-CONTRACT_METRICS = API_METRICS | DRIFT_METRICS | PERFORMANCE_METRICS
+# Pushed by the rollout evaluation (monitoring/rollout, job rollout_evaluation).
+ROLLOUT_METRICS = frozenset(
+    {
+        "rollout_auc_difference",
+        "rollout_auc_difference_lower",
+        "rollout_auc_difference_upper",
+        "rollout_labelled_pairs",
+        "rollout_decision",  # decision="promote" | "reject" | "undecided": 1 for the current one
+        "rollout_tier_agreement",
+        "rollout_evaluation_timestamp_seconds",
+    }
+)
+CONTRACT_METRICS = API_METRICS | DRIFT_METRICS | PERFORMANCE_METRICS | ROLLOUT_METRICS

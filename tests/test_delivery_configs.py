@@ -9,6 +9,7 @@ everything would fail here.
 
 from __future__ import annotations
 
+import copy
 import os
 import re
 import shutil
@@ -27,6 +28,8 @@ COMPOSE_FILE = ROOT / "docker-compose.yml"
 WORKFLOWS = sorted((ROOT / ".github/workflows").glob("*.yml"))
 DOCKERFILES = [ROOT / "Dockerfile", ROOT / "docker/mlflow.Dockerfile"]
 K8S_DIR = ROOT / "deploy/k8s"
+K8S_BLUEGREEN_DIR = ROOT / "deploy/k8s-bluegreen"
+COLOURS = ("blue", "green")
 SHELL_SCRIPTS = [*sorted((ROOT / "scripts").glob("*.sh")), ROOT / "docker/entrypoint.sh"]
 REQUIRED_SECRETS = {"POSTGRES_PASSWORD", "GRAFANA_ADMIN_PASSWORD", "BUNDLE_SIGNING_KEY"}
 TEST_SECRETS = {name: f"test-{name.lower()}" for name in REQUIRED_SECRETS}
@@ -397,6 +400,105 @@ def test_k8s_deployment_probes_security_and_resources() -> None:
     hpa = yaml.safe_load((K8S_DIR / "hpa.yaml").read_text())
     assert hpa["apiVersion"] == "autoscaling/v2"
     assert hpa["spec"]["scaleTargetRef"]["name"] == deployment["metadata"]["name"]
+
+
+# --------------------------------------------------------------------------- blue/green
+
+
+@pytest.fixture(scope="module")
+def bluegreen_documents() -> list[dict[str, Any]]:
+    """deploy/k8s-bluegreen rendered by kubectl's own kustomize (offline, no cluster)."""
+    result = run([require_binary("kubectl"), "kustomize", str(K8S_BLUEGREEN_DIR)])
+    assert result.returncode == 0, result.stderr
+    return [doc for doc in yaml.safe_load_all(result.stdout) if doc]
+
+
+def by_kind(docs: list[dict[str, Any]], kind: str) -> dict[str, dict[str, Any]]:
+    return {doc["metadata"]["name"]: doc for doc in docs if doc["kind"] == kind}
+
+
+def selected_deployments(docs: list[dict[str, Any]], selector: dict[str, str]) -> set[str]:
+    """Deployments whose pods a label selector picks."""
+    return {
+        name
+        for name, deployment in by_kind(docs, "Deployment").items()
+        if selector.items() <= deployment["spec"]["template"]["metadata"]["labels"].items()
+    }
+
+
+def colour_problems(docs: list[dict[str, Any]]) -> list[str]:
+    """Why the rendered objects are not two isolated colours behind one switchable Service."""
+    problems = []
+    deployments = by_kind(docs, "Deployment")
+    if set(deployments) != {f"churn-api-{c}" for c in COLOURS}:
+        problems.append(f"deployments are {sorted(deployments)}")
+    for colour in COLOURS:
+        name = f"churn-api-{colour}"
+        expected = {"app": "churn-api", "colour": colour}
+        deployment = deployments.get(name, {"metadata": {"labels": {}}, "spec": {}})
+        if not expected.items() <= deployment["metadata"]["labels"].items():
+            problems.append(f"{name} is not labelled {expected}")
+        # A colour's ReplicaSets must not adopt the other colour's pods.
+        match = deployment["spec"].get("selector", {}).get("matchLabels", {})
+        if match.get("colour") != colour:
+            problems.append(f"{name} selects pods {match}, not only colour {colour}")
+        service = by_kind(docs, "Service").get(name)
+        if service is None or selected_deployments(docs, service["spec"]["selector"]) != {name}:
+            problems.append(f"service {name} (the smoke test's way in) does not reach {name} alone")
+        for kind in ("PodDisruptionBudget", "HorizontalPodAutoscaler"):
+            if name not in by_kind(docs, kind):
+                problems.append(f"{name} has no {kind} of its own")
+    live = by_kind(docs, "Service").get("churn-api")
+    if live is None:
+        problems.append("no shared churn-api Service")
+    elif selected_deployments(docs, live["spec"]["selector"]) != {"churn-api-blue"}:
+        problems.append(f"churn-api selects {live['spec']['selector']}, not blue alone")
+    return problems
+
+
+def test_bluegreen_manifests_match_the_kubernetes_schemas(
+    bluegreen_documents: list[dict[str, Any]],
+) -> None:
+    for doc in bluegreen_documents:
+        try:
+            validate_k8s(doc)
+        except Exception as exc:  # the library raises several error types
+            pytest.fail(f"{doc['kind']}/{doc['metadata']['name']}: {exc}")
+    assert "Secret" not in {doc["kind"] for doc in bluegreen_documents}
+
+
+def test_bluegreen_is_two_colours_behind_one_service(
+    bluegreen_documents: list[dict[str, Any]],
+) -> None:
+    assert colour_problems(bluegreen_documents) == []
+    # Each colour keeps the base's probes and hardening (it is the base, renamed and labelled).
+    base = yaml.safe_load((K8S_DIR / "deployment.yaml").read_text())["spec"]["template"]["spec"]
+    for name, deployment in by_kind(bluegreen_documents, "Deployment").items():
+        pod = deployment["spec"]["template"]["spec"]
+        assert pod["containers"][0]["readinessProbe"] == base["containers"][0]["readinessProbe"]
+        assert pod["securityContext"] == base["securityContext"], name
+        assert pod["serviceAccountName"] in by_kind(bluegreen_documents, "ServiceAccount")
+        config = pod["containers"][0]["envFrom"][0]["configMapRef"]["name"]
+        assert config in by_kind(bluegreen_documents, "ConfigMap"), name
+    for name, hpa in by_kind(bluegreen_documents, "HorizontalPodAutoscaler").items():
+        assert hpa["spec"]["scaleTargetRef"]["name"] == name
+
+
+def test_bluegreen_colour_check_catches_a_shared_selector(
+    bluegreen_documents: list[dict[str, Any]],
+) -> None:
+    """The check can fail: green's pods without their colour label are picked by no colour
+    Service, and green's selector without the colour would adopt blue's pods."""
+    docs = copy.deepcopy(bluegreen_documents)
+    green = by_kind(docs, "Deployment")["churn-api-green"]
+    del green["spec"]["selector"]["matchLabels"]["colour"]
+    del green["spec"]["template"]["metadata"]["labels"]["colour"]
+    problems = colour_problems(docs)
+    assert any("churn-api-green selects pods" in p for p in problems)
+    assert any("service churn-api-green" in p for p in problems)
+    docs = copy.deepcopy(bluegreen_documents)
+    by_kind(docs, "Service")["churn-api"]["spec"]["selector"].pop("colour")
+    assert colour_problems(docs) == ["churn-api selects {'app': 'churn-api'}, not blue alone"]
 
 
 # --------------------------------------------------------------------------- shell scripts

@@ -73,6 +73,21 @@ REQUIRED_TITLES = {
     "Estimated vs realised AUC",
     "Per-segment calibration",
 }
+# The rollout row (#13): the roles side by side, the canary state and the evaluation.
+ROLLOUT_ROW = "Champion vs challenger"
+ROLLOUT_TITLES = {
+    "Predictions by role",
+    "Error ratio by role",
+    "p95 model latency by role",
+    "High-risk rate by role",
+    "Canary share",
+    "Rollout stage",
+    "AUC difference, challenger minus champion",
+    "Rollout decision",
+    "Evaluation evidence",
+    "Shadow scoring",
+    "Rollbacks and refused challengers",
+}
 
 GRAFANA_INTERVAL_VARS = re.compile(r"\$\{?__(?:rate_interval|interval|range)\}?")
 PROMQL_KEYWORDS = {
@@ -172,6 +187,32 @@ def test_required_panels_present() -> None:
     assert REQUIRED_TITLES - titles == set()
 
 
+def row_titles(dashboard: dict[str, Any], row: str) -> set[str]:
+    """Titles of the panels laid out under a (non-collapsed) row, up to the next row."""
+    panels = dashboard["panels"]
+    start = next(i for i, p in enumerate(panels) if p["type"] == "row" and p["title"] == row)
+    titles = set()
+    for panel in panels[start + 1 :]:
+        if panel["type"] == "row":
+            break
+        titles.add(panel["title"])
+    return titles
+
+
+def test_champion_vs_challenger_row_compares_the_roles() -> None:
+    dashboard = load_dashboard()
+    assert row_titles(dashboard, ROLLOUT_ROW) == ROLLOUT_TITLES
+    by_title = {panel["title"]: panel for panel in all_panels(dashboard)}
+    for title in ("Predictions by role", "Error ratio by role", "p95 model latency by role"):
+        exprs = [target["expr"] for target in by_title[title]["targets"]]
+        assert "by (role" in exprs[0], f"{title}: the first query must split by role"
+        assert "shadow_" in exprs[1], f"{title}: shadow scoring shows the challenger in shadow"
+    auc = " ".join(
+        t["expr"] for t in by_title["AUC difference, challenger minus champion"]["targets"]
+    )
+    assert "rollout_auc_difference_lower" in auc
+
+
 def test_panels_use_the_provisioned_datasource() -> None:
     datasources = yaml.safe_load(DATASOURCES.read_text())["datasources"]
     assert len(datasources) == 1
@@ -247,15 +288,29 @@ class FakeChurnApi:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
         r = self.registry
-        self.predictions = Counter("predictions_total", "", ["outcome"], registry=r)
-        self.decisions = Counter("prediction_decisions_total", "", ["decision"], registry=r)
-        self.high_risk = Counter("high_risk_predictions_total", "", registry=r)
+        buckets = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1)
+        self.predictions = Counter("predictions_total", "", ["outcome", "role"], registry=r)
+        self.decisions = Counter("prediction_decisions_total", "", ["decision", "role"], registry=r)
+        self.high_risk = Counter("high_risk_predictions_total", "", ["role"], registry=r)
         self.latency = Histogram(
-            "prediction_latency_seconds",
-            "",
-            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1),
-            registry=r,
+            "prediction_latency_seconds", "", ["role"], buckets=buckets, registry=r
         )
+        # A challenger in canary at 10 % (rollout_stage, rollout_canary_share per worker),
+        # scored in shadow on the champion's rows too, one earlier rollback, one refusal.
+        self.shadow = Counter("shadow_predictions_total", "", ["outcome"], registry=r)
+        self.shadow_latency = Histogram("shadow_latency_seconds", "", buckets=buckets, registry=r)
+        share = Gauge("rollout_canary_share", "", ["pid"], registry=r)
+        share.labels("11").set(0.1)
+        share.labels("12").set(0.1)
+        stage = Gauge("rollout_stage", "", ["stage"], registry=r)
+        for name in ("shadow", "canary", "promoted", "rejected", "rolled_back"):
+            stage.labels(name).set(1 if name == "canary" else 0)
+        self.rollbacks = Counter("rollout_rollbacks_total", "", ["reason"], registry=r)
+        for reason in ("error_ratio", "latency", "high_risk"):
+            self.rollbacks.labels(reason)
+        self.rollbacks.labels("latency").inc()
+        refused = Counter("challenger_refused_total", "", ["reason"], registry=r)
+        refused.labels("schema_mismatch").inc()
         self.probability = Histogram(
             "prediction_probability", "", buckets=[i / 10 for i in range(1, 11)], registry=r
         )
@@ -275,18 +330,27 @@ class FakeChurnApi:
         self.lock = threading.Lock()
 
     def simulate_traffic(self) -> None:
-        """Ten requests: seven predictions, one 500, one 422, a few data-quality events."""
+        """Ten requests: seven predictions (the last two answered by the challenger), one 500,
+        one 422, the champion's rows scored in shadow, a few data-quality events."""
         with self.lock:
-            for probability in (0.05, 0.15, 0.3, 0.45, 0.6, 0.8, 0.95):
-                self.predictions.labels("success").inc()
-                self.decisions.labels("churn" if probability >= 0.5 else "no_churn").inc()
+            for i, probability in enumerate((0.05, 0.15, 0.3, 0.45, 0.6, 0.8, 0.95)):
+                role = "challenger" if i >= 5 else "champion"
+                self.predictions.labels("success", role).inc()
+                decision = "churn" if probability >= 0.5 else "no_churn"
+                self.decisions.labels(decision, role).inc()
                 if probability >= 0.8:
-                    self.high_risk.inc()
+                    self.high_risk.labels(role).inc()
                 self.probability.observe(probability)
-                self.latency.observe(0.004)
+                self.latency.labels(role).observe(0.004 if role == "champion" else 0.006)
                 self.requests.labels("POST", "/predict", "200").inc()
                 self.duration.labels("POST", "/predict", "200").observe(0.02)
-            self.predictions.labels("error").inc()  # the one 500 below: the model failed
+                if role == "champion":
+                    self.shadow.labels("success").inc()
+                    self.shadow_latency.observe(0.005)
+            self.shadow.labels("error")
+            self.shadow.labels("dropped").inc()
+            # the one 500 below: the model failed
+            self.predictions.labels("error", "champion").inc()
             for status in ("500", "422"):
                 self.requests.labels("POST", "/predict", status).inc()
                 self.duration.labels("POST", "/predict", status).observe(0.01)
@@ -344,6 +408,25 @@ def push_drift_result(pushgateway: str) -> None:
     push_to_gateway(pushgateway, job="drift_monitor", registry=registry)
 
 
+def push_rollout_evaluation(pushgateway: str) -> None:
+    """Push what the rollout evaluation pushes: a challenger still undecided."""
+    registry = CollectorRegistry()
+    decision = Gauge("rollout_decision", "", ["decision"], registry=registry)
+    for name in ("promote", "reject", "undecided"):
+        decision.labels(name).set(1 if name == "undecided" else 0)
+    values = {
+        "rollout_auc_difference": -0.002,
+        "rollout_auc_difference_lower": -0.011,
+        "rollout_auc_difference_upper": 0.007,
+        "rollout_labelled_pairs": 320,
+        "rollout_tier_agreement": 0.93,
+        "rollout_evaluation_timestamp_seconds": time.time(),
+    }
+    for name, value in values.items():
+        Gauge(name, "", registry=registry).set(value)
+    push_to_gateway(pushgateway, job="rollout_evaluation", registry=registry)
+
+
 def performance_report() -> PerformanceReport:
     """What the drift job's estimated-performance section pushes, from the real emitter, for a
     labelled window of generated customers scored with their true probabilities."""
@@ -380,6 +463,7 @@ def prometheus(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LivePrometh
     prom = None
     try:
         push_drift_result(f"127.0.0.1:{pushgateway_port}")
+        push_rollout_evaluation(f"127.0.0.1:{pushgateway_port}")
         port = free_port()
         targets = {
             "churn-api": f"127.0.0.1:{api_server.server_address[1]}",
@@ -392,6 +476,7 @@ def prometheus(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LivePrometh
         for name in sorted(recording_names()):
             wait_for_series(url, name)
         wait_for_series(url, 'drift_detected{job="drift_monitor"}')
+        wait_for_series(url, 'rollout_decision{job="rollout_evaluation"}')
         yield LivePrometheus(url)
     finally:
         if prom is not None:

@@ -120,6 +120,8 @@ def test_expected_alerts_are_defined() -> None:
         "SegmentUnderPredicted",
         "ModelAliasMismatch",
         "DriftCheckBlind",
+        "ChallengerRolledBack",
+        "ChallengerWorse",
     }
 
 
