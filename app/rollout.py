@@ -393,10 +393,22 @@ class ShadowScorer:
                 except queue.Empty:
                     break
                 if more is None:
-                    self._score(jobs)
+                    self._score_safely(jobs)
                     return
                 jobs = [*jobs, *more]
+            self._score_safely(jobs)
+
+    def _score_safely(self, jobs: list[_ShadowJob]) -> None:
+        """`_score`, and should anything else fail, the rows counted as errors and the thread
+        kept alive (a dead shadow thread would hold its queue full forever)."""
+        try:
             self._score(jobs)
+        except Exception:
+            logger.exception("shadow scoring failed unexpectedly")
+            rows = sum(len(job.rows) for job in jobs)
+            self.metrics.shadow.labels("error").inc(rows)
+            with self._lock:
+                self._queued_rows = max(0, self._queued_rows - rows)
 
     def _score(self, jobs: list[_ShadowJob]) -> None:
         by_model: dict[int, list[_ShadowJob]] = {}
