@@ -15,6 +15,7 @@ from pydantic import TypeAdapter, ValidationError
 from app.codec import (
     RequestError,
     parse_json_value,
+    routing_header,
     unprocessable,
     validate_object,
     validation_error,
@@ -136,6 +137,7 @@ async def model_metadata(
         "model_alias": release.alias if release else None,
         "alias_check": {"status": check.status, "alias_target": check.alias_target}
         | ({"reason": check.reason} if check.reason else {}),
+        "rollout": service.rollout.report(),
         "worker": lifecycle.record().public(),
         "workers": [w.public() for w in await lifecycle.workers()],
     }
@@ -152,8 +154,19 @@ def _client_error(exc: RequestError) -> HTTPException:
     return HTTPException(exc.status, detail=exc.detail)
 
 
-def _json_answer(content: bytes) -> Response:
-    return Response(content, media_type="application/json")
+def _json_answer(content: bytes, headers: list[tuple[bytes, bytes]] | None = None) -> Response:
+    response = Response(content, media_type="application/json")
+    for name, value in headers or ():
+        response.headers[name.decode()] = value.decode("latin-1")
+    return response
+
+
+def _answered(model: Any, request: Request, answers: Any) -> list[tuple[bytes, bytes]]:
+    """Who answered: the response headers, and the access log's model_version."""
+    if answers.versions is not None:
+        request.state.model_version = answers.version or model.version
+    headers: list[tuple[bytes, bytes]] = model.codec.headers(answers)
+    return headers
 
 
 # Read by the codec (both transports), documented here.
@@ -193,10 +206,12 @@ async def predict(service: ServiceDep, request: Request) -> Response:
         rows = model.codec.decode_customer(
             await request.body(), request.headers.get("content-type")
         )
+        key = routing_header(request.headers.get("x-routing-key"))
     except RequestError as exc:
         raise _client_error(exc) from None
-    answers, ids = await service.answer(model, rows, explain)
-    return _json_answer(model.codec.encode_customer(answers, ids))
+    answers, ids = await service.answer(model, rows, key, explain)
+    headers = _answered(model, request, answers)
+    return _json_answer(model.codec.encode_customer(answers, ids), headers)
 
 
 @router.post(
@@ -216,10 +231,12 @@ async def predict_batch(service: ServiceDep, request: Request) -> Response:
         explain = model.codec.decode_explain(request.url.query)
         content_type = request.headers.get("content-type")
         rows = model.codec.decode_batch(await request.body(), content_type)
+        key = routing_header(request.headers.get("x-routing-key"))
     except RequestError as exc:
         raise _client_error(exc) from None
-    answers, ids = await service.answer(model, rows, explain)
-    return _json_answer(model.codec.encode_batch(answers, ids))
+    answers, ids = await service.answer(model, rows, key, explain)
+    headers = _answered(model, request, answers)
+    return _json_answer(model.codec.encode_batch(answers, ids), headers)
 
 
 @router.post(

@@ -113,6 +113,8 @@ class ModelLifecycle:
                         delay = min(2 * delay, self.settings.model_retry_max_interval)
                 elif self.service.model is not None:
                     await self._follow()
+                    # a canary rolled back by a sibling worker's guardrail
+                    await self.service.rollout.follow_siblings()
                 await self.publish()
             except Exception as exc:  # never let the loop die: it is what makes a worker ready
                 logger.error("model lifecycle step failed: %s", describe(exc))

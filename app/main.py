@@ -70,6 +70,8 @@ def _log_writer(settings: Settings, metrics: Metrics) -> PredictionLogWriter | N
         on_drop=metrics.count_dropped,
         write_timeout=settings.prediction_log_write_timeout,
         spool=spool,
+        shadow_queue_size=settings.shadow_queue_size,
+        on_shadow_drop=lambda _reason, rows: metrics.shadow.labels("dropped").inc(rows),
     )
 
 

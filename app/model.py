@@ -46,6 +46,10 @@ class Answers:
     warnings: list[tuple[Reinterpretation, ...] | None] = field(default_factory=list)
     # per row, the contributions to the probability, when explanations were asked for
     explanations: Explanations | None = None
+    # Progressive delivery (app.rollout): who answered. `versions` is None when the model
+    # whose codec encodes the answers answered every row; otherwise one version per row.
+    role: str = "champion"  # "champion", "challenger" or "mixed" (a batch split by routing)
+    versions: list[str] | None = None
 
     def __len__(self) -> int:
         return len(self.probabilities)
@@ -59,6 +63,16 @@ class Answers:
             self.warnings[part],
             None if self.explanations is None else self.explanations[part],
         )
+
+    @property
+    def version(self) -> str | None:
+        """The one version that answered every row; None when it is the encoding model's
+        (`versions` is None) or when the rows were split between two models."""
+        versions = self.versions
+        if not versions:
+            return None
+        first = versions[0]
+        return first if all(v == first for v in versions) else None
 
     @property
     def warned(self) -> bool:

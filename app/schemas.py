@@ -9,7 +9,7 @@ with these types and formats the answers that `PredictionResponse` documents.
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, NotRequired
 
 from pydantic import BaseModel, ConfigDict, Field, create_model
 from typing_extensions import TypedDict
@@ -17,6 +17,9 @@ from typing_extensions import TypedDict
 from churn.schema import FeatureSchema, FeatureSpec
 
 MAX_CATEGORY_LENGTH = 1000
+# The optional routing key of a customer (app.rollout): not a feature.
+ROUTING_FIELD = "customer_id"
+MAX_ROUTING_KEY_LENGTH = 200
 # ONNX Runtime computes in float32: larger numbers would overflow to infinity.
 FLOAT32_MAX = 3.4e38
 
@@ -109,10 +112,21 @@ def customer_type(schema: FeatureSchema) -> Any:
     """One customer as a TypedDict, fields in the schema's feature order: validated in
     pydantic-core (Rust) straight from the JSON bytes into a plain dict, and documented in
     OpenAPI as the ``Customer`` schema."""
-    fields = {}
+    fields: dict[str, Any] = {}
     for spec in schema.features:
         kind, info = _field(spec)
         fields[spec.name] = Annotated[kind, info]
+    if ROUTING_FIELD not in fields:
+        fields[ROUTING_FIELD] = NotRequired[
+            Annotated[
+                Annotated[str, Field(min_length=1, max_length=MAX_ROUTING_KEY_LENGTH)] | int,
+                Field(
+                    description="optional: who the customer is, a string or an integer. It "
+                    "routes the customer to the same model every time during a canary "
+                    "rollout; not a feature (the model never sees it)"
+                ),
+            ]
+        ]
     customer = _typed_dict("Customer", fields)
     customer.__pydantic_config__ = ConfigDict(
         **REQUEST_CONFIG, json_schema_extra={"examples": [example_customer(schema)]}

@@ -51,6 +51,28 @@ class Settings(BaseSettings):
         description="seconds between checks of the model source for a new version; 0 disables "
         "the watcher",
     )
+    rollout_enabled: bool = Field(
+        default=True,
+        description="with `MODEL_URI`: follow `@challenger` and its rollout record on each "
+        "watcher tick (shadow scoring, canary share, guardrails; needs `MODEL_WATCH_INTERVAL` "
+        "> 0)",
+    )
+    shadow_queue_size: int = Field(
+        default=10_000,
+        ge=1,
+        description="rows waiting for the challenger's shadow scoring (and shadow scores "
+        "waiting for the log), at most; beyond it they are counted "
+        '`shadow_predictions_total{outcome="dropped"}`, never waited for',
+    )
+    shadow_max_time_share: float = Field(
+        default=0.2,
+        gt=0.0,
+        le=1.0,
+        description="largest share of a worker's time the challenger's shadow scoring may "
+        "take (seconds of scoring per second, averaged over a second); beyond it shadow rows "
+        "are dropped and counted, so at saturation shadow scores a sample instead of slowing "
+        "the answers",
+    )
     model_required: bool = Field(
         default=False,
         description="with a bundle on disk (no `MODEL_URI`): refuse to start when it cannot be "

@@ -41,6 +41,7 @@ SECTIONS = (
     "drift",
     "performance",
     "webhook",
+    "rollout",
 )
 PACKAGES = (
     "fastapi",
@@ -177,15 +178,9 @@ def _load(bundle_dir: Path) -> ModelBundle:
         ) from None
 
 
-def run_http(
-    args: argparse.Namespace,
-    settings: dict[str, Any],
-    bundle: ModelBundle,
-    skip: set[str],
-    work: Path,
-) -> dict[str, Any]:
+def _http_config(args: argparse.Namespace, settings: dict[str, Any]) -> http.HttpConfig:
     server_cpu, load_cpu, _ = _cpus(args.no_pin)
-    cfg = http.HttpConfig(
+    return http.HttpConfig(
         duration_s=settings["duration_s"],
         warmup_s=settings["warmup_s"],
         connections=settings["connections"],
@@ -197,9 +192,25 @@ def run_http(
         light_connections=settings["light_connections"],
         explain_batch_rows=settings["explain_batch_rows"],
     )
+
+
+def _customers(bundle: ModelBundle) -> list[dict[str, Any]]:
     # only the features: the API refuses unknown fields (the target column among them)
-    complete = generate_customers(200, seed=3).dropna()[bundle.schema.names].to_dict("records")
-    bodies = http.Bodies(work, complete)
+    customers: list[dict[str, Any]] = (
+        generate_customers(200, seed=3).dropna()[bundle.schema.names].to_dict("records")
+    )
+    return customers
+
+
+def run_http(
+    args: argparse.Namespace,
+    settings: dict[str, Any],
+    bundle: ModelBundle,
+    skip: set[str],
+    work: Path,
+) -> dict[str, Any]:
+    cfg = _http_config(args, settings)
+    bodies = http.Bodies(work, _customers(bundle))
     model_uri = args.model_uri or f"models:/{bundle.name}/{bundle.version}"
     sections = {s for s in SECTIONS if s not in skip}
     servers: dict[str, Any] = {}
@@ -229,6 +240,18 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="churn-bench-") as tmp:
         work = Path(tmp)
         results["http"] = run_http(args, settings, bundle, skip, work)
+        if "rollout" not in skip:
+            from bench import rollout
+
+            http.say("progressive delivery: /predict and /predict/batch, off/shadow/canary")
+            results["rollout"] = rollout.measure(
+                args.config,
+                min(settings["train_rows"], 20_000),
+                work,
+                _http_config(args, settings),
+                _customers(bundle),
+                rounds=1 if settings["quick"] else 2,
+            )
         if "inprocess" not in skip:
             http.say("in-process inference: compiled forest, ONNX Runtime, sklearn")
             repeats = {int(k): v for k, v in settings["inprocess_repeats"].items()}

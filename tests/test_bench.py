@@ -98,7 +98,17 @@ def test_every_section_is_measured_with_finite_numbers(smoke: Path) -> None:
     log = servers["service"]["prediction_log"]
     # every load's predictions were counted; none of their log records was dropped
     assert log["predictions"] >= servers["service"]["predict"]["requests"] and log["dropped"] == 0
-    assert len(results["targets"]) == 10
+    # progressive delivery: one server switched by the registry between the three phases
+    phases = results["rollout"]["phases"]
+    assert set(phases) == {"off", "shadow", "canary"}
+    for name, phase in phases.items():
+        assert phase["predict_rps"] > 0 and phase["batch_rows_per_s"] > 0, name
+        assert phase["predict_errors"] == phase["batch_errors"] == 0, name
+    assert phases["off"]["challenger_share"] == 0
+    assert phases["canary"]["challenger_share"] > 0
+    assert phases["shadow"]["shadow_scored"] > 0
+    assert "predict_cost" in phases["shadow"] and "batch_cost" in phases["canary"]
+    assert len(results["targets"]) == 14
     assert {t["mark"] for t in results["targets"]} <= {"pass", "short", "n/a"}
     numbers = _numbers(results)
     assert numbers, "no figures at all"
@@ -123,6 +133,7 @@ def test_results_md_renders_every_section_and_the_plot(smoke: Path) -> None:
         "## 4. In-process inference",
         "## 5. Training, drift check, start-up, memory",
         "## 6. Explanations",
+        "## 8. Progressive delivery",
     ):
         assert heading in text
     assert "smoke run" in text

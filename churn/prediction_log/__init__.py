@@ -49,16 +49,20 @@ from churn.prediction_log.schema import (
     metadata,
     normalise_url,
     prediction_batches,
+    shadow_predictions,
 )
 from churn.prediction_log.spool import Spool, SpoolPosition, orphans
 from churn.prediction_log.writer import (
     PREDICTIONS_PER_STATEMENT,
     ROWS_PER_STATEMENT,
     DropCallback,
+    LogBatch,
     PredictionBatch,
     PredictionLogWriter,
+    ShadowBatch,
     _statement_groups,
     write_batches,
+    write_log,
 )
 
 __all__ = [
@@ -75,9 +79,11 @@ __all__ = [
     "ROWS_PER_STATEMENT",
     "TAIL_COLUMNS",
     "DropCallback",
+    "LogBatch",
     "PredictionBatch",
     "PredictionLogError",
     "PredictionLogWriter",
+    "ShadowBatch",
     "Spool",
     "SpoolPosition",
     "_statement_groups",
@@ -93,6 +99,8 @@ __all__ = [
     "prediction_ids",
     "read_predictions",
     "record_feedback",
+    "shadow_predictions",
     "split_prediction_id",
     "write_batches",
+    "write_log",
 ]
