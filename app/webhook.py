@@ -29,13 +29,19 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from churn.rollout import CHALLENGER, ROLLOUT_TAG
+
 SIGNATURE_HEADER = "X-MLflow-Signature"
 TIMESTAMP_HEADER = "X-MLflow-Timestamp"
 DELIVERY_ID_HEADER = "X-MLflow-Delivery-Id"
 SIGNATURE_VERSION = "v1"
 ALIAS_EVENTS = ("model_version_alias.created", "model_version_alias.deleted")
 ALIAS_ENTITY = "model_version_alias"
-CHALLENGER_ALIAS = "challenger"
+# A rollout record (churn.rollout, a model-version tag) changed: a stage, a share, a rollback.
+TAG_EVENTS = ("model_version_tag.set",)
+TAG_ENTITY = "model_version_tag"
+EVENTS = (*ALIAS_EVENTS, *TAG_EVENTS)
+CHALLENGER_ALIAS = CHALLENGER
 DEFAULT_NAME = "churn-api-reload"
 HOOK_PATH = "/hooks/mlflow"
 MIN_SECRET_BYTES = 16
@@ -61,6 +67,7 @@ class Delivery:
     model_name: str | None
     alias: str | None
     version: str | None
+    tag_key: str | None = None  # model_version_tag events: the tag's key
 
     @property
     def event(self) -> str:
@@ -132,7 +139,9 @@ def parse_delivery(delivery_id: str, body: bytes) -> Delivery:
         value = data.get(key)
         return str(value) if isinstance(value, str | int) else None
 
-    return Delivery(delivery_id, entity, action, text("name"), text("alias"), text("version"))
+    return Delivery(
+        delivery_id, entity, action, text("name"), text("alias"), text("version"), text("key")
+    )
 
 
 def followed_aliases(served_alias: str, configured: Iterable[str]) -> frozenset[str]:
@@ -142,11 +151,16 @@ def followed_aliases(served_alias: str, configured: Iterable[str]) -> frozenset[
 
 
 def ignore_reason(delivery: Delivery, model_name: str, aliases: frozenset[str]) -> str | None:
-    """Why the API does nothing for this delivery; None when it must reload."""
-    if delivery.entity != ALIAS_ENTITY:
-        return f"event {delivery.event} is not an alias move"
+    """Why the API does nothing for this delivery; None when it must reload: an alias move of
+    a followed alias, or a change of a rollout record (the ``rollout`` tag of a version)."""
+    if delivery.entity not in (ALIAS_ENTITY, TAG_ENTITY):
+        return f"event {delivery.event} is neither an alias move nor a rollout record change"
     if delivery.model_name != model_name:
         return f"model {delivery.model_name!r} is not the served model {model_name!r}"
+    if delivery.entity == TAG_ENTITY:
+        if delivery.tag_key != ROLLOUT_TAG:
+            return f"tag {delivery.tag_key!r} is not the rollout record ({ROLLOUT_TAG!r})"
+        return None
     if delivery.alias not in aliases:
         return f"alias {delivery.alias!r} is not one of {sorted(aliases)}"
     return None
@@ -176,7 +190,7 @@ def register(
         created = mlflow_client.create_webhook(
             name=name,
             url=url,
-            events=list(ALIAS_EVENTS),
+            events=list(EVENTS),
             description=description,
             secret=secret,
             status="ACTIVE",
@@ -186,7 +200,7 @@ def register(
     mlflow_client.update_webhook(
         keep.webhook_id,
         url=url,
-        events=list(ALIAS_EVENTS),
+        events=list(EVENTS),
         description=description,
         secret=secret,
         status="ACTIVE",

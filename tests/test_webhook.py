@@ -23,8 +23,8 @@ from mlflow.webhooks.delivery import _generate_hmac_signature
 
 from app.settings import Settings
 from app.webhook import (
-    ALIAS_EVENTS,
     DEFAULT_NAME,
+    EVENTS,
     HOOK_PATH,
     Delivery,
     WebhookRefused,
@@ -162,8 +162,14 @@ def test_which_events_reload() -> None:
     assert "is not one of" in str(
         ignore_reason(event("model_version_alias", "churn", "staging"), "churn", aliases)
     )
-    assert "not an alias move" in str(
-        ignore_reason(event("model_version_tag", "churn", None), "churn", aliases)
+    # a rollout record change (the `rollout` tag of a version) reaches every worker at once;
+    # any other tag, or another entity, does not
+    record = Delivery("id", "model_version_tag", "set", "churn", None, "3", "rollout")
+    assert ignore_reason(record, "churn", aliases) is None
+    other_tag = Delivery("id", "model_version_tag", "set", "churn", None, "3", "gate.verdict")
+    assert "is not the rollout record" in str(ignore_reason(other_tag, "churn", aliases))
+    assert "neither an alias move" in str(
+        ignore_reason(event("registered_model", "churn", None), "churn", aliases)
     )
 
 
@@ -271,7 +277,7 @@ def test_register_creates_once_then_updates(
     assert "updated" in capsys.readouterr().out
     hooks = [w for w in client(stack.tracking).list_webhooks() if w.name == DEFAULT_NAME]
     assert len(hooks) == 1
-    assert {str(e) for e in hooks[0].events} == set(ALIAS_EVENTS)
+    assert {str(e) for e in hooks[0].events} == set(EVENTS)
     assert hooks[0].url == url
     assert "model_version_alias.created" in stack.api.log()  # the test delivery arrived
 
@@ -296,21 +302,7 @@ def test_a_wrong_secret_fails_the_registration_check(
 def test_an_alias_move_reaches_every_worker_without_polling(stack: Stack) -> None:
     """Registered webhook, alias moved with MlflowClient: both workers serve the new
     version within seconds although they poll every 600 s; then back again."""
-    if not any(w.name == DEFAULT_NAME for w in client(stack.tracking).list_webhooks()):
-        assert (
-            main(
-                [
-                    "register",
-                    "--url",
-                    f"{stack.api.url}{HOOK_PATH}",
-                    "--tracking-uri",
-                    stack.tracking,
-                    "--secret-file",
-                    str(stack.secret_file),
-                ]
-            )
-            == 0
-        )
+    _ensure_registered(stack)
     mlflow = client(stack.tracking)
     for version in (stack.new, stack.old):
         began = time.monotonic()
@@ -320,6 +312,80 @@ def test_an_alias_move_reaches_every_worker_without_polling(stack: Stack) -> Non
         ]
         assert time.monotonic() - began < 60  # far below the 600 s polling interval
     assert stack.api.log().count("reloading every worker") >= 2
+
+
+def _ensure_registered(stack: Stack) -> None:
+    if not any(w.name == DEFAULT_NAME for w in client(stack.tracking).list_webhooks()):
+        registered = main(
+            [
+                "register",
+                "--url",
+                f"{stack.api.url}{HOOK_PATH}",
+                "--tracking-uri",
+                stack.tracking,
+                "--secret-file",
+                str(stack.secret_file),
+            ]
+        )
+        assert registered == 0
+
+
+def _rollout_by_worker(stack: Stack) -> dict[str, tuple[str | None, float]]:
+    """Per worker pid: the rollout stage it applies (None: no challenger) and its share."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    stages: dict[str, str | None] = {}
+    shares: dict[str, float] = {}
+    text = httpx.get(f"{stack.api.url}/metrics", timeout=10).text
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            pid = sample.labels.get("pid")
+            if pid is None:
+                continue
+            if sample.name == "rollout_stage":
+                stages.setdefault(pid, None)
+                if sample.value == 1:
+                    stages[pid] = sample.labels["stage"]
+            elif sample.name == "rollout_canary_share":
+                shares[pid] = sample.value
+    return {pid: (stages.get(pid), share) for pid, share in shares.items()}
+
+
+@pytest.mark.integration
+@pytest.mark.slow
+def test_a_rollout_record_change_reaches_every_worker_without_polling(stack: Stack) -> None:
+    """@challenger set, then its record moved shadow -> canary 20 % with MlflowClient: the
+    webhook's alias and tag deliveries put both workers on the new rollout state within
+    seconds, although they poll every 600 s; deleting @challenger ends it the same way."""
+    from churn.rollout import CANARY, RolloutRecord, write_record
+
+    _ensure_registered(stack)
+    mlflow = client(stack.tracking)
+    mlflow.set_registered_model_alias(stack.name, "production", stack.old)
+    assert wait_until(lambda: stack.every_worker_on(stack.old), timeout=60)
+    record = RolloutRecord.start(stack.new, stack.old, "webhook test", by="test")
+    began = time.monotonic()
+    write_record(mlflow, stack.name, record)
+    mlflow.set_registered_model_alias(stack.name, "challenger", stack.new)
+
+    def every_worker(state: tuple[str | None, float]) -> bool:
+        seen = _rollout_by_worker(stack)
+        return len(seen) == 2 and set(seen.values()) == {state}
+
+    try:
+        assert wait_until(lambda: every_worker(("shadow", 0.0)), timeout=60), (
+            _rollout_by_worker(stack),
+            stack.api.log()[-3000:],
+        )
+        write_record(mlflow, stack.name, record.moved(CANARY, "test", by="test", share=0.2))
+        assert wait_until(lambda: every_worker((CANARY, 0.2)), timeout=60), (
+            _rollout_by_worker(stack),
+            stack.api.log()[-3000:],
+        )
+        assert time.monotonic() - began < 120  # far below the 600 s polling interval
+    finally:
+        mlflow.delete_registered_model_alias(stack.name, "challenger")
+    assert wait_until(lambda: every_worker((None, 0.0)), timeout=60), _rollout_by_worker(stack)
 
 
 def _generations(stack: Stack) -> list[tuple[int, str]]:
