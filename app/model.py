@@ -8,15 +8,17 @@ started with and never sees half of each.
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from app.batcher import Row
+from app.batcher import Row, columns_of
 from app.codec import Reinterpretation, RequestCodec
 from app.settings import Settings
+from app.v2_codec import V2Codec
 from churn.bundle import BundleError, ModelBundle, load_bundle
 from churn.inference import BackendError, Predictor, choose_predictor
 from churn.risk import PROBABILITY_DECIMALS, Thresholds, risk_tiers
@@ -153,19 +155,20 @@ class ServedModel:
     # decodes this model's requests and encodes its answers (both transports use it)
     codec: RequestCodec
     checks: InputChecks
+    # the same for the Open Inference Protocol (app.v2)
+    v2: V2Codec
     backend_reason: str = ""
 
     @property
     def labels(self) -> tuple[str, str, str, str]:
         return (self.name, self.version, self.run_id, self.backend)
 
-    def predict_rows(self, rows: list[Row]) -> Answers:
+    def predict_rows(self, rows: Sequence[Row]) -> Answers:
         """Answers for rows in feature order (runs on the inference thread). The columns are
         prepared once (churn.data.prepare_columns), scored, checked for reinterpreted values
-        and logged as the model saw them (missing values as null)."""
-        prepared = self.predictor.prepare(
-            {name: [row[name] for row in rows] for name in self.schema.names}
-        )
+        and logged as the model saw them (missing values as null). Columnar rows
+        (app.batcher.ColumnRows) are taken as the columns they are."""
+        prepared = self.predictor.prepare(columns_of(rows, self.schema.names))
         probabilities = self.predictor.predict_prepared(prepared)
         return Answers(
             probabilities=np.round(probabilities, PROBABILITY_DECIMALS).tolist(),
@@ -259,4 +262,5 @@ def load_model(settings: Settings) -> ServedModel:
         thresholds=thresholds,
         codec=RequestCodec(schema, settings.max_batch_size, bundle.version),
         checks=InputChecks.from_schema(schema),
+        v2=V2Codec(schema, settings.max_batch_size, bundle.name, bundle.version),
     )

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -172,7 +172,7 @@ class ModelService:
 
     # ------------------------------------------------------------------ prediction
 
-    async def answer(self, model: ServedModel, rows: list[Row]) -> tuple[Answers, list[str]]:
+    async def answer(self, model: ServedModel, rows: Sequence[Row]) -> tuple[Answers, list[str]]:
         """Answers and new prediction ids for `rows` (validated by the model's codec), in
         order; logged and counted (categories unseen in training too, as the model saw them)."""
         started = time.perf_counter()
