@@ -35,6 +35,10 @@ from app.source import STILL_LOADING
 PREFIX = "/v2"
 INFER_SUFFIX = "/infer"
 BINARY_HEADER = b"inference-header-content-length"
+INFER_PATHS = (
+    f"{PREFIX}/models/{{model_name}}{INFER_SUFFIX}",
+    f"{PREFIX}/models/{{model_name}}/versions/{{model_version}}{INFER_SUFFIX}",
+)
 
 
 # ---------------------------------------------------------------------------- shared steps
@@ -297,7 +301,7 @@ async def model_version_ready(request: Request, model_name: str, model_version: 
 
 
 @router.post(
-    "/models/{model_name}" + INFER_SUFFIX, response_model=InferenceResponse, responses=_ERRORS
+    INFER_PATHS[0].removeprefix(PREFIX), response_model=InferenceResponse, responses=_ERRORS
 )
 async def model_infer(request: Request, model_name: str) -> Response:
     """Predictions for N rows sent as one tensor per feature (shape [N]); up to
@@ -306,7 +310,7 @@ async def model_infer(request: Request, model_name: str) -> Response:
 
 
 @router.post(
-    "/models/{model_name}/versions/{model_version}" + INFER_SUFFIX,
+    INFER_PATHS[1].removeprefix(PREFIX),
     response_model=InferenceResponse,
     responses=_ERRORS,
 )
