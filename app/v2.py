@@ -23,7 +23,7 @@ from fastapi import APIRouter, Request, Response
 from pydantic import BaseModel, ConfigDict, Field
 from pydantic_core import to_json
 from starlette.datastructures import State
-from starlette.routing import BaseRoute, Match
+from starlette.routing import BaseRoute
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from app.codec import RequestError
@@ -321,6 +321,19 @@ async def model_version_infer(request: Request, model_name: str, model_version: 
 
 # ---------------------------------------------------------------------------- fast path
 
+MODELS = f"{PREFIX}/models/"
+
+
+def _infer_target(path: str) -> tuple[str, str | None] | None:
+    """(model name, version or None) of an infer path, as its route templates read it (each
+    part non-empty, no slash); None for any other path."""
+    parts = path[len(MODELS) :].split("/")
+    if len(parts) == 2 and parts[0]:
+        return parts[0], None
+    if len(parts) == 4 and parts[1] == "versions" and parts[0] and parts[2]:
+        return parts[0], parts[2]
+    return None
+
 
 class V2InferFastPath:
     """Serves ``POST /v2/models/.../infer`` through the model's V2 codec, as app.fastpath
@@ -331,7 +344,12 @@ class V2InferFastPath:
     def __init__(self, app: ASGIApp, state: State, routes: list[BaseRoute]) -> None:
         self.app = app
         self.state = state
-        self.routes = [r for r in routes if "POST" in (getattr(r, "methods", None) or ())]
+        # the infer routes by path template (the metrics label, as routing would set it)
+        self._route_of = {
+            getattr(r, "path", None): r
+            for r in routes
+            if "POST" in (getattr(r, "methods", None) or ())
+        }
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         path = scope.get("path", "")
@@ -339,25 +357,20 @@ class V2InferFastPath:
             scope["type"] != "http"
             or scope["method"] != "POST"
             or not path.endswith(INFER_SUFFIX)
-            or not path.startswith(PREFIX)
+            or not path.startswith(MODELS)
         ):
             await self.app(scope, receive, send)
             return
         service: ModelService | None = getattr(self.state, "service", None)
-        if service is None or service.model is None:
-            await self.app(scope, receive, send)  # the route answers 503
+        target = _infer_target(path)
+        if service is None or service.model is None or target is None:
+            await self.app(scope, receive, send)  # the route answers (503), or routing (404)
             return
-        for route in self.routes:
-            match, child = route.matches(scope)
-            if match == Match.FULL:
-                break
-        else:
-            await self.app(scope, receive, send)  # not an infer path: routing answers
-            return
-        scope["route"] = route  # the metrics label, as routing sets it
-        params = child["path_params"]
+        name, version = target
+        route = self._route_of.get(INFER_PATHS[0] if version is None else INFER_PATHS[1])
+        scope["route"] = route
         try:
-            model = served_model(service, params["model_name"], params.get("model_version"))
+            model = served_model(service, name, version)
             scope.setdefault("state", {})["model_version"] = model.version
             body = await _read_body(receive)
             content = await infer(service, model, body, scope["headers"])

@@ -27,9 +27,8 @@ import difflib
 import json
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from types import GenericAlias
-from typing import Annotated, Any, Literal, NotRequired, Union
+from typing import Annotated, Any, Literal, NamedTuple, NotRequired, Union
 
 from pydantic import (
     ConfigDict,
@@ -74,6 +73,7 @@ _TOP_FIELDS = ["id", "parameters", "inputs", "outputs"]
 _INPUT_FIELDS = ["name", "shape", "datatype", "data", "parameters"]
 _OUTPUT_FIELDS = ["name", "parameters"]
 _MAX_PROBLEMS = 5
+_JSON = b"application/json"  # the usual content type, checked before the general rule
 
 _STRICT = ConfigDict(strict=True, extra="forbid")
 # The protocol's parameter values: a string, a number or a boolean (finite numbers only).
@@ -91,37 +91,29 @@ def datatype_of(spec: FeatureSpec) -> str:
     return BYTES
 
 
-@dataclass(frozen=True)
-class OutputTensor:
+class OutputTensor(NamedTuple):
     """One per-row output of an inference response."""
 
     name: str
     datatype: str
     data: Sequence[Any]
 
-    def json(self) -> bytes:
-        return b"".join(
-            (
-                b'{"name":',
-                to_json(self.name),
-                b',"datatype":"',
-                self.datatype.encode(),
-                b'","shape":[',
-                str(len(self.data)).encode(),
-                b'],"data":',
-                to_json(self.data),
-                b"}",
-            )
-        )
+    def response(self) -> dict[str, Any]:
+        """The output as the response holds it."""
+        return {
+            "name": self.name,
+            "datatype": self.datatype,
+            "shape": [len(self.data)],
+            "data": self.data,
+        }
 
 
-@dataclass(frozen=True)
-class InferRequest:
+class InferRequest(NamedTuple):
     """A validated inference request: its rows as columns and what the answer should hold."""
 
     rows: ColumnRows
     id: str | None = None
-    parameters: dict[str, Any] = field(default_factory=dict)
+    parameters: dict[str, Any] = {}  # noqa: RUF012 (never mutated: a NamedTuple default)
     # output names asked for, in order; None: every output
     outputs: tuple[str, ...] | None = None
 
@@ -157,6 +149,7 @@ class V2Codec:
         self.model_name = model_name
         self.model_version = model_version
         self.names = list(schema.names)
+        self.feature_count = len(self.names)
         self.datatypes = {spec.name: datatype_of(spec) for spec in schema.features}
         self.output_names = [name for name, _ in (*OUTPUTS, WARNINGS_OUTPUT)]
         # One list type per feature, its elements the JSON API's type for that feature.
@@ -205,13 +198,6 @@ class V2Codec:
         request.__pydantic_config__ = _STRICT
         self.request_validator: TypeAdapter[Any] = TypeAdapter(request)
         self._parameters = TypeAdapter(Parameters)
-        self._head = (
-            b'{"model_name":'
-            + to_json(model_name)
-            + b',"model_version":'
-            + to_json(model_version)
-            + b","
-        )
 
     # ------------------------------------------------------------------ metadata
 
@@ -242,38 +228,37 @@ class V2Codec:
         Inference-Header-Content-Length header)."""
         if binary:
             raise _error(BINARY_NOT_SUPPORTED)
-        if content_type and not is_json(content_type):
+        if content_type and content_type != _JSON and not is_json(content_type):
             raise RequestError(415, UNSUPPORTED_MEDIA_TYPE)
         try:
             payload = self.request_validator.validate_json(body)
         except ValidationError as exc:
             raise self._refusal(body, exc) from None
-        columns: dict[str, list[Any]] = {}
-        for tensor in payload["inputs"]:
-            if (
-                tensor["name"] in columns
-                or tensor.get("parameters", {}).get("binary_data_size") is not None
-            ):
-                raise self._refusal(body, None)
-            columns[tensor["name"]] = tensor["data"]
-            if tensor["shape"] != [len(tensor["data"])]:
-                raise self._refusal(body, None)
-        if len(columns) != len(self.names):
-            raise self._refusal(body, None)
-        count = len(columns[self.names[0]])
+        # Every name is a feature (the types chose each tensor's by it); as many tensors
+        # as features and as many distinct names means each feature once.
+        inputs = payload["inputs"]
+        columns = {tensor["name"]: tensor["data"] for tensor in inputs}
+        count = len(inputs[0]["data"])
         if (
-            count == 0
-            or count > self.max_batch_size
-            or any(len(values) != count for values in columns.values())
+            len(columns) != self.feature_count
+            or len(inputs) != self.feature_count
+            or not 0 < count <= self.max_batch_size
         ):
             raise self._refusal(body, None)
-        parameters = payload.get("parameters", {})
-        self._check_parameters(parameters)
+        shape = [count]
+        for tensor in inputs:
+            if tensor["shape"] != shape or len(tensor["data"]) != count:
+                raise self._refusal(body, None)
+            if "parameters" in tensor and "binary_data_size" in tensor["parameters"]:
+                raise self._refusal(body, None)
+        parameters = payload.get("parameters")
+        if parameters:
+            self._check_parameters(parameters)
         outputs = payload.get("outputs")
         return InferRequest(
-            rows=ColumnRows({name: columns[name] for name in self.names}, count),
+            rows=ColumnRows(columns, count),
             id=payload.get("id"),
-            parameters=parameters,
+            parameters=parameters or {},
             outputs=None if outputs is None else tuple(o["name"] for o in outputs),
         )
 
@@ -486,14 +471,18 @@ class V2Codec:
             tensors = [
                 by_name[name] if name in by_name else self.warnings(answers)
                 for name in request.outputs
-                if name in by_name or name == WARNINGS_OUTPUT[0]
             ]
         elif answers.warned:
             tensors.append(self.warnings(answers))
         tensors.extend(extra)
-        identity = b'"id":' + to_json(request.id) + b"," if request.id is not None else b""
-        body = b",".join(tensor.json() for tensor in tensors)
-        return b"".join((self._head, identity, b'"outputs":[', body, b"]}"))
+        response: dict[str, Any] = {
+            "model_name": self.model_name,
+            "model_version": self.model_version,
+        }
+        if request.id is not None:
+            response["id"] = request.id
+        response["outputs"] = [tensor.response() for tensor in tensors]
+        return to_json(response)  # one call in pydantic-core (Rust), the lists included
 
 
 def _is_parameter_value(value: Any) -> bool:

@@ -23,6 +23,7 @@ from importlib import metadata as importlib_metadata
 from pathlib import Path
 from typing import Any
 
+from app.v2_codec import datatype_of
 from bench import http, inprocess
 from bench.report import targets, write_report
 from bench.servers import ROOT
@@ -31,7 +32,7 @@ from churn.datagen import generate_customers
 from churn.training import git_commit
 
 SERVERS = ("service", "mlflow", "blog", "ceiling")
-SECTIONS = ("health", "batch", "inprocess", "training", "drift", "performance")
+SECTIONS = ("health", "batch", "v2", "inprocess", "training", "drift", "performance")
 PACKAGES = (
     "fastapi",
     "starlette",
@@ -183,7 +184,8 @@ def run_http(
     )
     # only the features: the API refuses unknown fields (the target column among them)
     complete = generate_customers(200, seed=3).dropna()[bundle.schema.names].to_dict("records")
-    bodies = http.Bodies(work, complete)
+    types = {spec.name: datatype_of(spec) for spec in bundle.schema.features}
+    bodies = http.Bodies(work, complete, v2_model=bundle.name, v2_types=types)
     model_uri = args.model_uri or f"models:/{bundle.name}/{bundle.version}"
     sections = {s for s in SECTIONS if s not in skip}
     servers: dict[str, Any] = {}
