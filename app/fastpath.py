@@ -29,7 +29,7 @@ def _content_type(scope: Scope) -> bytes | None:
     return None
 
 
-async def _read_body(receive: Receive) -> bytes:
+async def read_body(receive: Receive) -> bytes:
     """The whole request body (the middleware's receive enforces the size limit)."""
     chunks: list[bytes] = []
     while True:
@@ -79,7 +79,7 @@ class PredictFastPath:
         codec = model.codec
         batch = self._batch[scope["path"]]
         try:
-            body = await _read_body(receive)
+            body = await read_body(receive)
             if batch:
                 rows = codec.decode_batch(body, _content_type(scope))
             else:

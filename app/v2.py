@@ -27,7 +27,7 @@ from starlette.routing import BaseRoute
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from app.codec import RequestError
-from app.fastpath import _read_body, send_answer
+from app.fastpath import read_body, send_answer
 from app.model import ServedModel
 from app.service import ModelService
 from app.source import STILL_LOADING
@@ -372,7 +372,7 @@ class V2InferFastPath:
         try:
             model = served_model(service, name, version)
             scope.setdefault("state", {})["model_version"] = model.version
-            body = await _read_body(receive)
+            body = await read_body(receive)
             content = await infer(service, model, body, scope["headers"])
         except RequestError as exc:
             await send_answer(send, error_body(exc), exc.status)

@@ -122,10 +122,9 @@ def _error(message: str, status: int = 400) -> RequestError:
     return RequestError(status, message)
 
 
-def _hint(name: str, candidates: Sequence[str], known: Sequence[str]) -> str:
-    close = difflib.get_close_matches(name, list(candidates) or list(known), n=1, cutoff=0.6)
-    if not close and candidates:
-        close = difflib.get_close_matches(name, list(known), n=1, cutoff=0.6)
+def _hint(name: str, known: Sequence[str]) -> str:
+    """The likely intended one of `known` for a name that is none of them."""
+    close = difflib.get_close_matches(name, list(known), n=1, cutoff=0.6)
     return f"did you mean '{close[0]}'?" if close else f"expected one of {list(known)}"
 
 
@@ -297,7 +296,7 @@ class V2Codec:
             return 400
         for key in payload:
             if key not in _TOP_FIELDS:
-                problems.append(f"unknown field '{key}'; {_hint(key, [], _TOP_FIELDS)}")
+                problems.append(f"unknown field '{key}'; {_hint(key, _TOP_FIELDS)}")
         if "id" in payload and not isinstance(payload["id"], str):
             problems.append(f"'id' must be a string, got {_json_kind(payload['id'])}")
         self._diagnose_parameters(payload.get("parameters", {}), "'parameters'", problems)
@@ -326,7 +325,7 @@ class V2Codec:
                     missing.remove(close[0])
                     problems.append(f"unknown input '{name}'; did you mean '{close[0]}'?")
                 else:
-                    problems.append(f"unknown input '{name}'; {_hint(name, [], self.names)}")
+                    problems.append(f"unknown input '{name}'; {_hint(name, self.names)}")
                 continue
             if name in seen:
                 problems.append(f"input '{name}' is sent more than once")
@@ -362,7 +361,7 @@ class V2Codec:
         where = f"input '{name}'"
         for key in tensor:
             if key not in _INPUT_FIELDS:
-                problems.append(f"{where}: unknown field '{key}'; {_hint(key, [], _INPUT_FIELDS)}")
+                problems.append(f"{where}: unknown field '{key}'; {_hint(key, _INPUT_FIELDS)}")
         parameters = tensor.get("parameters", {})
         if isinstance(parameters, dict) and "binary_data_size" in parameters:
             problems.append(f"{where}: {BINARY_NOT_SUPPORTED}")
@@ -426,11 +425,11 @@ class V2Codec:
                 continue
             name = output["name"]
             if name not in self.output_names:
-                problems.append(f"unknown output '{name}'; {_hint(name, [], self.output_names)}")
+                problems.append(f"unknown output '{name}'; {_hint(name, self.output_names)}")
             for key in output:
                 if key not in _OUTPUT_FIELDS:
                     problems.append(
-                        f"output '{name}': unknown field '{key}'; {_hint(key, [], _OUTPUT_FIELDS)}"
+                        f"output '{name}': unknown field '{key}'; {_hint(key, _OUTPUT_FIELDS)}"
                     )
             self._diagnose_parameters(
                 output.get("parameters", {}), f"output '{name}' 'parameters'", problems
