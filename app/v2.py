@@ -31,6 +31,7 @@ from app.fastpath import read_body, send_answer
 from app.model import ServedModel
 from app.service import ModelService
 from app.source import STILL_LOADING
+from app.v2_codec import EXPLAIN_NOT_SUPPORTED
 
 PREFIX = "/v2"
 INFER_SUFFIX = "/infer"
@@ -83,6 +84,10 @@ async def infer(service: ModelService, model: ServedModel, body: bytes, headers:
         elif key == BINARY_HEADER:
             binary = True
     request = model.v2.decode(body, content_type, binary=bool(binary))
+    if request.explain:
+        # The hook for explanations: compute them for request.rows and hand them to encode
+        # as per-row outputs (`extra`, app.v2_codec.OutputTensor) once the model explains.
+        raise RequestError(400, EXPLAIN_NOT_SUPPORTED)
     answers, ids = await service.answer(model, request.rows)
     return model.v2.encode(request, answers, ids)
 

@@ -117,6 +117,11 @@ class InferRequest(NamedTuple):
     # output names asked for, in order; None: every output
     outputs: tuple[str, ...] | None = None
 
+    @property
+    def explain(self) -> bool:
+        """Whether the request asks for explanations (parameter ``explain``, a boolean)."""
+        return self.parameters.get("explain") is True
+
 
 def _error(message: str, status: int = 400) -> RequestError:
     return RequestError(status, message)
@@ -266,8 +271,6 @@ class V2Codec:
         explain = parameters.get("explain", False)
         if not isinstance(explain, bool):
             raise _error(f"parameter 'explain': expected true or false, got {explain!r}")
-        if explain:
-            raise _error(EXPLAIN_NOT_SUPPORTED)
 
     def _refusal(self, body: bytes, refused: ValidationError | None) -> RequestError:
         """Why a body was refused, as one message naming every problem found (up to five):
