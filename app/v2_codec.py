@@ -242,7 +242,7 @@ class V2Codec:
         # as features and as many distinct names means each feature once.
         inputs = payload["inputs"]
         columns = {tensor["name"]: tensor["data"] for tensor in inputs}
-        count = len(inputs[0]["data"])
+        count = len(inputs[0]["data"]) if inputs else 0
         if (
             len(columns) != self.feature_count
             or len(inputs) != self.feature_count

@@ -290,6 +290,7 @@ CASES: dict[str, tuple[Any, int, str]] = {
         "the inputs hold no rows",
     ),
     "no inputs": (lambda p: p.pop("inputs"), 400, "'inputs' must be a non-empty array"),
+    "empty inputs": (lambda p: p.update(inputs=[]), 400, "'inputs' must be a non-empty array"),
     "unknown top-level field": (
         lambda p: p.update(input=[]),
         400,
