@@ -33,7 +33,7 @@ def _content_type(scope: Scope) -> bytes | None:
     return _header(scope, b"content-type")
 
 
-async def _read_body(receive: Receive) -> bytes:
+async def read_body(receive: Receive) -> bytes:
     """The whole request body (the middleware's receive enforces the size limit)."""
     chunks: list[bytes] = []
     while True:
@@ -83,7 +83,7 @@ class PredictFastPath:
         batch = self._batch[scope["path"]]
         try:
             explain = codec.decode_explain(scope.get("query_string", b""))
-            body = await _read_body(receive)
+            body = await read_body(receive)
             if batch:
                 rows = codec.decode_batch(body, _content_type(scope))
             else:

@@ -27,6 +27,8 @@ from app.openapi import OPENAPI_URL, add_docs, custom_openapi
 from app.service import ModelService
 from app.settings import Settings
 from app.source import bounded_registry_calls
+from app.v2 import V2InferFastPath
+from app.v2 import router as v2_router
 from app.watcher import watch
 from churn.prediction_log import PredictionLogWriter, Spool, make_engine
 
@@ -143,7 +145,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.settings = settings
     app.state.metrics = Metrics()
     app.include_router(router)
-    routes = list(router.routes)  # the API's own routes, for labelling requests
+    app.include_router(v2_router)
+    # the API's own routes, for labelling requests
+    routes = [*router.routes, *v2_router.routes]
     if settings.admin_enabled:
         app.include_router(admin_router)
         routes += admin_router.routes
@@ -154,6 +158,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         add_docs(app)
     # Innermost: inside CORS and the request middleware, so both apply to it unchanged.
     app.add_middleware(PredictFastPath, state=app.state, routes=router.routes)
+    app.add_middleware(V2InferFastPath, state=app.state, routes=v2_router.routes)
     if settings.cors_origins:
         app.add_middleware(
             CORSMiddleware,

@@ -42,7 +42,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
-from app.batcher import Row
+from app.batcher import Row, join_rows
 from app.loopflush import defer
 from app.metrics import Metrics
 from app.model import ServedModel, load_model
@@ -293,7 +293,7 @@ class GuardrailWindow:
 @dataclass
 class _ShadowJob:
     model: ServedModel
-    rows: list[Row]
+    rows: Sequence[Row]
     batch_id: str
     served_version: str
     created_at: float
@@ -348,7 +348,7 @@ class ShadowScorer:
         if self._started and self._thread.is_alive():
             self._thread.join(timeout)
 
-    def submit(self, model: ServedModel, rows: list[Row], batch_id: str, served: str) -> None:
+    def submit(self, model: ServedModel, rows: Sequence[Row], batch_id: str, served: str) -> None:
         """Queue rows for shadow scoring (O(1), never blocks); counted dropped when full."""
         n = len(rows)
         now = time.monotonic()
@@ -415,7 +415,7 @@ class ShadowScorer:
         for job in jobs:
             by_model.setdefault(id(job.model), []).append(job)
         for group in by_model.values():
-            rows = [row for job in group for row in job.rows]
+            rows = join_rows([job.rows for job in group])  # columnar parts stay columnar
             model = group[0].model
             started = time.perf_counter()
             try:

@@ -90,6 +90,13 @@ def _field(spec: FeatureSpec) -> tuple[Any, Any]:
     return kind, info
 
 
+def feature_type(spec: FeatureSpec) -> Any:
+    """One feature's value type with its constraints (what a customer's field is validated
+    with; the Open Inference Protocol validates each tensor element with it too)."""
+    kind, info = _field(spec)
+    return Annotated[kind, info]
+
+
 def _describe_numeric(spec: FeatureSpec) -> str:
     bounds = []
     if spec.min is not None:
@@ -112,10 +119,7 @@ def customer_type(schema: FeatureSchema) -> Any:
     """One customer as a TypedDict, fields in the schema's feature order: validated in
     pydantic-core (Rust) straight from the JSON bytes into a plain dict, and documented in
     OpenAPI as the ``Customer`` schema."""
-    fields: dict[str, Any] = {}
-    for spec in schema.features:
-        kind, info = _field(spec)
-        fields[spec.name] = Annotated[kind, info]
+    fields: dict[str, Any] = {spec.name: feature_type(spec) for spec in schema.features}
     if ROUTING_FIELD not in fields:
         fields[ROUTING_FIELD] = NotRequired[
             Annotated[

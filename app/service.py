@@ -11,7 +11,7 @@ import asyncio
 import dataclasses
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
@@ -190,7 +190,7 @@ class ModelService:
     async def answer(
         self,
         model: ServedModel,
-        rows: list[Row],
+        rows: Sequence[Row],
         routing_key: str | None = None,
         explain: bool = False,
     ) -> tuple[Answers, list[str]]:
@@ -235,7 +235,7 @@ class ModelService:
         return _interleave(picked, mine, my_ids, theirs, their_ids, model.version)
 
     async def _canary_champion(
-        self, model: ServedModel, rows: list[Row], explain: bool = False
+        self, model: ServedModel, rows: Sequence[Row], explain: bool = False
     ) -> tuple[Answers, str, list[str]]:
         started = time.perf_counter()
         answers, batch_id, ids = await self._score(model, rows, CHAMPION_ROLE, explain)
@@ -247,7 +247,7 @@ class ModelService:
         self,
         champion: ServedModel,
         challenger: ServedModel,
-        rows: list[Row],
+        rows: Sequence[Row],
         explain: bool = False,
     ) -> tuple[Answers, list[str]]:
         """The challenger answers `rows`; the champion scores them in shadow (paired). When
@@ -277,7 +277,7 @@ class ModelService:
         )
 
     async def _score(
-        self, model: ServedModel, rows: list[Row], role: str, explain: bool = False
+        self, model: ServedModel, rows: Sequence[Row], role: str, explain: bool = False
     ) -> tuple[Answers, str, list[str]]:
         """One model's answers for `rows`: counted under `role` and logged as one batch."""
         started = time.perf_counter()

@@ -141,10 +141,16 @@ class Settings(BaseSettings):
         description="write the prediction log (off: every prediction is counted dropped)",
     )
     prediction_log_queue_size: int = Field(
-        default=10_000, ge=1, description="predictions waiting for the log writer, at most"
+        default=50_000,
+        ge=1,
+        description="predictions waiting for the log writer, at most (50 requests of 1,000 "
+        "rows: a fraction of a second of batch traffic)",
     )
     prediction_log_batch_size: int = Field(
-        default=500, ge=1, description="predictions per write to the store"
+        default=500,
+        ge=1,
+        description="predictions queued that start a write before the flush interval (a "
+        "write takes all that is queued)",
     )
     prediction_log_flush_interval: float = Field(
         default=0.5, gt=0.0, description="seconds between writes of a partial batch"

@@ -24,6 +24,7 @@ from importlib import metadata as importlib_metadata
 from pathlib import Path
 from typing import Any
 
+from app.v2_codec import datatype_of
 from bench import http, inprocess
 from bench.report import targets, write_report
 from bench.servers import ROOT
@@ -35,6 +36,7 @@ SERVERS = ("service", "mlflow", "blog", "ceiling")
 SECTIONS = (
     "health",
     "batch",
+    "v2",
     "explain",
     "inprocess",
     "training",
@@ -210,7 +212,8 @@ def run_http(
     work: Path,
 ) -> dict[str, Any]:
     cfg = _http_config(args, settings)
-    bodies = http.Bodies(work, _customers(bundle))
+    types = {spec.name: datatype_of(spec) for spec in bundle.schema.features}
+    bodies = http.Bodies(work, _customers(bundle), v2_model=bundle.name, v2_types=types)
     model_uri = args.model_uri or f"models:/{bundle.name}/{bundle.version}"
     sections = {s for s in SECTIONS if s not in skip}
     servers: dict[str, Any] = {}

@@ -68,6 +68,10 @@ def test_every_section_is_measured_with_finite_numbers(smoke: Path) -> None:
         assert server["startup_s"] > 0 and server["memory"]["worker_mb"] > 0, name
         assert "health_under_load" in server, name
     assert set(servers["service"]["batch"]) == {"100", "1000"}
+    v2 = servers["service"]["v2"]  # the Open Inference Protocol, 1 and 1,000 rows per call
+    assert set(v2) == {"1", "1000"}
+    assert all(v2[size]["requests"] > 0 and v2[size]["errors"] == 0 for size in v2)
+    assert v2["1000"]["rows_per_s"] == v2["1000"]["rps"] * 1000
     assert set(servers["mlflow"]["batch"]) == {"100", "1000"}
     assert set(results["inprocess"]["timings"]) == {"forest", "onnx", "sklearn"}
     parity = results["inprocess"]["parity"]
@@ -86,9 +90,12 @@ def test_every_section_is_measured_with_finite_numbers(smoke: Path) -> None:
     assert all(
         math.isfinite(p["total_s"]) and p["segments"] > 0 for p in results["performance"].values()
     )
-    assert {"predict_rps_service_over_ceiling", "predict_rps_service_over_mlflow"} <= set(
-        results["ratios"]
-    )
+    assert {
+        "predict_rps_service_over_ceiling",
+        "predict_rps_service_over_mlflow",
+        "v2_1_rps_over_predict",
+        "v2_1000_rows_per_s_over_batch",
+    } <= set(results["ratios"])
     # alias moves through a real mlflow server: by webhook (polling at 600 s could not have
     # done it) and by polling alone
     moves = results["webhook"]
@@ -108,7 +115,7 @@ def test_every_section_is_measured_with_finite_numbers(smoke: Path) -> None:
     assert phases["canary"]["challenger_share"] > 0
     assert phases["shadow"]["shadow_scored"] > 0
     assert "predict_cost" in phases["shadow"] and "batch_cost" in phases["canary"]
-    assert len(results["targets"]) == 14
+    assert len(results["targets"]) == 16
     assert {t["mark"] for t in results["targets"]} <= {"pass", "short", "n/a"}
     numbers = _numbers(results)
     assert numbers, "no figures at all"
@@ -130,6 +137,7 @@ def test_results_md_renders_every_section_and_the_plot(smoke: Path) -> None:
         "## 1. `/predict`",
         "## 2. `/health`",
         "## 3. Batches",
+        "## 3b. Open Inference Protocol (V2)",
         "## 4. In-process inference",
         "## 5. Training, drift check, start-up, memory",
         "## 6. Explanations",

@@ -251,10 +251,13 @@ def _insert_batches(conn: Any, batches: Sequence[PredictionBatch]) -> None:
 
 _Batch = TypeVar("_Batch", "PredictionBatch", "ShadowBatch")
 
-# 7 columns x 25 rows = 175 parameters, under SQLite's oldest limit of 999; a statement
-# also stops at about a thousand predictions, so none holds the GIL for long.
+# 7 columns x 25 rows = 175 parameters, under SQLite's oldest limit of 999. SQLite runs a
+# statement without the GIL; a statement also stops at ten thousand predictions (ten
+# 1,000-row requests, about a megabyte of JSON), so it stays short, while each statement
+# costs this thread a turn at the GIL: one per 1,000-row request held the log near 200
+# requests a second on a busy core.
 ROWS_PER_STATEMENT = 25
-PREDICTIONS_PER_STATEMENT = 1000
+PREDICTIONS_PER_STATEMENT = 10_000
 
 
 def _statement_groups(batches: Sequence[_Batch]) -> Iterator[list[_Batch]]:
@@ -318,7 +321,7 @@ class PredictionLogWriter:
     def __init__(
         self,
         engine: Engine,
-        queue_size: int = 10_000,
+        queue_size: int = 50_000,
         batch_size: int = 500,
         flush_interval: float = 0.5,
         on_drop: DropCallback | None = None,
@@ -500,18 +503,16 @@ class PredictionLogWriter:
             )
 
     def _take(self) -> list[LogBatch]:
-        taken: list[LogBatch] = []
-        rows = shadow = 0
+        """Everything queued, for one write (the queue bounds it). A write costs this thread a
+        few turns at the GIL whatever its size, and on a busy core each turn can wait a
+        switch interval: at one request per write (a 1,000-row request is over batch_size
+        alone) the log fell behind 1,000-row requests from about 125,000 predictions/s and
+        dropped the rest."""
         with self._lock:
-            while self._queue and rows + shadow < self.batch_size:
-                batch = self._queue.popleft()
-                taken.append(batch)
-                if batch.shadow:
-                    shadow += len(batch)
-                else:
-                    rows += len(batch)
-            self._queued_rows -= rows
-            self._queued_shadow -= shadow
+            taken = list(self._queue)
+            self._queue.clear()
+            self._queued_rows = 0
+            self._queued_shadow = 0
             self._in_flight = taken
         return taken
 
