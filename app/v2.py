@@ -26,12 +26,12 @@ from starlette.datastructures import State
 from starlette.routing import BaseRoute
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from app.codec import RequestError
+from app.codec import EXPLANATIONS_UNAVAILABLE, RequestError, explanation_objects
 from app.fastpath import read_body, send_answer
 from app.model import ServedModel
 from app.service import ModelService
 from app.source import STILL_LOADING
-from app.v2_codec import EXPLAIN_NOT_SUPPORTED
+from app.v2_codec import explanation_outputs
 
 PREFIX = "/v2"
 INFER_SUFFIX = "/infer"
@@ -84,12 +84,15 @@ async def infer(service: ModelService, model: ServedModel, body: bytes, headers:
         elif key == BINARY_HEADER:
             binary = True
     request = model.v2.decode(body, content_type, binary=bool(binary))
-    if request.explain:
-        # The hook for explanations: compute them for request.rows and hand them to encode
-        # as per-row outputs (`extra`, app.v2_codec.OutputTensor) once the model explains.
-        raise RequestError(400, EXPLAIN_NOT_SUPPORTED)
-    answers, ids = await service.answer(model, request.rows)
-    return model.v2.encode(request, answers, ids)
+    explain = request.explain
+    if explain and model.codec.unexplainable is not None:
+        raise RequestError(400, f"{EXPLANATIONS_UNAVAILABLE}: {model.codec.unexplainable}")
+    answers, ids = await service.answer(model, request.rows, explain=explain)
+    extra = []
+    if explain:
+        explained = explanation_objects(answers, model.codec.top_reasons)
+        extra = explanation_outputs(explained, model.schema.names)
+    return model.v2.encode(request, answers, ids, extra=extra)
 
 
 def platform(model: ServedModel) -> str:
@@ -160,7 +163,9 @@ class InferenceRequest(BaseModel):
     id: str | None = Field(default=None, description="Echoed in the response")
     parameters: dict[str, str | float | bool] | None = Field(
         default=None,
-        description="Accepted; `explain: true` is refused (400) until explanations land here",
+        description="Accepted; `explain: true` adds the outputs explanation_base_value, "
+        "explanation_contributions ([N, F]; the features in its parameters) and "
+        "explanation_reasons (400 when the model cannot be explained)",
     )
     inputs: list[RequestInput]
     outputs: list[RequestOutput] | None = Field(

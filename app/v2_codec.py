@@ -60,10 +60,6 @@ OUTPUTS: tuple[tuple[str, str], ...] = (
 )
 WARNINGS_OUTPUT = ("warnings", BYTES)
 
-EXPLAIN_NOT_SUPPORTED = (
-    "parameter 'explain': explanations are not supported on this endpoint yet; "
-    "leave 'explain' out or set it to false"
-)
 BINARY_NOT_SUPPORTED = (
     "binary tensor data is not supported: send every input as JSON in 'data' "
     "(tritonclient: InferInput.set_data_from_numpy(array, binary_data=False))"
@@ -97,15 +93,43 @@ class OutputTensor(NamedTuple):
     name: str
     datatype: str
     data: Sequence[Any]
+    # [rows] unless given: a [rows, k] tensor holds its data flattened row by row
+    shape: tuple[int, ...] | None = None
+    parameters: dict[str, Any] | None = None
 
     def response(self) -> dict[str, Any]:
         """The output as the response holds it."""
-        return {
+        out: dict[str, Any] = {
             "name": self.name,
             "datatype": self.datatype,
-            "shape": [len(self.data)],
+            "shape": list(self.shape) if self.shape is not None else [len(self.data)],
             "data": self.data,
         }
+        if self.parameters:
+            out["parameters"] = self.parameters
+        return out
+
+
+def explanation_outputs(
+    explained: list[dict[str, Any]], features: Sequence[str]
+) -> list[OutputTensor]:
+    """Explanations as V2 outputs: ``explanation_base_value`` (FP64 [N]),
+    ``explanation_contributions`` (FP64 [N, F], row-major, the feature order in its
+    ``parameters.features``; base + the row's contributions = its probability) and
+    ``explanation_reasons`` (BYTES [N], the plain-word reasons joined by "; ")."""
+    n = len(explained)
+    flat = [float(e["contributions"][name]) for e in explained for name in features]
+    return [
+        OutputTensor("explanation_base_value", "FP64", [float(e["base_value"]) for e in explained]),
+        OutputTensor(
+            "explanation_contributions",
+            "FP64",
+            flat,
+            shape=(n, len(features)),
+            parameters={"features": ",".join(features)},
+        ),
+        OutputTensor("explanation_reasons", "BYTES", ["; ".join(e["reasons"]) for e in explained]),
+    ]
 
 
 class InferRequest(NamedTuple):

@@ -128,6 +128,39 @@ def test_infer_answers_exactly_as_the_batch_api(client: TestClient, model: Any) 
         assert "warnings" not in got
 
 
+def test_explain_adds_the_json_apis_explanations_as_tensors(
+    clients: tuple[TestClient, TestClient], model: Any
+) -> None:
+    """`parameters.explain: true` (both transports): base value [N], contributions [N, F]
+    (features named in its parameters) and reasons [N], equal to /predict/batch?explain=true's
+    for the same rows; base + Σ contributions = the row's unrounded probability."""
+    name, _, types = model
+    customers = generate_customers(12, seed=9)[list(types)].dropna().to_dict("records")
+    customers = [{k: int(v) if types[k] == "INT64" else v for k, v in c.items()} for c in customers]
+    fast, routed = clients
+    expected = fast.post("/predict/batch?explain=true", json={"customers": customers}).json()
+    explained = [p["explanation"] for p in expected["predictions"]]
+    for client in (fast, routed):
+        body = client.post(
+            infer_path(name), json=request(types, customers, parameters={"explain": True})
+        ).json()
+        by_name = {o["name"]: o for o in body["outputs"]}
+        contributions = by_name["explanation_contributions"]
+        features = contributions["parameters"]["features"].split(",")
+        n = len(customers)
+        assert contributions["shape"] == [n, len(features)] and set(features) == set(types)
+        grid = np.asarray(contributions["data"]).reshape(n, len(features))
+        base = np.asarray(by_name["explanation_base_value"]["data"])
+        for k, e in enumerate(explained):
+            assert base[k] == e["base_value"]
+            assert dict(zip(features, grid[k].tolist(), strict=True)) == e["contributions"]
+            assert by_name["explanation_reasons"]["data"][k] == "; ".join(e["reasons"])
+            assert abs(base[k] + grid[k].sum() - e["probability"]) < 1e-6
+        assert by_name["churn_probability"]["data"] == [
+            p["churn_probability"] for p in expected["predictions"]
+        ]
+
+
 def test_requested_outputs_in_the_order_asked(client: TestClient, model: Any) -> None:
     name, _, types = model
     asked = [{"name": "risk_tier"}, {"name": "churn_probability", "parameters": {"x": 1}}]
@@ -297,11 +330,6 @@ CASES: dict[str, tuple[Any, int, str]] = {
         "unknown field 'input'; did you mean 'inputs'?",
     ),
     "id not a string": (lambda p: p.update(id=7), 400, "'id' must be a string"),
-    "explain asked": (
-        lambda p: p.update(parameters={"explain": True}),
-        400,
-        "explanations are not supported on this endpoint yet",
-    ),
     "explain not a boolean": (
         lambda p: p.update(parameters={"explain": "yes"}),
         400,
