@@ -232,6 +232,11 @@ score: $(BIN)/.installed ## Replay FILE= (a CSV) to the running API in batches; 
 	$(PY) scripts/score_csv.py $(FILE) --url $(or $(URL),http://localhost:$(PORT)) \
 	  $(if $(OUT),--out $(OUT)) $(if $(FEEDBACK),--feedback $(FEEDBACK))
 
+.PHONY: webhook
+webhook: $(BIN)/.installed ## Create or update the MLflow webhook that reloads the API on alias moves (URL=, WEBHOOK_SECRET)
+	@test -n "$(URL)" || { echo "usage: make webhook URL=http://<api>:8000/hooks/mlflow [MLFLOW_TRACKING_URI=http://localhost:5000] with WEBHOOK_SECRET (or WEBHOOK_SECRET_FILE) set" >&2; exit 2; }
+	$(PY) -m app.webhook register --url $(URL) --tracking-uri $(or $(MLFLOW_TRACKING_URI),http://localhost:5000)
+
 .PHONY: smoke
 smoke: $(BIN)/.installed ## Smoke-test a running API: make smoke URL=http://localhost:8000
 	$(PY) scripts/smoke_test.py --url $(or $(URL),http://localhost:$(PORT))

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import hmac
+import logging
+import time
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, HTTPException, Request, Response
@@ -13,6 +15,7 @@ from pydantic import TypeAdapter, ValidationError
 from app.codec import (
     RequestError,
     parse_json_value,
+    routing_header,
     unprocessable,
     validate_object,
     validation_error,
@@ -28,6 +31,7 @@ from app.schemas import (
     PredictionResponse,
     ReadyResponse,
     ReloadResponse,
+    WebhookResponse,
 )
 from app.service import (
     FeedbackUnavailableError,
@@ -36,7 +40,18 @@ from app.service import (
     ReloadError,
     UnknownPredictionError,
 )
-from app.source import STILL_LOADING
+from app.source import REGISTRY_UNREACHABLE, STILL_LOADING
+from app.webhook import (
+    HOOK_PATH,
+    WebhookRefused,
+    followed_aliases,
+    ignore_reason,
+    parse_delivery,
+    verify,
+)
+from churn.registry import parse_models_uri
+
+logger = logging.getLogger("app.api")
 
 
 async def get_service(request: Request) -> ModelService:
@@ -122,6 +137,7 @@ async def model_metadata(
         "model_alias": release.alias if release else None,
         "alias_check": {"status": check.status, "alias_target": check.alias_target}
         | ({"reason": check.reason} if check.reason else {}),
+        "rollout": service.rollout.report(),
         "worker": lifecycle.record().public(),
         "workers": [w.public() for w in await lifecycle.workers()],
     }
@@ -138,8 +154,19 @@ def _client_error(exc: RequestError) -> HTTPException:
     return HTTPException(exc.status, detail=exc.detail)
 
 
-def _json_answer(content: bytes) -> Response:
-    return Response(content, media_type="application/json")
+def _json_answer(content: bytes, headers: list[tuple[bytes, bytes]] | None = None) -> Response:
+    response = Response(content, media_type="application/json")
+    for name, value in headers or ():
+        response.headers[name.decode()] = value.decode("latin-1")
+    return response
+
+
+def _answered(model: Any, request: Request, answers: Any) -> list[tuple[bytes, bytes]]:
+    """Who answered: the response headers, and the access log's model_version."""
+    if answers.versions is not None:
+        request.state.model_version = answers.version or model.version
+    headers: list[tuple[bytes, bytes]] = model.codec.headers(answers)
+    return headers
 
 
 # Read by the codec (both transports), documented here.
@@ -179,10 +206,12 @@ async def predict(service: ServiceDep, request: Request) -> Response:
         rows = model.codec.decode_customer(
             await request.body(), request.headers.get("content-type")
         )
+        key = routing_header(request.headers.get("x-routing-key"))
     except RequestError as exc:
         raise _client_error(exc) from None
-    answers, ids = await service.answer(model, rows, explain)
-    return _json_answer(model.codec.encode_customer(answers, ids))
+    answers, ids = await service.answer(model, rows, key, explain)
+    headers = _answered(model, request, answers)
+    return _json_answer(model.codec.encode_customer(answers, ids), headers)
 
 
 @router.post(
@@ -202,10 +231,12 @@ async def predict_batch(service: ServiceDep, request: Request) -> Response:
         explain = model.codec.decode_explain(request.url.query)
         content_type = request.headers.get("content-type")
         rows = model.codec.decode_batch(await request.body(), content_type)
+        key = routing_header(request.headers.get("x-routing-key"))
     except RequestError as exc:
         raise _client_error(exc) from None
-    answers, ids = await service.answer(model, rows, explain)
-    return _json_answer(model.codec.encode_batch(answers, ids))
+    answers, ids = await service.answer(model, rows, key, explain)
+    headers = _answered(model, request, answers)
+    return _json_answer(model.codec.encode_batch(answers, ids), headers)
 
 
 @router.post(
@@ -234,6 +265,14 @@ async def feedback(service: ServiceDep, request: Request) -> dict[str, Any]:
 
 
 admin_router = APIRouter(prefix="/admin", tags=["admin"])
+
+
+def _reload_refused(status: int, serving: Any, exc: ReloadError) -> HTTPException:
+    """A refused reload: what keeps serving and the stable reason (never exception text)."""
+    keeps = f"version {serving.version} keeps serving" if serving else "no model is serving"
+    return HTTPException(
+        status, detail={"message": f"reload refused; {keeps}", "reason": exc.reason}
+    )
 
 
 async def _check_token(service: ServiceDep, request: Request) -> None:
@@ -272,10 +311,7 @@ async def reload_model(
     try:
         report = await lifecycle.reload_everywhere()
     except ReloadError as exc:
-        keeps = f"version {serving.version} keeps serving" if serving else "no model is serving"
-        raise HTTPException(
-            409, detail={"message": f"reload refused; {keeps}", "reason": exc.reason}
-        ) from None
+        raise _reload_refused(409, serving, exc) from None
     result = report.result
     request.state.model_version = result.model.version
     return {
@@ -287,6 +323,76 @@ async def reload_model(
         "all_workers_swapped": not report.not_swapped,
         "workers": [w.public() for w in report.workers],
         "not_swapped": report.not_swapped,
+    }
+
+
+# ---------------------------------------------------------------------------- registry webhook
+
+hooks_router = APIRouter(tags=["admin"])
+
+
+@hooks_router.post(
+    HOOK_PATH,
+    response_model=WebhookResponse,
+    response_model_exclude_none=True,
+    responses={
+        400: {"model": ErrorResponse, "description": "Missing or malformed header or body"},
+        401: {"model": ErrorResponse, "description": "Bad signature, or a replayed delivery"},
+        409: {"model": ErrorResponse, "description": "Reload refused; the old model serves"},
+        503: {"model": ErrorResponse, "description": "Registry unreachable (MLflow retries)"},
+    },
+)
+async def mlflow_webhook(
+    service: ServiceDep, lifecycle: LifecycleDep, request: Request
+) -> dict[str, Any]:
+    """MLflow registry webhook (WEBHOOK_ENABLED): a signed alias move of the served model
+    (or another followed alias) reloads every worker, as `POST /admin/reload` does, and
+    answers once they have swapped; other events are answered `ignored`.
+
+    The `X-MLflow-Signature` HMAC is checked against WEBHOOK_SECRET, and a delivery whose
+    `X-MLflow-Timestamp` is more than WEBHOOK_TOLERANCE seconds away is refused (401). A
+    registry outage answers 503, which MLflow retries; a version that cannot be served 409.
+    """
+    settings = service.settings
+    secret = settings.webhook_secret_bytes
+    # mounted only when both are set (Settings checks at start)
+    assert secret is not None
+    assert settings.model_uri is not None
+    body = await request.body()
+    try:
+        delivery_id = verify(secret, request.headers, body, time.time(), settings.webhook_tolerance)
+        delivery = parse_delivery(delivery_id, body)
+    except WebhookRefused as exc:
+        logger.warning("webhook delivery refused: %s", exc.reason)
+        raise HTTPException(exc.status, detail=exc.reason) from None
+    name, alias, _ = parse_models_uri(settings.model_uri)
+    answer: dict[str, Any] = {"event": delivery.event, "delivery_id": delivery.delivery_id}
+    ignored = ignore_reason(delivery, name, followed_aliases(alias or "", settings.webhook_aliases))
+    if ignored is not None:
+        logger.info("webhook: %s ignored: %s", delivery.event, ignored)
+        return answer | {"status": "ignored", "reason": ignored}
+    logger.info(
+        "webhook: %s of %s@%s; reloading every worker",
+        delivery.event,
+        delivery.model_name,
+        delivery.alias,
+        extra={"delivery_id": delivery.delivery_id, "version": delivery.version},
+    )
+    serving = service.model
+    try:
+        report = await lifecycle.reload_everywhere()
+    except ReloadError as exc:
+        # an outage is worth MLflow's retry (it retries 5xx); a bad version is not
+        status = 503 if exc.reason == REGISTRY_UNREACHABLE else 409
+        raise _reload_refused(status, serving, exc) from None
+    result = report.result
+    request.state.model_version = result.model.version
+    return answer | {
+        "status": "reloaded" if result.changed else "unchanged",
+        "model_version": result.model.version,
+        "previous_version": result.previous_version,
+        "generation": report.generation,
+        "all_workers_swapped": not report.not_swapped,
     }
 
 

@@ -16,7 +16,7 @@ import contextlib
 import logging
 import queue
 import threading
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any, Protocol
 
 from app.loopflush import defer
@@ -27,11 +27,57 @@ logger = logging.getLogger("app.batcher")
 Row = Mapping[str, Any]
 
 
+class ColumnRows(Sequence[Row]):
+    """Validated rows held as columns (feature name -> values), as a columnar request (the
+    Open Inference Protocol, app.v2) arrives: the model takes the columns as they are, so no
+    per-row dict is built. Indexing gives a row, for code that wants one."""
+
+    __slots__ = ("_count", "columns")
+
+    def __init__(self, columns: dict[str, list[Any]], count: int) -> None:
+        self.columns = columns
+        self._count = count
+
+    def __len__(self) -> int:
+        return self._count
+
+    def __getitem__(self, index: Any) -> Any:
+        if isinstance(index, slice):
+            return [self[i] for i in range(*index.indices(self._count))]
+        return {name: values[index] for name, values in self.columns.items()}
+
+    def __iter__(self) -> Iterator[Row]:
+        for i in range(self._count):
+            yield self[i]
+
+
+def columns_of(rows: Sequence[Row], names: Sequence[str]) -> dict[str, list[Any]]:
+    """`rows` as columns in the order of `names` (those of a ColumnRows as they are)."""
+    if isinstance(rows, ColumnRows):
+        return rows.columns
+    return {name: [row[name] for row in rows] for name in names}
+
+
+def join_rows(parts: list[Sequence[Row]]) -> Sequence[Row]:
+    """The rows of several requests as one call's rows, in order. Columnar parts stay
+    columnar (their columns are concatenated; row requests beside them are transposed
+    once), so a micro-batch of columnar requests never builds a dict per row."""
+    if len(parts) == 1:
+        return parts[0]
+    columnar = [p for p in parts if isinstance(p, ColumnRows)]
+    if not columnar:
+        return [row for part in parts for row in part]
+    names = list(columnar[0].columns)
+    pieces = [columns_of(part, names) for part in parts]
+    joined = {name: [v for piece in pieces for v in piece[name]] for name in names}
+    return ColumnRows(joined, sum(len(part) for part in parts))
+
+
 class RowPredictor(Protocol):
     """What the batcher needs from a model: answers for rows in feature order, as anything
     that slices by position (an array, app.model.Answers), one slice per request."""
 
-    def predict_rows(self, rows: list[Row]) -> Any: ...
+    def predict_rows(self, rows: Sequence[Row]) -> Any: ...
 
 
 class _Job:
@@ -40,7 +86,7 @@ class _Job:
     def __init__(
         self,
         model: RowPredictor,
-        rows: list[Row],
+        rows: Sequence[Row],
         future: asyncio.Future[Any],
         loop: asyncio.AbstractEventLoop,
     ) -> None:
@@ -74,7 +120,7 @@ class MicroBatcher:
         if self._thread.is_alive():
             self._thread.join(timeout)
 
-    async def predict(self, model: RowPredictor, rows: list[Row]) -> Any:
+    async def predict(self, model: RowPredictor, rows: Sequence[Row]) -> Any:
         """Probabilities for `rows` from `model`, computed on the inference thread."""
         if self._stopped:
             raise RuntimeError("the inference thread is stopped (the server is shutting down)")
@@ -127,7 +173,7 @@ class MicroBatcher:
             self._run_group(group)
 
     def _run_group(self, jobs: list[_Job]) -> None:
-        rows = jobs[0].rows if len(jobs) == 1 else [r for job in jobs for r in job.rows]
+        rows = join_rows([job.rows for job in jobs])
         try:
             answers = jobs[0].model.predict_rows(rows)
         except Exception as exc:  # the model failed: every waiting request gets the error

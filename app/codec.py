@@ -39,7 +39,7 @@ from urllib.parse import parse_qsl
 from pydantic import BaseModel, TypeAdapter, ValidationError
 
 from app.batcher import Row
-from app.schemas import batch_type, customer_type
+from app.schemas import MAX_ROUTING_KEY_LENGTH, ROUTING_FIELD, batch_type, customer_type
 from churn.schema import FeatureSchema
 
 JSON_MEDIA_TYPE = "application/json"
@@ -118,6 +118,10 @@ def parse_json(body: bytes, content_type: str | bytes | None) -> dict[str, Any]:
     return payload
 
 
+# pydantic's tags for the branches of the routing key's union (str | int)
+_ROUTING_BRANCHES = frozenset({"constrained-str", "str", "int"})
+
+
 def validation_error(
     exc: ValidationError, fields: list[str], top: list[str] | None = None
 ) -> RequestError:
@@ -131,7 +135,22 @@ def validation_error(
         if err["type"] == "missing" and err["loc"]:
             missing.setdefault(tuple(err["loc"][:-1]), []).append(str(err["loc"][-1]))
     detail = []
+    routing_refused: set[tuple[Any, ...]] = set()
     for err in errors:
+        loc = tuple(err["loc"])
+        if len(loc) >= 2 and loc[-2] == ROUTING_FIELD and loc[-1] in _ROUTING_BRANCHES:
+            # one entry for the optional routing key, not one per branch of its union
+            if loc[:-1] not in routing_refused:
+                routing_refused.add(loc[:-1])
+                detail.append(
+                    {
+                        "loc": ["body", *loc[:-1]],
+                        "msg": f"{ROUTING_FIELD}: the routing key must be a string of 1 to "
+                        f"{MAX_ROUTING_KEY_LENGTH} characters or an integer",
+                        "type": "routing_key_type",
+                    }
+                )
+            continue
         msg = err["msg"]
         if err["type"] == "extra_forbidden" and err["loc"]:
             name = str(err["loc"][-1])
@@ -142,6 +161,28 @@ def validation_error(
             msg = f"{name}: unknown field; {hint}"
         detail.append({"loc": ["body", *err["loc"]], "msg": msg, "type": err["type"]})
     return RequestError(422, detail)
+
+
+def routing_header(value: str | bytes | None) -> str | None:
+    """The request's ``X-Routing-Key`` (None when absent or empty); a 422 naming the header
+    when longer than a routing key may be."""
+    if value is None:
+        return None
+    if isinstance(value, bytes):
+        value = value.decode("latin-1")
+    value = value.strip()
+    if len(value) > MAX_ROUTING_KEY_LENGTH:
+        raise RequestError(
+            422,
+            [
+                {
+                    "loc": ["header", "X-Routing-Key"],
+                    "msg": f"X-Routing-Key: at most {MAX_ROUTING_KEY_LENGTH} characters",
+                    "type": "routing_key_type",
+                }
+            ],
+        )
+    return value or None
 
 
 def validate_object(model_type: type[BaseModel], body: bytes, content_type: Any) -> BaseModel:
@@ -236,6 +277,7 @@ class RequestCodec:
         self.batch_type = batch_type(schema, max_batch_size)
         self.customer_validator: TypeAdapter[Any] = TypeAdapter(self.customer_type)
         self.batch_validator: TypeAdapter[Any] = TypeAdapter(self.batch_type)
+        self.version = model_version
         self.version_json = _json(model_version)
 
     # ------------------------------------------------------------------ decoding
@@ -311,14 +353,32 @@ class RequestCodec:
         (checked at load) and rounded, so ``float.__repr__`` is their JSON; tiers and ids are
         plain ASCII; ``warnings`` only where the input was reinterpreted."""
         version, flag = self.version_json, self._BOOL
-        # an f-string per prediction: a third cheaper than %-formatting a template
-        items = [
-            f'{{"churn_probability":{p!r},"churn_prediction":{flag[d]},"risk_tier":"{t}",'
-            f'"model_version":{version},"prediction_id":"{i}"}}'
-            for p, d, t, i in zip(
-                answers.probabilities, answers.decisions, answers.tiers, ids, strict=True
-            )
-        ]
+        versions = answers.versions
+        if versions is not None and answers.version is not None:
+            version, versions = _json(answers.version), None  # one model answered all
+        if versions is None:
+            # an f-string per prediction: a third cheaper than %-formatting a template
+            items = [
+                f'{{"churn_probability":{p!r},"churn_prediction":{flag[d]},"risk_tier":"{t}",'
+                f'"model_version":{version},"prediction_id":"{i}"}}'
+                for p, d, t, i in zip(
+                    answers.probabilities, answers.decisions, answers.tiers, ids, strict=True
+                )
+            ]
+        else:  # a batch split between champion and challenger: each row says who answered
+            named = {v: _json(v) for v in set(versions)}
+            items = [
+                f'{{"churn_probability":{p!r},"churn_prediction":{flag[d]},"risk_tier":"{t}",'
+                f'"model_version":{named[v]},"prediction_id":"{i}"}}'
+                for p, d, t, v, i in zip(
+                    answers.probabilities,
+                    answers.decisions,
+                    answers.tiers,
+                    versions,
+                    ids,
+                    strict=True,
+                )
+            ]
         if answers.warned:  # rare: the loop runs only then
             for k, found in enumerate(answers.warnings):
                 if found:
@@ -334,9 +394,27 @@ class RequestCodec:
         return self.predictions(answers, ids)[0].encode()
 
     def encode_batch(self, answers: Any, ids: list[str]) -> bytes:
+        """The batch answer; its top-level ``model_version`` is the one model that answered
+        every row, or this (the champion's) codec's version when routing split the batch
+        (each prediction names its own)."""
         items = ",".join(self.predictions(answers, ids))
-        head = f'{{"model_version":{self.version_json},"count":{len(ids)},"predictions":['
+        single = answers.version
+        version = self.version_json if single is None else _json(single)
+        head = f'{{"model_version":{version},"count":{len(ids)},"predictions":['
         return f"{head}{items}]}}".encode()
+
+    def headers(self, answers: Any) -> list[tuple[bytes, bytes]]:
+        """``X-Model-Version`` (the answering version; both, champion's first, when a batch
+        was split) and ``X-Model-Role`` (champion, challenger or mixed)."""
+        versions = answers.versions
+        if versions is None:
+            version = self.version
+        else:
+            version = answers.version or ",".join(dict.fromkeys([self.version, *versions]))
+        return [
+            (b"x-model-version", version.encode()),
+            (b"x-model-role", answers.role.encode()),
+        ]
 
 
 def explanation_objects(answers: Any, top_reasons: int = 3) -> list[dict[str, Any]]:

@@ -16,20 +16,24 @@ from starlette.requests import ClientDisconnect
 from starlette.routing import BaseRoute
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from app.codec import RequestError
+from app.codec import RequestError, routing_header
 from app.service import ModelService
 
 _JSON_HEADER = (b"content-type", b"application/json")
 
 
-def _content_type(scope: Scope) -> bytes | None:
+def _header(scope: Scope, name: bytes) -> bytes | None:
     for key, value in scope["headers"]:
-        if key == b"content-type":
+        if key == name:
             return bytes(value)
     return None
 
 
-async def _read_body(receive: Receive) -> bytes:
+def _content_type(scope: Scope) -> bytes | None:
+    return _header(scope, b"content-type")
+
+
+async def read_body(receive: Receive) -> bytes:
     """The whole request body (the middleware's receive enforces the size limit)."""
     chunks: list[bytes] = []
     while True:
@@ -41,15 +45,14 @@ async def _read_body(receive: Receive) -> bytes:
             return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
 
-async def send_answer(send: Send, content: bytes, status: int = 200) -> None:
-    """A JSON response with the headers FastAPI's JSONResponse sends."""
-    await send(
-        {
-            "type": "http.response.start",
-            "status": status,
-            "headers": [(b"content-length", str(len(content)).encode()), _JSON_HEADER],
-        }
-    )
+async def send_answer(
+    send: Send, content: bytes, status: int = 200, extra: list[tuple[bytes, bytes]] | None = None
+) -> None:
+    """A JSON response with the headers FastAPI's JSONResponse sends (and `extra`)."""
+    headers = [(b"content-length", str(len(content)).encode()), _JSON_HEADER]
+    if extra:
+        headers += extra
+    await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": content})
 
 
@@ -80,17 +83,20 @@ class PredictFastPath:
         batch = self._batch[scope["path"]]
         try:
             explain = codec.decode_explain(scope.get("query_string", b""))
-            body = await _read_body(receive)
+            body = await read_body(receive)
             if batch:
                 rows = codec.decode_batch(body, _content_type(scope))
             else:
                 rows = codec.decode_customer(body, _content_type(scope))
+            key = routing_header(_header(scope, b"x-routing-key"))
         except RequestError as exc:
             await send_answer(send, exc.body(), exc.status)
             return
-        answers, ids = await service.answer(model, rows, explain)
+        answers, ids = await service.answer(model, rows, key, explain)
         content = codec.encode_batch(answers, ids) if batch else codec.encode_customer(answers, ids)
-        await send_answer(send, content)
+        if answers.versions is not None:
+            scope["state"]["model_version"] = answers.version or model.version
+        await send_answer(send, content, extra=codec.headers(answers))
 
     def _route(self, path: str) -> BaseRoute | None:
         if self._route_of is None:

@@ -22,6 +22,7 @@ import gc
 import logging
 import os
 import time
+from collections.abc import Coroutine
 from dataclasses import dataclass
 from typing import Any
 
@@ -85,7 +86,7 @@ class ModelLifecycle:
         self._lock = asyncio.Lock()  # one load at a time between the loop and /admin/reload
         self._frozen = False
         self._attempted = False
-        self._checks: set[asyncio.Task[AliasCheck]] = set()
+        self._checks: set[asyncio.Task[object]] = set()
         # A reload asked of every worker that failed here for a registry outage: when to
         # try it again, and the next wait.
         self._follow_at = 0.0
@@ -113,6 +114,8 @@ class ModelLifecycle:
                         delay = min(2 * delay, self.settings.model_retry_max_interval)
                 elif self.service.model is not None:
                     await self._follow()
+                    # a canary rolled back by a sibling worker's guardrail
+                    await self.service.rollout.follow_siblings()
                 await self.publish()
             except Exception as exc:  # never let the loop die: it is what makes a worker ready
                 logger.error("model lifecycle step failed: %s", describe(exc))
@@ -184,9 +187,18 @@ class ModelLifecycle:
             # keep each replaced model's cyclic garbage forever.
             gc.freeze()
             self._frozen = True
-        task = asyncio.get_running_loop().create_task(self.check_alias())
-        self._checks.add(task)  # a reference until done (the loop keeps only weak ones)
-        task.add_done_callback(self._checks.discard)
+        loop = asyncio.get_running_loop()
+        checks: list[Coroutine[Any, Any, object]] = [self.check_alias()]
+        model = self.service.model
+        if self.service.rollout.enabled and model is not None:
+            # Every load re-reads @challenger and its record: a reload asked of every worker
+            # (a webhook for a challenger move or a rollout record change) reaches the
+            # rollout at once, not at the next watcher tick.
+            checks.append(self.service.rollout.sync(model))
+        for check in checks:
+            task = loop.create_task(check)
+            self._checks.add(task)  # a reference until done (the loop keeps only weak ones)
+            task.add_done_callback(self._checks.discard)
 
     # ------------------------------------------------------------------ what this worker serves
 

@@ -16,7 +16,7 @@ from pathlib import Path
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
-from app.api import admin_router, router
+from app.api import admin_router, hooks_router, router
 from app.fastpath import PredictFastPath
 from app.lifecycle import ModelLifecycle, load_checked
 from app.logging import configure_logging
@@ -27,6 +27,8 @@ from app.openapi import OPENAPI_URL, add_docs, custom_openapi
 from app.service import ModelService
 from app.settings import Settings
 from app.source import bounded_registry_calls
+from app.v2 import V2InferFastPath
+from app.v2 import router as v2_router
 from app.watcher import watch
 from churn.prediction_log import PredictionLogWriter, Spool, make_engine
 
@@ -70,6 +72,8 @@ def _log_writer(settings: Settings, metrics: Metrics) -> PredictionLogWriter | N
         on_drop=metrics.count_dropped,
         write_timeout=settings.prediction_log_write_timeout,
         spool=spool,
+        shadow_queue_size=settings.shadow_queue_size,
+        on_shadow_drop=lambda _reason, rows: metrics.shadow.labels("dropped").inc(rows),
     )
 
 
@@ -141,14 +145,20 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.settings = settings
     app.state.metrics = Metrics()
     app.include_router(router)
-    routes = list(router.routes)  # the API's own routes, for labelling requests
+    app.include_router(v2_router)
+    # the API's own routes, for labelling requests
+    routes = [*router.routes, *v2_router.routes]
     if settings.admin_enabled:
         app.include_router(admin_router)
         routes += admin_router.routes
+    if settings.webhook_enabled:
+        app.include_router(hooks_router)
+        routes += hooks_router.routes
     if settings.docs_enabled:
         add_docs(app)
     # Innermost: inside CORS and the request middleware, so both apply to it unchanged.
     app.add_middleware(PredictFastPath, state=app.state, routes=router.routes)
+    app.add_middleware(V2InferFastPath, state=app.state, routes=v2_router.routes)
     if settings.cors_origins:
         app.add_middleware(
             CORSMiddleware,

@@ -36,6 +36,12 @@ LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0)
 HTTP_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 PROBABILITY_BUCKETS = tuple(i / 10 for i in range(1, 11))
 
+# Which model answered (progressive delivery, churn/rollout.py): the champion (@production)
+# or the challenger (its canary share).
+ROLES = ("champion", "challenger")
+ROLLOUT_STAGES = ("shadow", "canary", "promoted", "rejected", "rolled_back")
+ROLLBACK_REASONS = ("error_ratio", "latency", "high_risk")
+
 
 # Below this many values a plain observe() per value is cheaper than the numpy round trip.
 _AGGREGATE_FROM = 16
@@ -75,25 +81,71 @@ class Metrics:
         r = self.registry = CollectorRegistry(auto_describe=True)
         # outcome="success" | "error" (a validated request whose prediction failed), as
         # the dashboards and alerts people copy expect; the decision split is its own metric.
+        # role: the model that answered ("champion" | "challenger"), for every metric below
+        # that counts answers.
         self.predictions = Counter(
             "predictions_total",
-            "Predictions by outcome: success (answered) or error (validated, then failed)",
-            ["outcome"],
+            "Predictions by outcome: success (answered) or error (validated, then failed), "
+            "by the role of the model that answered",
+            ["outcome", "role"],
             registry=r,
         )
         self.decisions = Counter(
             "prediction_decisions_total",
-            "Answered predictions by decision (churn / no_churn)",
-            ["decision"],
+            "Answered predictions by decision (churn / no_churn) and role",
+            ["decision", "role"],
             registry=r,
         )
         self.high_risk = Counter(
-            "high_risk_predictions_total", "Predictions in the HIGH risk tier", registry=r
+            "high_risk_predictions_total",
+            "Predictions in the HIGH risk tier, by role",
+            ["role"],
+            registry=r,
         )
         self.latency = Histogram(
             "prediction_latency_seconds",
-            "Model call time per request (queue + inference)",
+            "Model call time per request (queue + inference), by role",
+            ["role"],
             buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        # Progressive delivery (app.rollout).
+        self.shadow = Counter(
+            "shadow_predictions_total",
+            "Rows the model that did not answer scored in shadow: success, error (it failed), "
+            "dropped (not scored for a full shadow queue, or its log record dropped)",
+            ["outcome"],
+            registry=r,
+        )
+        self.shadow_latency = Histogram(
+            "shadow_latency_seconds",
+            "The shadow model's scoring time per call (off the answer's path)",
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.canary_share = Gauge(
+            "rollout_canary_share",
+            "Share of traffic this worker lets the challenger answer now",
+            registry=r,
+            multiprocess_mode="liveall",
+        )
+        self.rollout_stage = Gauge(
+            "rollout_stage",
+            "1 for the rollout stage this worker applies (no series: no challenger)",
+            ["stage"],
+            registry=r,
+            multiprocess_mode="liveall",
+        )
+        self.rollbacks = Counter(
+            "rollout_rollbacks_total",
+            "Canaries rolled back by a guardrail of this API, by reason",
+            ["reason"],
+            registry=r,
+        )
+        self.challenger_refused = Counter(
+            "challenger_refused_total",
+            "Challenger versions refused by a worker, by reason",
+            ["reason"],
             registry=r,
         )
         self.probability = Histogram(
@@ -156,18 +208,28 @@ class Metrics:
             self.reloads.labels(result)
         for reason in ("queue_full", "write_error", "shutdown", "disabled"):
             self.dropped.labels(reason)
-        self.success = self.predictions.labels("success")
-        self.error = self.predictions.labels("error")
+        for outcome in ("success", "error", "dropped"):
+            self.shadow.labels(outcome)
+        for reason in ROLLBACK_REASONS:
+            self.rollbacks.labels(reason)
+        self.success = {role: self.predictions.labels("success", role) for role in ROLES}
+        self.error = {role: self.predictions.labels("error", role) for role in ROLES}
         self.decision = {
-            True: self.decisions.labels("churn"),
-            False: self.decisions.labels("no_churn"),
+            role: {
+                True: self.decisions.labels("churn", role),
+                False: self.decisions.labels("no_churn", role),
+            }
+            for role in ROLES
         }
+        self.high_risk_of = {role: self.high_risk.labels(role) for role in ROLES}
+        self.latency_of = {role: self.latency.labels(role) for role in ROLES}
         self._http: dict[tuple[str, str, int], tuple[Any, Any]] = {}
         self._lock = threading.Lock()
         self._pending_http: dict[tuple[str, str, int], list[float]] = {}
-        self._pending_counts = [0, 0, 0, 0]  # churn, no churn, high risk, errors
+        # per role: churn, no churn, high risk, errors
+        self._pending_counts = {role: [0, 0, 0, 0] for role in ROLES}
         self._pending_probabilities: list[float] = []
-        self._pending_latencies: list[float] = []
+        self._pending_latencies: dict[str, list[float]] = {role: [] for role in ROLES}
 
     def observe_request(self, method: str, route: str, status: int, seconds: float) -> None:
         """Count one HTTP request (applied with the rest of this loop iteration's)."""
@@ -185,23 +247,33 @@ class Metrics:
         decisions: list[bool],
         high_risk: int,
         seconds: float,
+        role: str = "champion",
     ) -> None:
         """Count one call's predictions (applied with the rest of this loop iteration's)."""
         churn = sum(decisions)
         with self._lock:
-            counts = self._pending_counts
+            counts = self._pending_counts[role]
             counts[0] += churn
             counts[1] += len(decisions) - churn
             counts[2] += high_risk
             self._pending_probabilities.extend(probabilities)
-            self._pending_latencies.append(seconds)
+            self._pending_latencies[role].append(seconds)
         self._schedule()
 
-    def observe_prediction_errors(self, rows: int) -> None:
+    def observe_prediction_errors(self, rows: int, role: str = "champion") -> None:
         """Count `rows` validated predictions that failed (the model or the server)."""
         with self._lock:
-            self._pending_counts[3] += rows
+            self._pending_counts[role][3] += rows
         self._schedule()
+
+    def set_rollout(self, stage: str | None, share: float) -> None:
+        """The stage and canary share this worker applies (stage None: no challenger)."""
+        self.canary_share.set(share)
+        for name in ROLLOUT_STAGES:
+            if name == stage:
+                self.rollout_stage.labels(name).set(1)
+            else:
+                self.rollout_stage.labels(name).set(0)
 
     def count_dropped(self, reason: str, rows: int) -> None:
         """Count prediction-log records dropped for `reason`, at once (never deferred: a
@@ -219,28 +291,31 @@ class Metrics:
         """Apply every pending observation to the metrics."""
         with self._lock:
             http, self._pending_http = self._pending_http, {}
-            counts, self._pending_counts = self._pending_counts, [0, 0, 0, 0]
+            counts = self._pending_counts
+            self._pending_counts = {role: [0, 0, 0, 0] for role in ROLES}
             probabilities, self._pending_probabilities = self._pending_probabilities, []
-            latencies, self._pending_latencies = self._pending_latencies, []
+            latencies = self._pending_latencies
+            self._pending_latencies = {role: [] for role in ROLES}
         for key, durations in http.items():
             counter, histogram = self._http_children(*key)
             counter.inc(len(durations))
             observe_many(histogram, durations)
-        churn, no_churn, high_risk, errors = counts
-        if churn or no_churn:
-            self.success.inc(churn + no_churn)
-        if churn:
-            self.decision[True].inc(churn)
-        if no_churn:
-            self.decision[False].inc(no_churn)
-        if errors:
-            self.error.inc(errors)
-        if high_risk:
-            self.high_risk.inc(high_risk)
+        for role, (churn, no_churn, high_risk, errors) in counts.items():
+            if churn or no_churn:
+                self.success[role].inc(churn + no_churn)
+            if churn:
+                self.decision[role][True].inc(churn)
+            if no_churn:
+                self.decision[role][False].inc(no_churn)
+            if errors:
+                self.error[role].inc(errors)
+            if high_risk:
+                self.high_risk_of[role].inc(high_risk)
         if probabilities:
             observe_many(self.probability, probabilities)
-        if latencies:
-            observe_many(self.latency, latencies)
+        for role, seconds in latencies.items():
+            if seconds:
+                observe_many(self.latency_of[role], seconds)
 
     def _http_children(self, method: str, route: str, status: int) -> tuple[Any, Any]:
         """The labelled counter and histogram of one (method, route, status), cached."""

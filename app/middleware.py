@@ -29,7 +29,9 @@ access_log = StructuredLogger(logging.getLogger("app.access"))
 
 _VALID_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
 # Probes and scrapes: no request metrics, access lines only at DEBUG.
-QUIET_PATHS = frozenset({"/health", "/metrics", "/ready"})
+QUIET_PATHS = frozenset({"/health", "/metrics", "/ready", "/v2/health/live", "/v2/health/ready"})
+# The Open Inference Protocol's paths, whose errors read {"error": ...} (app.v2)
+V2_PREFIX = "/v2"
 
 
 def _encoded(encoding: bytes) -> dict[str, Any]:
@@ -49,6 +51,16 @@ def _header(scope: Scope, name: bytes) -> bytes | None:
         if key == name:
             return bytes(value)
     return None
+
+
+def _protocol(scope: Scope, body: dict[str, Any]) -> dict[str, Any]:
+    """An error body in the protocol of the path: {"error": ...} under /v2, else as is."""
+    path = scope.get("path", "")
+    if path == V2_PREFIX or path.startswith(V2_PREFIX + "/"):
+        rest = {key: value for key, value in body.items() if key != "detail"}
+        detail = body.get("detail")
+        return {"error": detail if isinstance(detail, str) else json.dumps(detail), **rest}
+    return body
 
 
 async def _send_json(send: Send, status: int, body: dict[str, Any], request_id: str) -> None:
@@ -99,12 +111,12 @@ class RequestMiddleware:
         try:
             if self._declared_too_large(scope):
                 state["status"] = 413
-                await _send_json(send, 413, self._too_large(), request_id)
+                await _send_json(send, 413, _protocol(scope, self._too_large()), request_id)
                 return
             encoding = _header(scope, b"content-encoding")
             if encoding is not None and encoding.strip().lower() not in (b"", b"identity"):
                 state["status"] = 415
-                await _send_json(send, 415, _encoded(encoding), request_id)
+                await _send_json(send, 415, _protocol(scope, _encoded(encoding)), request_id)
                 return
             await self._call(scope, receive, send, state, request_id)
         finally:
@@ -152,7 +164,7 @@ class RequestMiddleware:
             if state["started"]:
                 raise
             state["status"] = 413
-            await _send_json(send, 413, self._too_large(), request_id)
+            await _send_json(send, 413, _protocol(scope, self._too_large()), request_id)
         except ClientDisconnect:
             state["status"] = 499  # the client went away mid-request: nothing to answer
         except Exception:
@@ -161,9 +173,8 @@ class RequestMiddleware:
             if state["started"]:
                 raise
             state["status"] = 500
-            await _send_json(
-                send, 500, {"detail": "internal error", "request_id": request_id}, request_id
-            )
+            body = {"detail": "internal error", "request_id": request_id}
+            await _send_json(send, 500, _protocol(scope, body), request_id)
 
     def _finish(self, scope: Scope, state: dict[str, Any], started: float) -> None:
         elapsed = time.perf_counter() - started

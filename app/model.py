@@ -15,9 +15,10 @@ from typing import Any
 
 import numpy as np
 
-from app.batcher import Row
+from app.batcher import Row, columns_of
 from app.codec import Reinterpretation, RequestCodec
 from app.settings import Settings
+from app.v2_codec import V2Codec
 from churn.bundle import BundleError, ModelBundle, load_bundle
 from churn.explain import Explainer, Explanations, NotExplainable, checked_explainer
 from churn.inference import BackendError, Predictor, choose_predictor
@@ -46,6 +47,10 @@ class Answers:
     warnings: list[tuple[Reinterpretation, ...] | None] = field(default_factory=list)
     # per row, the contributions to the probability, when explanations were asked for
     explanations: Explanations | None = None
+    # Progressive delivery (app.rollout): who answered. `versions` is None when the model
+    # whose codec encodes the answers answered every row; otherwise one version per row.
+    role: str = "champion"  # "champion", "challenger" or "mixed" (a batch split by routing)
+    versions: list[str] | None = None
 
     def __len__(self) -> int:
         return len(self.probabilities)
@@ -59,6 +64,16 @@ class Answers:
             self.warnings[part],
             None if self.explanations is None else self.explanations[part],
         )
+
+    @property
+    def version(self) -> str | None:
+        """The one version that answered every row; None when it is the encoding model's
+        (`versions` is None) or when the rows were split between two models."""
+        versions = self.versions
+        if not versions:
+            return None
+        first = versions[0]
+        return first if all(v == first for v in versions) else None
 
     @property
     def warned(self) -> bool:
@@ -158,6 +173,8 @@ class ServedModel:
     # decodes this model's requests and encodes its answers (both transports use it)
     codec: RequestCodec
     checks: InputChecks
+    # the same for the Open Inference Protocol (app.v2)
+    v2: V2Codec
     backend_reason: str = ""
     # exact per-feature contributions (churn.explain); None with the reason when unavailable
     explainer: Explainer | None = None
@@ -184,13 +201,12 @@ class ServedModel:
             raise NotExplainable(self.unexplainable or "no explainer was built for it")
         return replace(answers, explanations=self.explainer.explain(answers.columns))
 
-    def predict_rows(self, rows: list[Row]) -> Answers:
+    def predict_rows(self, rows: Sequence[Row]) -> Answers:
         """Answers for rows in feature order (runs on the inference thread). The columns are
         prepared once (churn.data.prepare_columns), scored, checked for reinterpreted values
-        and logged as the model saw them (missing values as null)."""
-        prepared = self.predictor.prepare(
-            {name: [row[name] for row in rows] for name in self.schema.names}
-        )
+        and logged as the model saw them (missing values as null). Columnar rows
+        (app.batcher.ColumnRows) are taken as the columns they are."""
+        prepared = self.predictor.prepare(columns_of(rows, self.schema.names))
         probabilities = self.predictor.predict_prepared(prepared)
         return Answers(
             probabilities=np.round(probabilities, PROBABILITY_DECIMALS).tolist(),
@@ -312,4 +328,5 @@ def load_model(settings: Settings) -> ServedModel:
         checks=InputChecks.from_schema(schema),
         explainer=explainer,
         unexplainable=unexplainable,
+        v2=V2Codec(schema, settings.max_batch_size, bundle.name, bundle.version),
     )

@@ -25,6 +25,7 @@ from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, TypeAdapter
 
 from app.schemas import FeedbackRequest
+from app.v2 import INFER_PATHS, InferenceRequest, document_example
 
 REF = "#/components/schemas/{model}"
 
@@ -40,13 +41,15 @@ def _reference(model_type: Any, components: dict[str, Any]) -> dict[str, Any]:
     return {"$ref": REF.format(model=model_type.__name__)}
 
 
-def _set_body(document: dict[str, Any], path: str, schema: dict[str, Any]) -> None:
+def _set_body(
+    document: dict[str, Any], path: str, schema: dict[str, Any], example: Any = None
+) -> None:
     operation = document["paths"].get(path, {}).get("post")
     if operation is not None:
-        operation["requestBody"] = {
-            "required": True,
-            "content": {"application/json": {"schema": schema}},
-        }
+        media: dict[str, Any] = {"schema": schema}
+        if example is not None:
+            media["example"] = example
+        operation["requestBody"] = {"required": True, "content": {"application/json": media}}
 
 
 def custom_openapi(app: FastAPI) -> Callable[[], dict[str, Any]]:
@@ -69,6 +72,10 @@ def custom_openapi(app: FastAPI) -> Callable[[], dict[str, Any]]:
             loose = {"type": "object", "description": "available once a model is loaded"}
             _set_body(document, "/predict", loose)
             _set_body(document, "/predict/batch", loose)
+        v2_body = _reference(InferenceRequest, components)
+        example = document_example(model)
+        for path in INFER_PATHS:
+            _set_body(document, path, v2_body, example)
         feedback = _reference(FeedbackRequest, components)
         _set_body(document, "/feedback", feedback)
         _set_body(document, "/feedback/batch", {"type": "array", "items": feedback})

@@ -9,7 +9,7 @@ with these types and formats the answers that `PredictionResponse` documents.
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, NotRequired
 
 from pydantic import BaseModel, ConfigDict, Field, create_model
 from typing_extensions import TypedDict
@@ -17,6 +17,9 @@ from typing_extensions import TypedDict
 from churn.schema import FeatureSchema, FeatureSpec
 
 MAX_CATEGORY_LENGTH = 1000
+# The optional routing key of a customer (app.rollout): not a feature.
+ROUTING_FIELD = "customer_id"
+MAX_ROUTING_KEY_LENGTH = 200
 # ONNX Runtime computes in float32: larger numbers would overflow to infinity.
 FLOAT32_MAX = 3.4e38
 
@@ -87,6 +90,13 @@ def _field(spec: FeatureSpec) -> tuple[Any, Any]:
     return kind, info
 
 
+def feature_type(spec: FeatureSpec) -> Any:
+    """One feature's value type with its constraints (what a customer's field is validated
+    with; the Open Inference Protocol validates each tensor element with it too)."""
+    kind, info = _field(spec)
+    return Annotated[kind, info]
+
+
 def _describe_numeric(spec: FeatureSpec) -> str:
     bounds = []
     if spec.min is not None:
@@ -109,10 +119,18 @@ def customer_type(schema: FeatureSchema) -> Any:
     """One customer as a TypedDict, fields in the schema's feature order: validated in
     pydantic-core (Rust) straight from the JSON bytes into a plain dict, and documented in
     OpenAPI as the ``Customer`` schema."""
-    fields = {}
-    for spec in schema.features:
-        kind, info = _field(spec)
-        fields[spec.name] = Annotated[kind, info]
+    fields: dict[str, Any] = {spec.name: feature_type(spec) for spec in schema.features}
+    if ROUTING_FIELD not in fields:
+        fields[ROUTING_FIELD] = NotRequired[
+            Annotated[
+                Annotated[str, Field(min_length=1, max_length=MAX_ROUTING_KEY_LENGTH)] | int,
+                Field(
+                    description="optional: who the customer is, a string or an integer. It "
+                    "routes the customer to the same model every time during a canary "
+                    "rollout; not a feature (the model never sees it)"
+                ),
+            ]
+        ]
     customer = _typed_dict("Customer", fields)
     customer.__pydantic_config__ = ConfigDict(
         **REQUEST_CONFIG, json_schema_extra={"examples": [example_customer(schema)]}
@@ -288,3 +306,16 @@ class ReloadResponse(BaseModel):
 
 class ErrorResponse(BaseModel):
     detail: Any
+
+
+class WebhookResponse(BaseModel):
+    """The answer to an MLflow webhook delivery."""
+
+    status: Literal["reloaded", "unchanged", "ignored"]
+    event: str
+    delivery_id: str
+    reason: str | None = Field(default=None, description="Why an event was ignored")
+    model_version: str | None = None
+    previous_version: str | None = None
+    generation: int | None = Field(default=None, description="The reload generation asked")
+    all_workers_swapped: bool | None = None

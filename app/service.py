@@ -8,9 +8,10 @@ serving and the reason is returned, logged and counted.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
@@ -21,8 +22,10 @@ from app.batcher import MicroBatcher, Row
 from app.ids import RandomHex
 from app.metrics import Metrics
 from app.model import Answers, ServedModel, load_model
+from app.rollout import Rollout, challenger_rows, routing_keys
 from app.settings import Settings
 from app.source import STILL_LOADING, Release, describe, failure_reason, served_release
+from churn.explain import Explanations
 from churn.prediction_log import (
     PredictionBatch,
     PredictionLogWriter,
@@ -34,6 +37,9 @@ from churn.prediction_log import (
 from churn.redact import redact
 
 logger = logging.getLogger("app.service")
+
+CHAMPION_ROLE = "champion"
+CHALLENGER_ROLE = "challenger"
 
 
 class ModelNotReadyError(RuntimeError):
@@ -85,6 +91,8 @@ class ModelService:
         # what the served model stands for (its alias) and when it was swapped in
         self.release: Release | None = None
         self.loaded_at: float | None = None
+        # the challenger beside the champion (progressive delivery)
+        self.rollout = Rollout(settings, metrics, log_writer)
         self._reload_lock = asyncio.Lock()
         self._inflight: asyncio.Future[ServedModel] | None = None
 
@@ -92,12 +100,14 @@ class ModelService:
 
     def start(self) -> None:
         self.batcher.start()
+        self.rollout.start()
         if self.log_writer is not None:
             self.log_writer.start()
 
     def stop(self) -> None:
         self.batcher.stop()
         self._explainer.shutdown(wait=True, cancel_futures=True)
+        self.rollout.stop()  # its last shadow scores go to the log before it closes
         if self.log_writer is not None:
             self.log_writer.close()
 
@@ -178,12 +188,98 @@ class ModelService:
     # ------------------------------------------------------------------ prediction
 
     async def answer(
-        self, model: ServedModel, rows: list[Row], explain: bool = False
+        self,
+        model: ServedModel,
+        rows: Sequence[Row],
+        routing_key: str | None = None,
+        explain: bool = False,
     ) -> tuple[Answers, list[str]]:
         """Answers and new prediction ids for `rows` (validated by the model's codec), in
         order; logged and counted (categories unseen in training too, as the model saw them).
-        With `explain` (the codec checked the model can) each answer carries its explanation;
-        the prediction is logged exactly as without, and the explained rows are counted."""
+
+        With a challenger (app.rollout): in shadow the champion answers and the challenger
+        scores the same rows after the answer; in canary each row goes to the model its
+        routing key picks (``routing_key``: the request's X-Routing-Key), and
+        ``answers.role`` / ``answers.versions`` say who answered.
+
+        With `explain` (the codec checked the champion can) each answer carries its
+        explanation by the model that answered it; the prediction is logged exactly as
+        without, and the explained rows are counted. A challenger that cannot explain does not
+        answer explained requests in canary (the champion does): never a guess, never a
+        challenger error."""
+        challenger = self.rollout.current
+        if challenger is None or challenger.model is None:
+            answers, batch_id, ids = await self._score(model, rows, CHAMPION_ROLE, explain)
+            return answers, ids
+        if challenger.shadowing:
+            answers, batch_id, ids = await self._score(model, rows, CHAMPION_ROLE, explain)
+            self.rollout.shadow.submit(challenger.model, rows, batch_id, model.version)
+            return answers, ids
+        share = challenger.share
+        if share <= 0.0 or (explain and challenger.model.explainer is None):
+            answers, batch_id, ids = await self._score(model, rows, CHAMPION_ROLE, explain)
+            return answers, ids
+        picked = challenger_rows(routing_keys(rows, routing_key, model.schema.names), share)
+        chosen = [row for row, p in zip(rows, picked, strict=True) if p]
+        if not chosen:
+            answers, batch_id, ids = await self._canary_champion(model, rows, explain)
+            return answers, ids
+        if len(chosen) == len(rows):
+            answers, ids = await self._canary_challenger(model, challenger.model, rows, explain)
+            return answers, ids
+        others = [row for row, p in zip(rows, picked, strict=True) if not p]
+        (mine, my_ids), (theirs, _, their_ids) = await asyncio.gather(
+            self._canary_challenger(model, challenger.model, chosen, explain),
+            self._canary_champion(model, others, explain),
+        )
+        return _interleave(picked, mine, my_ids, theirs, their_ids, model.version)
+
+    async def _canary_champion(
+        self, model: ServedModel, rows: Sequence[Row], explain: bool = False
+    ) -> tuple[Answers, str, list[str]]:
+        started = time.perf_counter()
+        answers, batch_id, ids = await self._score(model, rows, CHAMPION_ROLE, explain)
+        high = answers.tiers.count("HIGH")
+        self.rollout.observe(False, len(rows), high, 0, time.perf_counter() - started)
+        return answers, batch_id, ids
+
+    async def _canary_challenger(
+        self,
+        champion: ServedModel,
+        challenger: ServedModel,
+        rows: Sequence[Row],
+        explain: bool = False,
+    ) -> tuple[Answers, list[str]]:
+        """The challenger answers `rows`; the champion scores them in shadow (paired). When
+        the challenger fails, the champion answers them instead: a challenger error (it
+        feeds the error-ratio guardrail), never a failed request."""
+        started = time.perf_counter()
+        try:
+            answers, batch_id, ids = await self._score(challenger, rows, CHALLENGER_ROLE, explain)
+        except Exception as exc:
+            logger.warning(
+                "challenger version %s failed on %d row(s) (%s); the champion answers them",
+                challenger.version,
+                len(rows),
+                describe(exc),
+            )
+            self.rollout.observe(True, 0, 0, len(rows), time.perf_counter() - started)
+            answers, batch_id, ids = await self._canary_champion(champion, rows, explain)
+            return answers, ids
+        elapsed = time.perf_counter() - started
+        self.rollout.observe(True, len(rows), answers.tiers.count("HIGH"), 0, elapsed)
+        self.rollout.shadow.submit(champion, rows, batch_id, challenger.version)
+        return (
+            dataclasses.replace(
+                answers, role=CHALLENGER_ROLE, versions=[challenger.version] * len(rows)
+            ),
+            ids,
+        )
+
+    async def _score(
+        self, model: ServedModel, rows: Sequence[Row], role: str, explain: bool = False
+    ) -> tuple[Answers, str, list[str]]:
+        """One model's answers for `rows`: counted under `role` and logged as one batch."""
         started = time.perf_counter()
         try:
             answers: Answers = await self.batcher.predict(model, rows)
@@ -194,13 +290,13 @@ class ModelService:
                     self._explainer, model.explain_answers, answers
                 )
         except Exception:
-            self.metrics.observe_prediction_errors(len(rows))
+            self.metrics.observe_prediction_errors(len(rows), role)
             raise
         batch_id = self._ids.batch_id()
         ids = prediction_ids(batch_id, len(rows))
         tiers = answers.tiers
         self.metrics.observe_predictions(
-            answers.probabilities, answers.decisions, tiers.count("HIGH"), elapsed
+            answers.probabilities, answers.decisions, tiers.count("HIGH"), elapsed, role
         )
         if answers.warned:
             for name, count in answers.unknown_categories().items():
@@ -208,7 +304,7 @@ class ModelService:
         if explain:
             self.metrics.explained.inc(len(rows))
         self._log(model, answers, batch_id)
-        return answers, ids
+        return answers, batch_id, ids
 
     def _log(self, model: ServedModel, answers: Answers, batch_id: str) -> None:
         """Hand the answers to the log writer; with the log disabled they are counted as
@@ -255,6 +351,60 @@ class ModelService:
             raise FeedbackUnavailableError(
                 f"the prediction log store is unavailable ({type(exc).__name__}); retry later"
             ) from None
+
+
+def _interleave(
+    picked: list[bool],
+    mine: Answers,
+    my_ids: list[str],
+    theirs: Answers,
+    their_ids: list[str],
+    champion_version: str,
+) -> tuple[Answers, list[str]]:
+    """One batch's answers in request order from the challenger's rows (`picked`) and the
+    champion's; each row says which version answered."""
+    assert mine.versions is not None
+    parts = {True: (mine, my_ids, mine.versions), False: (theirs, their_ids, None)}
+    position = {True: 0, False: 0}
+    probabilities, decisions, tiers, ids, versions = [], [], [], [], []
+    warnings: list[Any] = []
+    warned = mine.warned or theirs.warned
+    for p in picked:
+        answers, part_ids, part_versions = parts[p]
+        i = position[p]
+        position[p] = i + 1
+        probabilities.append(answers.probabilities[i])
+        decisions.append(answers.decisions[i])
+        tiers.append(answers.tiers[i])
+        ids.append(part_ids[i])
+        versions.append(part_versions[i] if part_versions is not None else champion_version)
+        if warned:
+            warnings.append(answers.warnings[i] if answers.warnings else None)
+    columns: dict[str, list[Any]] = {}
+    if mine.columns and theirs.columns:  # same schema: a challenger with another is refused
+        columns = {
+            name: _pick(picked, mine.columns[name], theirs.columns[name]) for name in mine.columns
+        }
+    explanations = None
+    if mine.explanations is not None and theirs.explanations is not None:
+        explanations = Explanations.interleave(picked, mine.explanations, theirs.explanations)
+    merged = Answers(
+        probabilities,
+        decisions,
+        tiers,
+        columns=columns,
+        warnings=warnings,
+        explanations=explanations,
+        role="mixed",
+        versions=versions,
+    )
+    return merged, ids
+
+
+def _pick(picked: list[bool], mine: Any, theirs: Any) -> list[Any]:
+    """One column in request order from the challenger's rows (`picked`) and the champion's."""
+    mine_it, theirs_it = iter(mine), iter(theirs)
+    return [next(mine_it) if p else next(theirs_it) for p in picked]
 
 
 def _consume(future: asyncio.Future[Any]) -> None:

@@ -51,6 +51,28 @@ class Settings(BaseSettings):
         description="seconds between checks of the model source for a new version; 0 disables "
         "the watcher",
     )
+    rollout_enabled: bool = Field(
+        default=True,
+        description="with `MODEL_URI`: follow `@challenger` and its rollout record on each "
+        "watcher tick (shadow scoring, canary share, guardrails; needs `MODEL_WATCH_INTERVAL` "
+        "> 0)",
+    )
+    shadow_queue_size: int = Field(
+        default=10_000,
+        ge=1,
+        description="rows waiting for the challenger's shadow scoring (and shadow scores "
+        "waiting for the log), at most; beyond it they are counted "
+        '`shadow_predictions_total{outcome="dropped"}`, never waited for',
+    )
+    shadow_max_time_share: float = Field(
+        default=0.2,
+        gt=0.0,
+        le=1.0,
+        description="largest share of a worker's time the challenger's shadow scoring may "
+        "take (seconds of scoring per second, averaged over a second); beyond it shadow rows "
+        "are dropped and counted, so at saturation shadow scores a sample instead of slowing "
+        "the answers",
+    )
     model_required: bool = Field(
         default=False,
         description="with a bundle on disk (no `MODEL_URI`): refuse to start when it cannot be "
@@ -119,10 +141,16 @@ class Settings(BaseSettings):
         description="write the prediction log (off: every prediction is counted dropped)",
     )
     prediction_log_queue_size: int = Field(
-        default=10_000, ge=1, description="predictions waiting for the log writer, at most"
+        default=50_000,
+        ge=1,
+        description="predictions waiting for the log writer, at most (50 requests of 1,000 "
+        "rows: a fraction of a second of batch traffic)",
     )
     prediction_log_batch_size: int = Field(
-        default=500, ge=1, description="predictions per write to the store"
+        default=500,
+        ge=1,
+        description="predictions queued that start a write before the flush interval (a "
+        "write takes all that is queued)",
     )
     prediction_log_flush_interval: float = Field(
         default=0.5, gt=0.0, description="seconds between writes of a partial batch"
@@ -147,6 +175,33 @@ class Settings(BaseSettings):
     admin_token: SecretStr | None = Field(
         default=None, description="bearer token for `/admin/reload`; unset disables it"
     )
+    # Registry webhooks (app.webhook): MLflow calls POST /hooks/mlflow when an alias moves.
+    webhook_enabled: bool = Field(
+        default=False,
+        description="serve `POST /hooks/mlflow` for MLflow registry webhooks (needs `MODEL_URI` "
+        "with an alias and a secret); polling stays the fallback",
+    )
+    webhook_secret: SecretStr | None = Field(
+        default=None,
+        description="the webhook's HMAC secret (at least 16 bytes), as given to "
+        "`python -m app.webhook register`; never logged",
+    )
+    webhook_secret_file: Path | None = Field(
+        default=None, description="a file holding the webhook secret (instead of the secret)"
+    )
+    webhook_aliases: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="comma-separated aliases whose moves reload the API; empty: the served "
+        "alias and `challenger`",
+    )
+    webhook_tolerance: float = Field(
+        default=300.0,
+        gt=0.0,
+        description="seconds a delivery's `X-MLflow-Timestamp` may be from now; further is "
+        "refused (401) as a replay",
+    )
+    _webhook_secret: bytes | None = PrivateAttr(default=None)
+
     cors_origins: Annotated[list[str], NoDecode] = Field(
         default_factory=list,
         description="comma-separated origins; `*` refused unless `ENVIRONMENT=development`",
@@ -196,7 +251,7 @@ class Settings(BaseSettings):
         description="`production` requires a signing key; `development` allows `CORS_ORIGINS=*`",
     )
 
-    @field_validator("cors_origins", mode="before")
+    @field_validator("cors_origins", "webhook_aliases", mode="before")
     @classmethod
     def _split_origins(cls, value: object) -> object:
         if isinstance(value, str):
@@ -208,7 +263,14 @@ class Settings(BaseSettings):
     def _upper(cls, value: object) -> object:
         return value.upper() if isinstance(value, str) else value
 
-    @field_validator("admin_token", "bundle_signing_key", "bundle_signing_key_file", mode="before")
+    @field_validator(
+        "admin_token",
+        "bundle_signing_key",
+        "bundle_signing_key_file",
+        "webhook_secret",
+        "webhook_secret_file",
+        mode="before",
+    )
     @classmethod
     def _empty_is_none(cls, value: object) -> object:
         return None if value == "" else value
@@ -239,7 +301,40 @@ class Settings(BaseSettings):
                 f"MODEL_URI={self.model_uri!r} is not a models:/<name>@<alias> URI; "
                 "for a bundle on disk set MODEL_PATH instead"
             )
+        self._webhook_secret = self._read_webhook_secret() if self.webhook_enabled else None
         return self
+
+    def _read_webhook_secret(self) -> bytes:
+        """WEBHOOK_SECRET or WEBHOOK_SECRET_FILE, read once at start; what the webhook needs
+        is checked here so a misconfigured pod fails at start, not at the first delivery."""
+        from app.webhook import MIN_SECRET_BYTES
+
+        if self.model_uri is None or "@" not in self.model_uri:
+            raise ValueError(
+                "WEBHOOK_ENABLED=true needs MODEL_URI=models:/<name>@<alias>: webhooks announce "
+                "alias moves (a bundle on disk is followed by MODEL_WATCH_INTERVAL)"
+            )
+        if self.webhook_secret is not None and self.webhook_secret_file is not None:
+            raise ValueError("set WEBHOOK_SECRET or WEBHOOK_SECRET_FILE, not both")
+        if self.webhook_secret is not None:
+            secret = self.webhook_secret.get_secret_value().encode()
+            source = "WEBHOOK_SECRET"
+        elif self.webhook_secret_file is not None:
+            try:
+                secret = self.webhook_secret_file.read_bytes().strip()
+            except OSError as exc:
+                raise ValueError(
+                    f"WEBHOOK_SECRET_FILE={self.webhook_secret_file}: cannot read it "
+                    f"({exc.strerror})"
+                ) from None
+            source = "WEBHOOK_SECRET_FILE"
+        else:
+            raise ValueError("WEBHOOK_ENABLED=true needs WEBHOOK_SECRET or WEBHOOK_SECRET_FILE")
+        if len(secret) < MIN_SECRET_BYTES:
+            raise ValueError(
+                f"{source}: the webhook secret must be at least {MIN_SECRET_BYTES} bytes"
+            )
+        return secret
 
     def _read_signing_key(self) -> SigningKey | None:
         """The key, read once at start (a missing key file fails here, not at first load)."""
@@ -258,6 +353,11 @@ class Settings(BaseSettings):
     def signing_key(self) -> SigningKey | None:
         """The bundle signing key (None: bundles load unverified, development only)."""
         return self._signing_key
+
+    @property
+    def webhook_secret_bytes(self) -> bytes | None:
+        """The webhook secret (None: the webhook endpoint is off)."""
+        return self._webhook_secret
 
     @property
     def admin_enabled(self) -> bool:

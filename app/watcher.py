@@ -1,4 +1,4 @@
-"""Registry (or disk) watcher: reload when the production model changes.
+"""Registry (or disk) watcher: reload when the production model changes, follow the rollout.
 
 Every MODEL_WATCH_INTERVAL seconds it asks which version ``models:/<name>@<alias>`` resolves
 to (or, for MODEL_PATH, what the bundle's metadata says) and reloads when that is not what
@@ -6,7 +6,7 @@ this worker serves. A version that failed to load is not retried until the sourc
 again, unless it failed because the registry was unreachable: an outage (the tracking server
 stopped mid-reload) says nothing about the version, so the next tick tries again. Each tick
 also re-checks that the served version is its alias's target (the ``model_alias_mismatch``
-gauge).
+gauge), and follows ``@challenger`` and its rollout record (app.rollout).
 """
 
 from __future__ import annotations
@@ -94,3 +94,7 @@ async def watch(lifecycle: ModelLifecycle, interval: float) -> None:
                 # not tried again; a registry outage is (each try is one bounded request).
                 failed = None if exc.reason == REGISTRY_UNREACHABLE else attempt
         await lifecycle.check_alias()
+        served = lifecycle.service.model
+        if served is not None:
+            # @challenger and its record: a record change applies without loading anything
+            await lifecycle.service.rollout.sync(served)

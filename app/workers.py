@@ -109,6 +109,15 @@ class StateDir:
             )
         return generation
 
+    def write_extra(self, name: str, payload: dict[str, Any]) -> None:
+        """Replace a small shared JSON file of this directory (e.g. the rollout's rollback,
+        app.rollout) atomically."""
+        _write_json(self.root / name, payload)
+
+    def read_extra(self, name: str) -> dict[str, Any] | None:
+        """A shared JSON file written by `write_extra`; None when absent or unreadable."""
+        return _read_json(self.root / name)
+
     def write(self, record: WorkerRecord) -> None:
         _write_json(self.workers / f"{record.pid}.json", record.public())
 

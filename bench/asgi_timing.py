@@ -1,5 +1,6 @@
-"""A quick in-process throughput check of POST /predict and /predict/batch through the whole
-ASGI stack (middleware, fast path or route, micro-batcher, prediction log), no sockets.
+"""A quick in-process throughput check of POST /predict, /predict/batch and the Open Inference
+Protocol's infer (one row, and `--batch` rows) through the whole ASGI stack (middleware, fast
+path or route, micro-batcher, prediction log), no sockets.
 
 Not part of ``make bench`` (which measures over HTTP); it answers "did a change to the request
 path cost throughput?" in a few seconds::
@@ -94,6 +95,16 @@ async def _rate(
     return rate, 1e6 * (time.process_time() - cpu) / max(done, 1)
 
 
+def _v2_body(app: Any, rows: int) -> tuple[str, bytes]:
+    """The served model's V2 infer path and a request of `rows` copies of CUSTOMER."""
+    codec = app.state.service.model.v2
+    inputs = [
+        {"name": name, "shape": [rows], "datatype": dt, "data": [CUSTOMER[name]] * rows}
+        for name, dt in codec.datatypes.items()
+    ]
+    return f"/v2/models/{codec.model_name}/infer", json.dumps({"inputs": inputs}).encode()
+
+
 async def run(model: Path, seconds: float, rounds: int, batch: int) -> dict[str, Any]:
     with tempfile.TemporaryDirectory() as tmp:
         settings = Settings(
@@ -111,8 +122,14 @@ async def run(model: Path, seconds: float, rounds: int, batch: int) -> dict[str,
             "predict_cpu_us": [],
             f"batch{batch}_rows_per_s": [],
             f"batch{batch}_cpu_us_per_row": [],
+            "v2_rps": [],
+            "v2_cpu_us": [],
+            f"v2_{batch}_rows_per_s": [],
+            f"v2_{batch}_cpu_us_per_row": [],
         }
         async with app.router.lifespan_context(app):
+            v2_path, v2_single = _v2_body(app, 1)
+            _, v2_many = _v2_body(app, batch)
             await _rate(app, "/predict", single, 0.5, 8)  # warm-up
             await _rate(app, "/predict/batch", many, 0.5, 2)
             for _ in range(rounds):
@@ -122,6 +139,12 @@ async def run(model: Path, seconds: float, rounds: int, batch: int) -> dict[str,
                 rps, cpu = await _rate(app, "/predict/batch", many, seconds, 2)
                 out[f"batch{batch}_rows_per_s"].append(rps * batch)
                 out[f"batch{batch}_cpu_us_per_row"].append(cpu / batch)
+                rps, cpu = await _rate(app, v2_path, v2_single, seconds, 8)
+                out["v2_rps"].append(rps)
+                out["v2_cpu_us"].append(cpu)
+                rps, cpu = await _rate(app, v2_path, v2_many, seconds, 2)
+                out[f"v2_{batch}_rows_per_s"].append(rps * batch)
+                out[f"v2_{batch}_cpu_us_per_row"].append(cpu / batch)
         return {k: round(statistics.median(v), 1) for k, v in out.items()}
 
 

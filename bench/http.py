@@ -11,7 +11,7 @@ import os
 import sys
 import time
 import urllib.request
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -38,17 +38,34 @@ class HttpConfig:
 
 @dataclass(frozen=True)
 class Bodies:
-    """Request bodies on disk (wrk sends a file): one customer and batches, in each format."""
+    """Request bodies on disk (wrk sends a file): one customer and batches, in each format
+    ("v2": an Open Inference Protocol request, one tensor per feature of `v2_types`)."""
 
     directory: Path
     customers: list[dict[str, Any]]
+    v2_model: str = ""  # the served model's name: its V2 infer path
+    v2_types: dict[str, str] = field(default_factory=dict)  # feature -> tensor datatype
 
     def path(self, fmt: str, rows: int) -> Path:
         path = self.directory / f"body_{fmt}_{rows}.json"
         if not path.exists():
             chosen = [self.customers[i % len(self.customers)] for i in range(rows)]
-            if fmt == "mlflow":
-                payload: Any = {"dataframe_records": chosen}
+            if fmt == "v2":
+                payload: Any = {
+                    "inputs": [
+                        {
+                            "name": name,
+                            "shape": [rows],
+                            "datatype": datatype,
+                            "data": [
+                                int(c[name]) if datatype == "INT64" else c[name] for c in chosen
+                            ],
+                        }
+                        for name, datatype in self.v2_types.items()
+                    ]
+                }
+            elif fmt == "mlflow":
+                payload = {"dataframe_records": chosen}
             elif fmt == "service" and rows > 1:
                 payload = {"customers": chosen}
             else:
@@ -237,6 +254,23 @@ def explain_latency(server: RunningServer, bodies: Bodies, cfg: HttpConfig) -> d
     return out
 
 
+def v2_throughput(server: RunningServer, bodies: Bodies, cfg: HttpConfig) -> dict[str, Any]:
+    """The Open Inference Protocol's infer: one row per call under /predict's load (its
+    connections), and 1,000 rows per call under the batch load, on the same server."""
+    url = server.url(f"/v2/models/{bodies.v2_model}/infer")
+    out: dict[str, Any] = {}
+    for size, connections in ((1, cfg.connections), (1000, cfg.batch_connections)):
+        body = bodies.path("v2", size)
+        if cfg.warmup_s > 0:
+            loadgen.run_load(loadgen.Load(url, connections, 1.0, body), cfg.load_cpu)
+        result = _measure(server, loadgen.Load(url, connections, cfg.duration_s, body), cfg)
+        result["rows_per_call"] = size
+        result["connections"] = connections
+        result["rows_per_s"] = result["rps"] * size if result["errors"] == 0 else 0.0
+        out[str(size)] = result
+    return out
+
+
 def measure_server(
     spec: ServerSpec, bodies: Bodies, cfg: HttpConfig, log_dir: Path, sections: set[str]
 ) -> dict[str, Any]:
@@ -255,6 +289,9 @@ def measure_server(
         if "explain" in sections and spec.name == "service":
             say(f"{spec.label}: ?explain=true vs plain, 1 row at light load and batches")
             result["explain"] = explain_latency(server, bodies, cfg)
+        if "v2" in sections and spec.name == "service" and bodies.v2_model:
+            say(f"{spec.label}: Open Inference Protocol infer, 1 and 1,000 rows per call")
+            result["v2"] = v2_throughput(server, bodies, cfg)
         result["memory"] = resident_memory(server.process.pid)
         if spec.name == "service":
             # every load above (warm-ups included) was logged, or dropped and counted here

@@ -34,6 +34,7 @@ class Load:
     seconds: float
     body: Path | None = None
     timeout_s: float = 30.0
+    routing_keys: int = 0  # > 0: an X-Routing-Key header cycling over this many customers
 
 
 def wrk_binary() -> str:
@@ -56,7 +57,11 @@ def start_wrk(load: Load, cpu: int | None) -> subprocess.Popen[str]:
         str(SCRIPT),
         load.url,
     ]
-    env = {"BENCH_BODY_FILE": str(load.body) if load.body else "", "PATH": "/usr/bin:/bin"}
+    env = {
+        "BENCH_BODY_FILE": str(load.body) if load.body else "",
+        "BENCH_ROUTING_KEYS": str(load.routing_keys),
+        "PATH": "/usr/bin:/bin",
+    }
     return subprocess.Popen(
         pinned(argv, cpu), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env
     )

@@ -78,6 +78,7 @@ def ratios(results: dict[str, Any]) -> dict[str, Any]:
         out[f"explain_batch_{explain['batch_rows']}_rows_per_s_plain_over_explained"] = _div(
             explain["batch_plain"]["rows_per_s"], explain["batch_explained"]["rows_per_s"]
         )
+    out.update(_v2_ratios(ours))
     timings = results.get("inprocess", {}).get("timings", {})
     for backend in FAST_BACKENDS:
         for size, fast in timings.get(backend, {}).items():
@@ -86,6 +87,11 @@ def ratios(results: dict[str, Any]) -> dict[str, Any]:
                 out[f"inprocess_{size}_sklearn_over_{backend}_time"] = _div(
                     sklearn["median_ms"], fast["median_ms"]
                 )
+    webhook = results.get("webhook")
+    if webhook:
+        out["alias_move_polling_over_webhook_time"] = _div(
+            webhook["polling"]["median_s"], webhook["webhook"]["median_s"]
+        )
     for size, forest in timings.get("forest", {}).items():
         onnx = timings.get("onnx", {}).get(size)
         if onnx:
@@ -96,6 +102,29 @@ def ratios(results: dict[str, Any]) -> dict[str, Any]:
 
 
 FAST_BACKENDS = ("forest", "onnx")
+
+
+def _v2_ratios(ours: dict[str, Any] | None) -> dict[str, Any]:
+    """The Open Inference Protocol against the JSON API on the same server, same run: one row
+    per call against /predict (throughput, and server CPU per request: /predict's over V2's,
+    so above 1 means V2 is cheaper), 1,000 rows per call against /predict/batch."""
+    v2 = (ours or {}).get("v2") or {}
+    out: dict[str, Any] = {}
+    if not ours or not v2:
+        return out
+    single, predict = v2.get("1"), ours.get("predict")
+    if single and predict:
+        out["v2_1_rps_over_predict"] = _div(single["rps"], predict["rps"])
+        out["v2_1_cpu_per_request_predict_over_v2"] = _div(
+            predict.get("server_cpu_ms_per_request"), single.get("server_cpu_ms_per_request")
+        )
+    many, batch = v2.get("1000"), (ours.get("batch") or {}).get("1000")
+    if many and batch:
+        out["v2_1000_rows_per_s_over_batch"] = _div(many["rows_per_s"], batch["rows_per_s"])
+        out["v2_1000_cpu_per_call_batch_over_v2"] = _div(
+            batch.get("server_cpu_ms_per_request"), many.get("server_cpu_ms_per_request")
+        )
+    return out
 
 
 def served_backend(results: dict[str, Any]) -> str:
@@ -145,6 +174,20 @@ def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
             " rows/s",
         ),
         (
+            "V2 infer ≥ 250,000 rows/s at 1,000 rows per call",
+            _get(results, *service, "v2", "1000", "rows_per_s"),
+            ">=",
+            250_000.0,
+            " rows/s",
+        ),
+        (
+            "V2 infer, one row per call: throughput ≥ 0.8 × /predict",
+            r.get("v2_1_rps_over_predict"),
+            ">=",
+            0.8,
+            "×",
+        ),
+        (
             "prediction log: no record dropped (all loads, as deployed)",
             _get(results, *service, "prediction_log", "dropped"),
             "<=",
@@ -189,6 +232,20 @@ def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
             " s",
         ),
     ]
+    phases = _get(results, "rollout", "phases") or {}
+    for phase, limit in (("shadow", 0.30), ("canary", 0.05)):
+        for path, what in (("predict", "/predict"), ("batch", "/predict/batch (1,000 rows)")):
+            cost = rollout_cost(phases, phase, path) if phases else None
+            rows.append(
+                (
+                    f"{what} cost of {phase} ≤ {limit:.0%} (server CPU per request vs no "
+                    "challenger)",
+                    None if cost is None else 100 * cost,
+                    "<=",
+                    100 * limit,
+                    " %",
+                )
+            )
     out = []
     for name, value, op, limit, unit in rows:
         if value is None:
@@ -334,6 +391,36 @@ def _batch_table(results: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _v2_table(results: dict[str, Any]) -> list[str]:
+    ours = _servers(results).get("service") or {}
+    v2 = ours.get("v2") or {}
+    if not v2:
+        return ["(not measured)"]
+    baselines = {
+        "1": ("/predict", ours.get("predict")),
+        "1000": ("/predict/batch", (ours.get("batch") or {}).get("1000")),
+    }
+    lines = [
+        "| request | rows per call | connections | calls/s | rows/s | p50 ms | p99 ms | "
+        "server CPU ms/call | errors |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for size, figures in v2.items():
+        name, baseline = baselines.get(size, ("", None))
+        for label, b in (("V2 infer", figures), (f"{name} (JSON)", baseline)):
+            if not b:
+                continue
+            rows_per_s = b.get("rows_per_s", b["rps"] * int(size))
+            conns = b.get("connections", figures.get("connections"))
+            lines.append(
+                f"| {label} | {int(size):,} | {conns} | {_f(b['rps'], 1)} | "
+                f"{_f(rows_per_s, 0)} | {_f(b['latency_ms']['p50'])} | "
+                f"{_f(b['latency_ms']['p99'])} | {_f(b.get('server_cpu_ms_per_request'), 3)} | "
+                f"{b['errors']} |"
+            )
+    return lines
+
+
 def _speedup(timings: dict[str, Any], backend: str, size: str) -> float | None:
     return _div(timings["sklearn"][size]["median_ms"], timings[backend][size]["median_ms"])
 
@@ -471,6 +558,32 @@ def _other_table(results: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _webhook_table(results: dict[str, Any]) -> list[str]:
+    w = results.get("webhook")
+    if not w:
+        return ["Not measured in this run (`python -m bench.webhook` adds it)."]
+    lines = [
+        f"A real `mlflow server` (SQLite) and the API with {w['workers']} workers following "
+        "`@production`; each move, made at a random point of the interval that matters, sets "
+        "the alias with `MlflowClient` and is timed until `GET /model` shows every worker on "
+        f"the new version (measured {w.get('date', 'in this run')}).",
+        "",
+        "| how the API learns of the move | moves | median s | max s | each move s |",
+        "|---|---:|---:|---:|---|",
+    ]
+    rows = (
+        ("webhook", f"webhook (polling every {w['webhook_poll_interval_s']:g} s as well)"),
+        ("polling", f"polling only, MODEL_WATCH_INTERVAL={w['poll_interval_s']:g} s"),
+    )
+    for key, label in rows:
+        d = w[key]
+        each = ", ".join(f"{s:.2f}" for s in d["seconds"])
+        lines.append(
+            f"| {label} | {d['moves']} | {_f(d['median_s'], 2)} | {_f(d['max_s'], 2)} | {each} |"
+        )
+    return lines
+
+
 def render(results: dict[str, Any], plot_path: Path | None, md_dir: Path) -> str:
     """RESULTS.md text; `plot_path` is linked relative to `md_dir`."""
     meta, cfg = results.get("meta", {}), results.get("config", {})
@@ -521,6 +634,14 @@ def render(results: dict[str, Any], plot_path: Path | None, md_dir: Path) -> str
         "",
         *_batch_table(results),
         "",
+        "## 3b. Open Inference Protocol (V2): `POST /v2/models/{name}/infer`",
+        "",
+        "The same server, right after the JSON loads above: one row per call under "
+        "`/predict`'s load, 1,000 rows per call under the batch load, each beside the JSON "
+        "request it replaces (same rows).",
+        "",
+        *_v2_table(results),
+        "",
         "## 4. In-process inference: compiled forest and ONNX Runtime vs the sklearn pipeline",
         "",
         *_inprocess_table(results),
@@ -536,6 +657,14 @@ def render(results: dict[str, Any], plot_path: Path | None, md_dir: Path) -> str
         "",
         *_explain_table(results),
         "",
+        "## 7. Alias move → every worker serving the new version: webhook vs polling",
+        "",
+        *_webhook_table(results),
+        "",
+        "## 8. Progressive delivery: a challenger beside the champion",
+        "",
+        *_rollout_table(results),
+        "",
         "## Ratios (same run)",
         "",
         "| ratio | value |",
@@ -547,6 +676,94 @@ def render(results: dict[str, Any], plot_path: Path | None, md_dir: Path) -> str
     if budget:
         out += ["## What bounds the targets (from the figures above)", "", *budget, ""]
     return "\n".join(out)
+
+
+def _rollout_table(results: dict[str, Any]) -> list[str]:
+    rollout = results.get("rollout")
+    if not rollout:
+        return ["(not measured: `--skip rollout`)"]
+    phases = rollout["phases"]
+    lines = [
+        "One service (one worker) serving `@production`, switched by the registry alone "
+        "between no `@challenger` (off), a challenger in shadow and a canary at "
+        f"{rollout['canary_share']:.0%}; /predict with an `X-Routing-Key` over 1,000 "
+        "customers, /predict/batch with 1,000 customers each with a `customer_id`. Best of "
+        f"{rollout['rounds']} round(s) per phase, phases interleaved; cost = 1 − throughput ÷ "
+        f"off's. Two versions trained on {rollout['train_rows']:,} rows each.",
+        "",
+        "| phase | /predict req/s | p99 ms | cost | server CPU ms/req | batch rows/s | p99 ms "
+        "| cost | server CPU ms/batch | answered by the challenger | shadow rows scored / "
+        "dropped | errors |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+
+    def cpu(name: str, path: str) -> str:
+        spent = least_cpu(phases[name], path)
+        cost = rollout_cost(phases, name, path) if name != "off" else None
+        if spent is None:
+            return "–"
+        return _f(spent, 3) if cost is None else f"{_f(spent, 3)} (cost {100 * cost:.1f} %)"
+
+    for name in ("off", "shadow", "canary"):
+        p = phases[name]
+        share = p.get("challenger_share")
+        cost = {k: p.get(f"{k}_cost") for k in ("predict", "batch")}
+        shown = {k: "–" if v is None else f"{100 * v:.1f} %" for k, v in cost.items()}
+        lines.append(
+            f"| {name} | {_f(p['predict_rps'], 0)} | {_f(p['predict_p99_ms'])} | "
+            f"{shown['predict']} | {cpu(name, 'predict')} | {_f(p['batch_rows_per_s'], 0)} | "
+            f"{_f(p['batch_p99_ms'])} | {shown['batch']} | {cpu(name, 'batch')} | "
+            f"{'–' if share is None else f'{100 * share:.1f} %'} | "
+            f"{p.get('shadow_scored', 0):,.0f} / {p.get('shadow_dropped', 0):,.0f} | "
+            f"{p['predict_errors'] + p['batch_errors']} |"
+        )
+    shadow = rollout.get("shadow_predictions", {})
+    lines += [
+        "",
+        f"Shadow scores over the whole section: {shadow.get('success', 0):,.0f} scored, "
+        f"{shadow.get('error', 0):,.0f} failed, {shadow.get('dropped', 0):,.0f} dropped "
+        "(its time budget `SHADOW_MAX_TIME_SHARE` spent, or a full queue or log: counted, "
+        "never waited for). Server CPU ms per request is the lowest of the rounds; its cost is "
+        "1 − off's ÷ the phase's, what throughput loses when the server's core is the "
+        "bottleneck, and the targets' measure: steadier than throughput when other work "
+        "shares the machine (measured "
+        f"{rollout.get('measured_at', '?')}, load average at the end: "
+        f"{_f(rollout.get('loadavg_end'))}).",
+    ]
+    off = phases["off"]
+    for path, rate, label in (
+        ("predict", off["predict_rps"], "/predict"),
+        ("batch", off["batch_rows_per_s"] / 1000, "/predict/batch"),
+    ):
+        spent = least_cpu(off, path)
+        if spent is not None and spent * rate / 1000 < 0.9:
+            lines.append(
+                f"\n{label} kept the server's core only {spent * rate / 10:.0f} % busy with no "
+                "challenger, so its throughput was bound elsewhere (the load, the shared "
+                "machine) and the throughput cost columns understate: the CPU cost is the one "
+                "that counts."
+            )
+    return lines
+
+
+def least_cpu(phase: dict[str, Any], path: str) -> float | None:
+    """The lowest server CPU ms per request of a rollout phase's rounds."""
+    spent = [
+        r[path]["server_cpu_ms_per_request"]
+        for r in phase.get("rounds", [])
+        if r[path].get("server_cpu_ms_per_request") is not None
+    ]
+    return min(spent) if spent else None
+
+
+def rollout_cost(phases: dict[str, Any], phase: str, path: str) -> float | None:
+    """A phase's throughput cost as the server's CPU per request says it: 1 - off's CPU per
+    request / the phase's (what the throughput loses when the server's core is the
+    bottleneck; steadier than the throughput itself on a shared machine)."""
+    spent, base = least_cpu(phases[phase], path), least_cpu(phases["off"], path)
+    if spent is None or base is None or spent == 0:
+        return None
+    return 1 - base / spent
 
 
 def _budget_notes(results: dict[str, Any]) -> list[str]:
@@ -574,6 +791,21 @@ def _budget_notes(results: dict[str, Any]) -> list[str]:
             f"({1e6 / model['rows_per_s']:.1f} µs per row for this forest); over HTTP the "
             f"service reached {batch['rows_per_s']:,.0f} rows/s, with JSON parsing, "
             "validation, the response and the prediction log on top, on the same core."
+        )
+    v2 = _get(results, "http", "servers", "service", "v2", "1000")
+    if model and batch and v2 and v2.get("server_cpu_ms_per_request"):
+        cpu = v2["server_cpu_ms_per_request"]
+        json_cpu = batch.get("server_cpu_ms_per_request")
+        json_part = (
+            f"; the JSON batch used {json_cpu:.2f} ms per call ({1e6 / json_cpu:,.0f} rows/s)"
+            if json_cpu
+            else ""
+        )
+        notes.append(
+            f"- V2 at 1,000 rows per call used {cpu:.2f} ms of server CPU per call "
+            f"({cpu:.2f} µs per row, model call included): {1e6 / cpu:,.0f} rows/s on a core "
+            f"of its own{json_part}. Rows/s over HTTP fall below that when other work takes "
+            "a share of the server's core (the load average above)."
         )
     return notes
 

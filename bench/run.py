@@ -4,8 +4,9 @@ Measures, in one run on this machine: /predict on this service, ``mlflow models 
 blog-style FastAPI app and a constant-answer ceiling under the same load; /health while
 /predict is saturated; batch rows/s (and prediction-log drops); the compiled forest and ONNX
 vs sklearn in process with parity; training time; drift check and label-free performance
-estimation time; the rollout evaluation's time; start-up time and memory. Writes
-``<out>/latest.json``, the plot ``<out>/throughput.png`` and ``bench/RESULTS.md``.
+estimation time; the rollout evaluation's time; start-up time and memory; an alias move
+reaching every worker, by webhook and by polling. Writes ``<out>/latest.json``, the plot
+``<out>/throughput.png`` and ``bench/RESULTS.md``.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from importlib import metadata as importlib_metadata
 from pathlib import Path
 from typing import Any
 
+from app.v2_codec import datatype_of
 from bench import http, inprocess
 from bench.report import targets, write_report
 from bench.servers import ROOT
@@ -34,11 +36,14 @@ SERVERS = ("service", "mlflow", "blog", "ceiling")
 SECTIONS = (
     "health",
     "batch",
+    "v2",
     "explain",
     "inprocess",
     "training",
     "drift",
     "performance",
+    "webhook",
+    "rollout",
     "rollout_evaluation",
 )
 PACKAGES = (
@@ -176,15 +181,9 @@ def _load(bundle_dir: Path) -> ModelBundle:
         ) from None
 
 
-def run_http(
-    args: argparse.Namespace,
-    settings: dict[str, Any],
-    bundle: ModelBundle,
-    skip: set[str],
-    work: Path,
-) -> dict[str, Any]:
+def _http_config(args: argparse.Namespace, settings: dict[str, Any]) -> http.HttpConfig:
     server_cpu, load_cpu, _ = _cpus(args.no_pin)
-    cfg = http.HttpConfig(
+    return http.HttpConfig(
         duration_s=settings["duration_s"],
         warmup_s=settings["warmup_s"],
         connections=settings["connections"],
@@ -196,9 +195,26 @@ def run_http(
         light_connections=settings["light_connections"],
         explain_batch_rows=settings["explain_batch_rows"],
     )
+
+
+def _customers(bundle: ModelBundle) -> list[dict[str, Any]]:
     # only the features: the API refuses unknown fields (the target column among them)
-    complete = generate_customers(200, seed=3).dropna()[bundle.schema.names].to_dict("records")
-    bodies = http.Bodies(work, complete)
+    customers: list[dict[str, Any]] = (
+        generate_customers(200, seed=3).dropna()[bundle.schema.names].to_dict("records")
+    )
+    return customers
+
+
+def run_http(
+    args: argparse.Namespace,
+    settings: dict[str, Any],
+    bundle: ModelBundle,
+    skip: set[str],
+    work: Path,
+) -> dict[str, Any]:
+    cfg = _http_config(args, settings)
+    types = {spec.name: datatype_of(spec) for spec in bundle.schema.features}
+    bodies = http.Bodies(work, _customers(bundle), v2_model=bundle.name, v2_types=types)
     model_uri = args.model_uri or f"models:/{bundle.name}/{bundle.version}"
     sections = {s for s in SECTIONS if s not in skip}
     servers: dict[str, Any] = {}
@@ -228,6 +244,18 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="churn-bench-") as tmp:
         work = Path(tmp)
         results["http"] = run_http(args, settings, bundle, skip, work)
+        if "rollout" not in skip:
+            from bench import rollout
+
+            http.say("progressive delivery: /predict and /predict/batch, off/shadow/canary")
+            results["rollout"] = rollout.measure(
+                args.config,
+                min(settings["train_rows"], 20_000),
+                work,
+                _http_config(args, settings),
+                _customers(bundle),
+                rounds=1 if settings["quick"] else 2,
+            )
         if "inprocess" not in skip:
             http.say("in-process inference: compiled forest, ONNX Runtime, sklearn")
             repeats = {int(k): v for k, v in settings["inprocess_repeats"].items()}
@@ -254,6 +282,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             rows = tuple(settings["drift_rows"])
             http.say(f"label-free performance estimate and segments on {rows} predictions")
             results["performance"] = performance(rows)
+        if "webhook" not in skip:
+            from bench.webhook import alias_move, quick_settings
+
+            http.say("alias move -> every worker on the new version: webhook vs polling")
+            results["webhook"] = alias_move(
+                bundle.directory, work / "webhook", **quick_settings(settings["quick"])
+            )
         if "rollout_evaluation" not in skip:
             from bench.rollout_evaluation import rollout_evaluation
 

@@ -9,6 +9,22 @@ if body_file ~= nil and body_file ~= "" then
   wrk.headers["Content-Type"] = "application/json"
 end
 
+-- $BENCH_ROUTING_KEYS=N: each request carries X-Routing-Key customer-<i mod N> (canary
+-- routing sees N customers, as in production, instead of one repeated key).
+local routing_keys = tonumber(os.getenv("BENCH_ROUTING_KEYS") or "")
+if routing_keys ~= nil and routing_keys > 0 then
+  local sent = 0
+  request = function()
+    sent = sent + 1
+    local headers = {}
+    for name, value in pairs(wrk.headers) do
+      headers[name] = value
+    end
+    headers["X-Routing-Key"] = "customer-" .. (sent % routing_keys)
+    return wrk.format(nil, nil, headers, nil)
+  end
+end
+
 function done(summary, latency, requests)
   local e = summary.errors
   io.write(string.format(

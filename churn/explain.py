@@ -77,10 +77,12 @@ class Explanations:
     per request)."""
 
     features: tuple[str, ...]
-    base_value: float
+    # One base for every row, or one per row when a canary batch was answered by two models
+    # (`interleave`), each row keeping its own model's base and method.
+    base_value: float | np.ndarray
     contributions: np.ndarray  # (rows, features), float64
     probabilities: np.ndarray  # (rows,)
-    method: str
+    method: str | tuple[str, ...]
 
     def __len__(self) -> int:
         return int(self.contributions.shape[0])
@@ -88,11 +90,40 @@ class Explanations:
     def __getitem__(self, part: slice) -> Explanations:
         return Explanations(
             self.features,
-            self.base_value,
+            self.base_value if np.ndim(self.base_value) == 0 else np.asarray(self.base_value)[part],
             self.contributions[part],
             self.probabilities[part],
-            self.method,
+            self.method if isinstance(self.method, str) else self.method[part],
         )
+
+    def base_of(self, row: int) -> float:
+        base = self.base_value
+        return float(base) if np.ndim(base) == 0 else float(np.asarray(base)[row])
+
+    def method_of(self, row: int) -> str:
+        return self.method if isinstance(self.method, str) else self.method[row]
+
+    @classmethod
+    def interleave(
+        cls, picked: Sequence[bool], mine: Explanations, theirs: Explanations
+    ) -> Explanations:
+        """Rows in request order from two models' explanations: row k is `mine`'s next row where
+        `picked[k]`, else `theirs`'s (a canary batch split between challenger and champion)."""
+        if mine.features != theirs.features:
+            raise ValueError("explanations over different features cannot be interleaved")
+        order = np.asarray(picked, dtype=bool)
+        n = len(order)
+        contributions = np.empty((n, len(mine.features)), dtype=np.float64)
+        contributions[order], contributions[~order] = mine.contributions, theirs.contributions
+        probabilities = np.empty(n, dtype=np.float64)
+        probabilities[order], probabilities[~order] = mine.probabilities, theirs.probabilities
+        base = np.empty(n, dtype=np.float64)
+        base[order] = np.broadcast_to(mine.base_value, (len(mine),))
+        base[~order] = np.broadcast_to(theirs.base_value, (len(theirs),))
+        mine_methods = iter(mine.method_of(k) for k in range(len(mine)))
+        their_methods = iter(theirs.method_of(k) for k in range(len(theirs)))
+        methods = tuple(next(mine_methods) if p else next(their_methods) for p in picked)
+        return cls(mine.features, base, contributions, probabilities, methods)
 
     def top(self, row: int, n: int = TOP_REASONS) -> list[tuple[str, float]]:
         """The `n` features of `row` with the largest |contribution| (ties: feature order)."""
@@ -116,11 +147,11 @@ class Explanations:
             values = {name: columns[name][k] for name in self.features}
             out.append(
                 {
-                    "base_value": self.base_value,
+                    "base_value": self.base_of(k),
                     "probability": float(self.probabilities[k]),
                     "contributions": dict(zip(self.features, contributions, strict=True)),
                     "reasons": self.reasons(k, values, n),
-                    "method": self.method,
+                    "method": self.method_of(k),
                 }
             )
         return out

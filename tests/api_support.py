@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import random
 import select
 import shutil
@@ -114,7 +115,18 @@ class TcpProxy:
     def start(self) -> None:
         listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        listener.bind(("127.0.0.1", self.port))
+        # The previous listener's accept thread may still hold its socket for up to one accept
+        # timeout after stop(); a restart waits that out instead of failing with EADDRINUSE.
+        deadline = time.monotonic() + 5.0
+        while True:
+            try:
+                listener.bind(("127.0.0.1", self.port))
+                break
+            except OSError as exc:
+                if exc.errno != errno.EADDRINUSE or time.monotonic() > deadline:
+                    listener.close()
+                    raise
+                time.sleep(0.1)
         listener.listen(16)
         listener.settimeout(0.2)
         self._listener = listener

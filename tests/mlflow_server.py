@@ -58,10 +58,15 @@ def wait_http(url: str, timeout: float, process: subprocess.Popen | None = None)
 
 @contextlib.contextmanager
 def mlflow_server(
-    backend_uri: str, workdir: Path, timeout: float = 90, port: int | None = None
+    backend_uri: str,
+    workdir: Path,
+    timeout: float = 90,
+    port: int | None = None,
+    env: dict[str, str] | None = None,
 ) -> Iterator[str]:
     """Start `mlflow server` with served artifacts; yield its tracking URI. `port` (default: a
-    free one) lets a test restart a stopped server where its clients expect it."""
+    free one) lets a test restart a stopped server where its clients expect it; `env` adds
+    to its environment (e.g. the MLFLOW_WEBHOOK_* settings)."""
     port = port or free_port()
     artifacts = workdir / "mlartifacts"
     artifacts.mkdir(parents=True, exist_ok=True)
@@ -86,7 +91,7 @@ def mlflow_server(
         cwd=workdir,
         # The huey job runners (GenAI trace jobs) are a dozen extra processes this project
         # never uses; on 2 cores they slow every start-up and request.
-        env={**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"},
+        env={**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false", **(env or {})},
         stdout=log,
         stderr=subprocess.STDOUT,
     )

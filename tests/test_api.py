@@ -146,10 +146,19 @@ def test_metrics_exposition(client: TestClient) -> None:
     assert metric_value(text, "http_requests_total", route="/predict", status="200") >= 2
     assert metric_value(text, "http_request_duration_seconds_count", route="/predict") >= 2
     assert metric_value(text, "model_info", backend="forest") == 1
+    # the model that answered: the champion (no challenger here)
+    answered = metric_value(text, "predictions_total", role="champion")
+    assert answered == metric_value(before, "predictions_total", role="champion") + 2
+    assert metric_value(text, "predictions_total", role="challenger") == 0
+    assert metric_value(text, "prediction_latency_seconds_count", role="challenger") == 0
+    assert metric_value(text, "rollout_canary_share") == 0
+    assert metric_value(text, "rollout_stage") == 0  # no stage applies without a challenger
     for name in (
         "high_risk_predictions_total",
         "prediction_log_dropped_total",
         "model_reloads_total",
+        "shadow_predictions_total",
+        "rollout_rollbacks_total",
     ):
         assert name in text
     assert metric_value(text, "http_requests_total", route="/health") == 0  # probes left out
@@ -173,6 +182,10 @@ BAD_BODIES = {
     "fraction as an integer": (json.dumps({**CUSTOMER, "num_products": 2.0}), "num_products"),
     "number as a category": (json.dumps({**CUSTOMER, "payment_method": 3}), "payment_method"),
     "unknown field": (json.dumps({**CUSTOMER, "note": "vip"}), "note"),
+    "routing key as a fraction": (json.dumps({**CUSTOMER, "customer_id": 1.5}), "customer_id"),
+    "routing key as a boolean": (json.dumps({**CUSTOMER, "customer_id": False}), "customer_id"),
+    "routing key as an object": (json.dumps({**CUSTOMER, "customer_id": {}}), "customer_id"),
+    "empty routing key": (json.dumps({**CUSTOMER, "customer_id": ""}), "customer_id"),
     "lone surrogate": (json.dumps({**CUSTOMER, "payment_method": "\ud800"}), None),
     "NaN": (json.dumps(CUSTOMER).replace("12", "NaN", 1), None),
     "Infinity": (json.dumps(CUSTOMER).replace("846.0", "Infinity"), None),

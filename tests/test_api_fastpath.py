@@ -62,9 +62,9 @@ def fast_answers(monkeypatch: pytest.MonkeyPatch) -> list[Any]:
     seen: list[Any] = []
     send_answer = app.fastpath.send_answer
 
-    async def spy(send: Any, content: bytes, status: int = 200) -> None:
+    async def spy(send: Any, content: bytes, status: int = 200, extra: Any = None) -> None:
         seen.append((status, content))
-        await send_answer(send, content, status)
+        await send_answer(send, content, status, extra)
 
     monkeypatch.setattr(app.fastpath, "send_answer", spy)
     return seen
@@ -78,6 +78,9 @@ def _same_answer(fast: Any, routed: Any) -> None:
     """Status, content type and bytes equal, prediction ids aside (new ones every call)."""
     assert fast.status_code == routed.status_code, (fast.text, routed.text)
     assert fast.headers["content-type"] == routed.headers["content-type"]
+    # who answered (progressive delivery): the same headers from both transports
+    for name in ("x-model-version", "x-model-role"):
+        assert fast.headers.get(name) == routed.headers.get(name), name
     assert _ID.sub(b"ID", fast.content) == _ID.sub(b"ID", routed.content)
     assert fast.text == _compact(fast)  # the bytes FastAPI's JSONResponse would send
 

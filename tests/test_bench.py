@@ -68,6 +68,10 @@ def test_every_section_is_measured_with_finite_numbers(smoke: Path) -> None:
         assert server["startup_s"] > 0 and server["memory"]["worker_mb"] > 0, name
         assert "health_under_load" in server, name
     assert set(servers["service"]["batch"]) == {"100", "1000"}
+    v2 = servers["service"]["v2"]  # the Open Inference Protocol, 1 and 1,000 rows per call
+    assert set(v2) == {"1", "1000"}
+    assert all(v2[size]["requests"] > 0 and v2[size]["errors"] == 0 for size in v2)
+    assert v2["1000"]["rows_per_s"] == v2["1000"]["rps"] * 1000
     assert set(servers["mlflow"]["batch"]) == {"100", "1000"}
     assert set(results["inprocess"]["timings"]) == {"forest", "onnx", "sklearn"}
     parity = results["inprocess"]["parity"]
@@ -86,15 +90,34 @@ def test_every_section_is_measured_with_finite_numbers(smoke: Path) -> None:
     assert all(
         math.isfinite(p["total_s"]) and p["segments"] > 0 for p in results["performance"].values()
     )
-    assert {"predict_rps_service_over_ceiling", "predict_rps_service_over_mlflow"} <= set(
-        results["ratios"]
-    )
+    assert {
+        "predict_rps_service_over_ceiling",
+        "predict_rps_service_over_mlflow",
+        "v2_1_rps_over_predict",
+        "v2_1000_rows_per_s_over_batch",
+    } <= set(results["ratios"])
+    # alias moves through a real mlflow server: by webhook (polling at 600 s could not have
+    # done it) and by polling alone
+    moves = results["webhook"]
+    assert (moves["webhook"]["moves"], moves["polling"]["moves"]) == (2, 1)
+    assert moves["webhook"]["max_s"] < moves["webhook_poll_interval_s"]
+    assert "alias_move_polling_over_webhook_time" in results["ratios"]
     log = servers["service"]["prediction_log"]
     # every load's predictions were counted; none of their log records was dropped
     assert log["predictions"] >= servers["service"]["predict"]["requests"] and log["dropped"] == 0
     assert set(results["rollout_evaluation"]) == {"5000", "20000", "bootstrap"}
     assert results["rollout_evaluation"]["bootstrap"]["resamples"] == 2000
-    assert len(results["targets"]) == 12
+    # progressive delivery: one server switched by the registry between the three phases
+    phases = results["rollout"]["phases"]
+    assert set(phases) == {"off", "shadow", "canary"}
+    for name, phase in phases.items():
+        assert phase["predict_rps"] > 0 and phase["batch_rows_per_s"] > 0, name
+        assert phase["predict_errors"] == phase["batch_errors"] == 0, name
+    assert phases["off"]["challenger_share"] == 0
+    assert phases["canary"]["challenger_share"] > 0
+    assert phases["shadow"]["shadow_scored"] > 0
+    assert "predict_cost" in phases["shadow"] and "batch_cost" in phases["canary"]
+    assert len(results["targets"]) == 18
     assert {t["mark"] for t in results["targets"]} <= {"pass", "short", "n/a"}
     numbers = _numbers(results)
     assert numbers, "no figures at all"
@@ -116,9 +139,11 @@ def test_results_md_renders_every_section_and_the_plot(smoke: Path) -> None:
         "## 1. `/predict`",
         "## 2. `/health`",
         "## 3. Batches",
+        "## 3b. Open Inference Protocol (V2)",
         "## 4. In-process inference",
         "## 5. Training, drift check, start-up, memory",
         "## 6. Explanations",
+        "## 8. Progressive delivery",
     ):
         assert heading in text
     assert "smoke run" in text

@@ -619,3 +619,21 @@ def test_other_model_types_explain_their_served_probability(
     )[:, 1]
     explained = [p["explanation"]["probability"] for p in response.json()["predictions"]]
     np.testing.assert_allclose(explained, expected, atol=ADDITIVE)
+
+
+def test_a_canary_batch_split_between_two_models_keeps_each_rows_own_explanation() -> None:
+    """Rows answered by the challenger and by the champion, put back in request order: each
+    row keeps its own model's base value and contributions, so base + Σ = probability holds
+    row by row (app.service._interleave uses this)."""
+    features = ("a", "b")
+    mine = Explanations(features, 0.3, np.array([[0.1, 0.2]]), np.array([0.6]), "tree")
+    theirs = Explanations(
+        features, 0.5, np.array([[0.0, -0.1], [0.2, 0.1]]), np.array([0.4, 0.8]), "linear"
+    )
+    merged = Explanations.interleave([False, True, False], mine, theirs)
+    assert [merged.base_of(k) for k in range(3)] == [0.5, 0.3, 0.5]
+    assert [merged.method_of(k) for k in range(3)] == ["linear", "tree", "linear"]
+    total = np.asarray(merged.base_value) + merged.contributions.sum(axis=1)
+    np.testing.assert_allclose(total, merged.probabilities, atol=1e-12)
+    rows = merged[1:].rows({"a": [1, 2], "b": [3, 4]}, 1)
+    assert [r["base_value"] for r in rows] == [0.3, 0.5]

@@ -26,6 +26,7 @@ from churn.prediction_log import (
     record_feedback,
     write_batches,
 )
+from churn.prediction_log.writer import PREDICTIONS_PER_STATEMENT, ROWS_PER_STATEMENT
 from tests.api_support import (
     CUSTOMER,
     TcpProxy,
@@ -225,20 +226,49 @@ def test_feedback_needs_the_log(trained_model: TrainedModel, tmp_path: Path) -> 
 
 def test_sqlite_statements_group_small_and_large_batches(tmp_path: Path) -> None:
     """Many single predictions and a few large batches, grouped into multi-row statements
-    (at most 25 rows or about 1,000 predictions each): every prediction comes back once."""
+    (at most 25 rows or 10,000 predictions each): every prediction comes back once."""
     url = f"sqlite:///{tmp_path / 'log.db'}"
     engine = make_engine(url)
     create_tables(engine)
-    batches = [batch(1) for _ in range(60)] + [batch(600) for _ in range(3)] + [batch(2)]
+    batches = [batch(1) for _ in range(60)] + [batch(6000) for _ in range(3)] + [batch(2)]
     groups = list(_statement_groups(batches))
-    assert all(len(g) <= 25 for g in groups)
-    assert all(sum(map(len, g)) <= 1000 or len(g) == 1 for g in groups)
+    assert all(len(g) <= ROWS_PER_STATEMENT for g in groups)
+    assert all(sum(map(len, g)) <= PREDICTIONS_PER_STATEMENT or len(g) == 1 for g in groups)
+    assert len(groups) == 5  # 25 + 25 singles; 10 singles and a 6,000; a 6,000; a 6,000 and 2
     assert [b for g in groups for b in g] == batches
     write_batches(engine, batches)
     frame = read_predictions(url)
-    assert len(frame) == 60 + 1800 + 2
+    assert len(frame) == 60 + 18000 + 2
     assert set(frame["prediction_id"]) == {pid for b in batches for pid in b.ids}
     assert frame["probability"].notna().all() and set(frame["risk_tier"]) == {"LOW"}
+
+
+def test_one_write_takes_every_queued_request(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Requests larger than batch_size (1,000-row batches) are written many per write, not
+    one per write: a write costs the thread turns at the GIL whatever its size, so one per
+    write fell behind 1,000-row traffic on a busy core and dropped records."""
+    import churn.prediction_log.writer as writer_module
+
+    writes: list[int] = []
+    real = writer_module.write_batches
+
+    def counted(engine: Any, batches: Any) -> None:
+        writes.append(len(batches))
+        real(engine, batches)
+
+    monkeypatch.setattr(writer_module, "write_batches", counted)
+    url = f"sqlite:///{tmp_path / 'log.db'}"
+    writer = PredictionLogWriter(make_engine(url), batch_size=500, flush_interval=0.02)
+    assert writer.prepare()
+    for _ in range(6):
+        assert writer.enqueue(batch(1000))  # each alone over batch_size
+    writer.start()
+    writer.close()
+    assert writes == [6]
+    assert writer.written == 6000 and not writer.dropped
+    assert len(read_predictions(url)) == 6000
 
 
 def _locked(url: str) -> Any:

@@ -59,10 +59,13 @@ from churn.prediction_log.writer import (
     PREDICTIONS_PER_STATEMENT,
     ROWS_PER_STATEMENT,
     DropCallback,
+    LogBatch,
     PredictionBatch,
     PredictionLogWriter,
+    ShadowBatch,
     _statement_groups,
     write_batches,
+    write_log,
 )
 
 __all__ = [
@@ -80,9 +83,11 @@ __all__ = [
     "ROWS_PER_STATEMENT",
     "TAIL_COLUMNS",
     "DropCallback",
+    "LogBatch",
     "PredictionBatch",
     "PredictionLogError",
     "PredictionLogWriter",
+    "ShadowBatch",
     "Spool",
     "SpoolPosition",
     "_statement_groups",
@@ -102,4 +107,5 @@ __all__ = [
     "shadow_predictions",
     "split_prediction_id",
     "write_batches",
+    "write_log",
 ]

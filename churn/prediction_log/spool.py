@@ -53,7 +53,7 @@ from pydantic_core import from_json, to_json
 from sqlalchemy import Engine, insert, select
 from sqlalchemy.dialects import postgresql, sqlite
 
-from churn.prediction_log.schema import prediction_batches
+from churn.prediction_log.schema import prediction_batches, shadow_predictions
 
 logger = logging.getLogger("churn.prediction_log")
 
@@ -97,6 +97,40 @@ def encode_record(
     )
 
 
+def encode_shadow_record(
+    batch_id: str,
+    created_at: float,
+    model_version: str,
+    served_version: str,
+    probabilities: bytes,
+    tiers: bytes,
+) -> bytes:
+    """One spool line for a shadow score (``shadow_predictions``): told apart from a served
+    batch by its ``served_version`` (and it has no features: the served batch holds them)."""
+    return b"".join(
+        (
+            b'{"batch_id":',
+            to_json(batch_id),
+            b',"created_at":',
+            to_json(created_at),
+            b',"model_version":',
+            to_json(model_version),
+            b',"served_version":',
+            to_json(served_version),
+            b',"probabilities":',
+            probabilities,
+            b',"risk_tiers":',
+            tiers,
+            b"}\n",
+        )
+    )
+
+
+def is_shadow(record: dict[str, Any]) -> bool:
+    """Whether a decoded spool record is a shadow score (else a served batch)."""
+    return "served_version" in record
+
+
 def decode_record(line: bytes) -> dict[str, Any]:
     """The fields of one spool line; ValueError when it is not a whole, well-formed record
     (a torn copy, or a file that is not a spool)."""
@@ -109,7 +143,11 @@ def decode_record(line: bytes) -> dict[str, Any]:
         and isinstance(value.get("batch_id"), str)
         and isinstance(value.get("created_at"), int | float)
         and isinstance(value.get("model_version"), str)
-        and isinstance(value.get("features"), dict)
+        and (
+            isinstance(value.get("served_version"), str)
+            if is_shadow(value)
+            else isinstance(value.get("features"), dict)
+        )
         and isinstance(value.get("probabilities"), list)
         and isinstance(value.get("risk_tiers"), list)
         and len(value["probabilities"]) == len(value["risk_tiers"]) > 0
@@ -235,7 +273,12 @@ class Orphan:
 
     @property
     def predictions(self) -> int:
-        return sum(len(r["probabilities"]) for r in self.records)
+        """Served predictions (shadow scores are counted by `shadow_scores`)."""
+        return sum(len(r["probabilities"]) for r in self.records if not is_shadow(r))
+
+    @property
+    def shadow_scores(self) -> int:
+        return sum(len(r["probabilities"]) for r in self.records if is_shadow(r))
 
     def release(self) -> None:
         """Its records are in the store (or counted): delete the spool, then unlock."""
@@ -320,8 +363,8 @@ def _read_records(path: Path, offset: int) -> tuple[list[dict[str, Any]], int]:
 
 
 def insert_missing(engine: Engine, records: list[dict[str, Any]]) -> None:
-    """Insert spooled batches, skipping those already in the store (the dead worker may have
-    written them and died before marking them settled)."""
+    """Insert spooled batches and shadow scores, skipping those already in the store (the
+    dead worker may have written them and died before marking them settled)."""
     from datetime import UTC, datetime
 
     rows = [
@@ -335,17 +378,39 @@ def insert_missing(engine: Engine, records: list[dict[str, Any]]) -> None:
             "risk_tiers": r["risk_tiers"],
         }
         for r in records
+        if not is_shadow(r)
+    ]
+    shadows = [
+        {
+            "batch_id": r["batch_id"],
+            "model_version": r["model_version"],
+            "served_version": r["served_version"],
+            "created_at": datetime.fromtimestamp(r["created_at"], UTC),
+            "rows": len(r["probabilities"]),
+            "probabilities": r["probabilities"],
+            "risk_tiers": r["risk_tiers"],
+        }
+        for r in records
+        if is_shadow(r)
     ]
     with engine.begin() as conn:
-        dialect = conn.dialect.name
-        if dialect == "sqlite":
-            conn.execute(sqlite.insert(prediction_batches).on_conflict_do_nothing(), rows)
-        elif dialect == "postgresql":
-            conn.execute(postgresql.insert(prediction_batches).on_conflict_do_nothing(), rows)
-        else:
-            ids = [row["batch_id"] for row in rows]
-            column = prediction_batches.c.batch_id
-            present = set(conn.execute(select(column).where(column.in_(ids))).scalars())
-            rows = [row for row in rows if row["batch_id"] not in present]
-            if rows:
-                conn.execute(insert(prediction_batches), rows)
+        for table, values in ((prediction_batches, rows), (shadow_predictions, shadows)):
+            if values:
+                _insert_new(conn, table, values)
+
+
+def _insert_new(conn: Any, table: Any, rows: list[dict[str, Any]]) -> None:
+    """INSERT rows whose primary key is not in `table` yet."""
+    dialect = conn.dialect.name
+    if dialect == "sqlite":
+        conn.execute(sqlite.insert(table).on_conflict_do_nothing(), rows)
+    elif dialect == "postgresql":
+        conn.execute(postgresql.insert(table).on_conflict_do_nothing(), rows)
+    else:
+        keys = [column.name for column in table.primary_key.columns]
+        present = {
+            tuple(found) for found in conn.execute(select(*(table.c[k] for k in keys))).all()
+        }
+        rows = [row for row in rows if tuple(row[k] for k in keys) not in present]
+        if rows:
+            conn.execute(insert(table), rows)

@@ -20,10 +20,10 @@ from collections import deque
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, ClassVar, TypeVar
 
 from pydantic_core import PydanticSerializationError, to_json
-from sqlalchemy import Engine, insert
+from sqlalchemy import Engine, Table, insert
 from sqlalchemy.engine import Dialect
 from sqlalchemy.exc import SQLAlchemyError
 
@@ -32,11 +32,13 @@ from churn.prediction_log.schema import (
     DEFAULT_WRITE_TIMEOUT,
     create_tables,
     prediction_batches,
+    shadow_predictions,
 )
 from churn.prediction_log.spool import (
     Spool,
     SpoolPosition,
     encode_record,
+    encode_shadow_record,
     insert_missing,
     orphans,
 )
@@ -62,8 +64,15 @@ class PredictionBatch:
         default=None, init=False, repr=False, compare=False
     )
 
+    shadow: ClassVar[bool] = False
+
     def __len__(self) -> int:
         return len(self.probabilities)
+
+    @property
+    def key(self) -> str:
+        """What identifies it in the writer's queue (the batch id)."""
+        return self.batch_id
 
     def json_columns(self) -> tuple[bytes, bytes, bytes]:
         """Features, probabilities and risk tiers as JSON, encoded once: the spool line and
@@ -104,8 +113,112 @@ class PredictionBatch:
         }
 
 
+@dataclass
+class ShadowBatch:
+    """What a model that did not answer said about a served batch: one row of
+    ``shadow_predictions`` (progressive delivery, churn/rollout.py). Row i pairs with row i of
+    the served batch of the same ``batch_id`` (same prediction id, same feedback)."""
+
+    batch_id: str  # the served batch's
+    created_at: float  # Unix time
+    model_version: str  # the version that scored without answering
+    served_version: str  # the version that answered
+    probabilities: Sequence[float]
+    tiers: Sequence[str]
+
+    _json: tuple[bytes, bytes] | None = field(default=None, init=False, repr=False, compare=False)
+
+    shadow: ClassVar[bool] = True
+
+    def __len__(self) -> int:
+        return len(self.probabilities)
+
+    @property
+    def key(self) -> str:
+        """Its queue key: never a served batch's (is_pending answers for served ones only)."""
+        return f"{self.batch_id}/{self.model_version}"
+
+    def json_columns(self) -> tuple[bytes, bytes]:
+        """Probabilities and risk tiers as JSON, encoded once (spool line and insert)."""
+        if self._json is None:
+            self._json = (_json(list(self.probabilities)), _json(list(self.tiers)))
+        return self._json
+
+    def spool_record(self) -> bytes:
+        probabilities, tiers = self.json_columns()
+        return encode_shadow_record(
+            self.batch_id,
+            self.created_at,
+            self.model_version,
+            self.served_version,
+            probabilities,
+            tiers,
+        )
+
+    def record(self) -> dict[str, Any]:
+        return {
+            "batch_id": self.batch_id,
+            "model_version": self.model_version,
+            "served_version": self.served_version,
+            "created_at": datetime.fromtimestamp(self.created_at, UTC),
+            "rows": len(self),
+            "probabilities": list(self.probabilities),
+            "risk_tiers": list(self.tiers),
+        }
+
+
+LogBatch = PredictionBatch | ShadowBatch
+
+
+def write_log(engine: Engine, batches: Sequence[LogBatch]) -> None:
+    """Insert served batches and shadow scores in one transaction (what the writer thread
+    does): a retry after a failure never finds half of them written."""
+    served = [b for b in batches if not b.shadow]
+    shadows = [b for b in batches if b.shadow]
+    with engine.begin() as conn:
+        if served:
+            _insert_batches(conn, served)  # type: ignore[arg-type]
+        if shadows:
+            _insert_shadows(conn, shadows)  # type: ignore[arg-type]
+
+
+def _insert_shadows(conn: Any, shadows: Sequence[ShadowBatch]) -> None:
+    """Insert shadow scores on an open transaction: SQLite through the same multi-row
+    statements as served batches (a shadow row per served request must not cost more than
+    the request's own), other stores through SQLAlchemy Core."""
+    dialect = conn.dialect
+    if dialect.paramstyle != "qmark":
+        conn.execute(insert(shadow_predictions), [s.record() for s in shadows])
+        return
+    stamp = shadow_predictions.c.created_at.type.dialect_impl(dialect).bind_processor(dialect)
+    for group in _statement_groups(shadows):
+        values: list[Any] = []
+        for shadow in group:
+            created = datetime.fromtimestamp(shadow.created_at, UTC)
+            probabilities, tiers = shadow.json_columns()
+            values += (
+                shadow.batch_id,
+                shadow.model_version,
+                shadow.served_version,
+                stamp(created) if stamp is not None else created,
+                len(shadow),
+                probabilities.decode(),
+                tiers.decode(),
+            )
+        conn.exec_driver_sql(
+            _multi_row_insert(dialect, len(group), shadow_predictions), tuple(values)
+        )
+        _yield_cpu()
+
+
 def write_batches(engine: Engine, batches: Sequence[PredictionBatch]) -> None:
-    """Insert batches in one transaction (what the writer thread does).
+    """Insert batches in one transaction."""
+    with engine.begin() as conn:
+        _insert_batches(conn, batches)
+
+
+def _insert_batches(conn: Any, batches: Sequence[PredictionBatch]) -> None:
+    """Insert served batches on an open transaction.
 
     SQLite gets multi-row INSERTs of a few rows each, with a yield of the CPU after each:
     the sqlite3 driver's executemany releases and retakes the GIL for every row, and at a
@@ -113,38 +226,42 @@ def write_batches(engine: Engine, batches: Sequence[PredictionBatch]) -> None:
     the event loop (the /predict p95 and p99 doubled). Other stores go through SQLAlchemy
     Core, whose multi-row VALUES is what makes PostgreSQL fast.
     """
-    with engine.begin() as conn:
-        dialect = conn.dialect
-        if dialect.paramstyle != "qmark":
-            conn.execute(insert(prediction_batches), [b.record() for b in batches])
-            return
-        stamp = prediction_batches.c.created_at.type.dialect_impl(dialect).bind_processor(dialect)
-        for group in _statement_groups(batches):
-            values: list[Any] = []
-            for batch in group:
-                created = datetime.fromtimestamp(batch.created_at, UTC)
-                features, probabilities, tiers = batch.json_columns()
-                values += (
-                    batch.batch_id,
-                    stamp(created) if stamp is not None else created,
-                    batch.model_version,
-                    len(batch),
-                    features.decode(),
-                    probabilities.decode(),
-                    tiers.decode(),
-                )
-            conn.exec_driver_sql(_multi_row_insert(dialect, len(group)), tuple(values))
-            _yield_cpu()
+    dialect = conn.dialect
+    if dialect.paramstyle != "qmark":
+        conn.execute(insert(prediction_batches), [b.record() for b in batches])
+        return
+    stamp = prediction_batches.c.created_at.type.dialect_impl(dialect).bind_processor(dialect)
+    for group in _statement_groups(batches):
+        values: list[Any] = []
+        for batch in group:
+            created = datetime.fromtimestamp(batch.created_at, UTC)
+            features, probabilities, tiers = batch.json_columns()
+            values += (
+                batch.batch_id,
+                stamp(created) if stamp is not None else created,
+                batch.model_version,
+                len(batch),
+                features.decode(),
+                probabilities.decode(),
+                tiers.decode(),
+            )
+        conn.exec_driver_sql(_multi_row_insert(dialect, len(group)), tuple(values))
+        _yield_cpu()
 
 
-# 7 columns x 25 rows = 175 parameters, under SQLite's oldest limit of 999; a statement
-# also stops at about a thousand predictions, so none holds the GIL for long.
+_Batch = TypeVar("_Batch", "PredictionBatch", "ShadowBatch")
+
+# 7 columns x 25 rows = 175 parameters, under SQLite's oldest limit of 999. SQLite runs a
+# statement without the GIL; a statement also stops at ten thousand predictions (ten
+# 1,000-row requests, about a megabyte of JSON), so it stays short, while each statement
+# costs this thread a turn at the GIL: one per 1,000-row request held the log near 200
+# requests a second on a busy core.
 ROWS_PER_STATEMENT = 25
-PREDICTIONS_PER_STATEMENT = 1000
+PREDICTIONS_PER_STATEMENT = 10_000
 
 
-def _statement_groups(batches: Sequence[PredictionBatch]) -> Iterator[list[PredictionBatch]]:
-    group: list[PredictionBatch] = []
+def _statement_groups(batches: Sequence[_Batch]) -> Iterator[list[_Batch]]:
+    group: list[_Batch] = []
     predictions = 0
     for batch in batches:
         if group and (
@@ -159,9 +276,9 @@ def _statement_groups(batches: Sequence[PredictionBatch]) -> Iterator[list[Predi
 
 
 @functools.cache
-def _multi_row_insert(dialect: Dialect, rows: int) -> str:
-    """INSERT INTO prediction_batches (...) VALUES (?, ...), (?, ...), ... for `rows` rows."""
-    single = str(insert(prediction_batches).compile(dialect=dialect))
+def _multi_row_insert(dialect: Dialect, rows: int, table: Table = prediction_batches) -> str:
+    """INSERT INTO <table> (...) VALUES (?, ...), (?, ...), ... for `rows` rows."""
+    single = str(insert(table).compile(dialect=dialect))
     head, _, values = single.partition(" VALUES ")
     return f"{head} VALUES {', '.join([values] * rows)}"
 
@@ -204,7 +321,7 @@ class PredictionLogWriter:
     def __init__(
         self,
         engine: Engine,
-        queue_size: int = 10_000,
+        queue_size: int = 50_000,
         batch_size: int = 500,
         flush_interval: float = 0.5,
         on_drop: DropCallback | None = None,
@@ -212,6 +329,8 @@ class PredictionLogWriter:
         write_timeout: float = DEFAULT_WRITE_TIMEOUT,
         spool: Spool | None = None,
         adopt_interval: float = ADOPT_INTERVAL,
+        shadow_queue_size: int | None = None,
+        on_shadow_drop: DropCallback | None = None,
     ) -> None:
         self.engine = engine
         self.queue_size = queue_size
@@ -219,20 +338,27 @@ class PredictionLogWriter:
         self.flush_interval = flush_interval
         self.write_timeout = write_timeout
         self.on_drop = on_drop or (lambda reason, n: None)
-        self._queue: deque[PredictionBatch] = deque()
+        # Shadow scores (ShadowBatch) share the queue and the thread but have their own bound
+        # and drop count: they never take a served prediction's place.
+        self.shadow_queue_size = queue_size if shadow_queue_size is None else shadow_queue_size
+        self.on_shadow_drop = on_shadow_drop or (lambda reason, n: None)
+        self._queue: deque[LogBatch] = deque()
         self._queued_rows = 0
+        self._queued_shadow = 0
         self._lock = threading.Lock()
         self._wake = threading.Event()
         self._stopping = threading.Event()
         self._closed = False  # set under _lock: nothing is queued any more
         self._deadline = math.inf  # monotonic time after which no write starts (set by close)
-        self._in_flight: list[PredictionBatch] = []  # taken by the thread, not yet settled
+        self._in_flight: list[LogBatch] = []  # taken by the thread, not yet settled
         self._abandoned = False  # close gave up on the thread and counted its rows dropped
         self._backoff = _Backoff(maximum=max_backoff)
         self._pending: dict[str, int] = {}  # batch id -> rows, queued or being written
         self._thread: threading.Thread | None = None
         self.written = 0
         self.dropped: dict[str, int] = {}  # reason -> rows
+        self.shadow_written = 0
+        self.shadow_dropped: dict[str, int] = {}  # reason -> shadow rows
         self.healthy = True
         self.last_error: str | None = None
         self._last_drop_log = 0.0
@@ -250,36 +376,43 @@ class PredictionLogWriter:
         self._thread = threading.Thread(target=self._run, name="prediction-log", daemon=True)
         self._thread.start()
 
-    def enqueue(self, batch: PredictionBatch) -> bool:
-        """Queue a batch for writing; False (and counted as dropped) when the queue is full
-        or the writer is closed."""
+    def enqueue(self, batch: LogBatch) -> bool:
+        """Queue a batch (or a shadow score) for writing; False (and counted as dropped) when
+        its queue is full or the writer is closed. Thread-safe."""
         n = len(batch)
         reason = None
         with self._lock:
             if self._closed:
                 reason = "shutdown"
-            elif self._queued_rows + n > self.queue_size:
+            elif (
+                self._queued_shadow + n > self.shadow_queue_size
+                if batch.shadow
+                else self._queued_rows + n > self.queue_size
+            ):
                 reason = "queue_full"
             else:
                 if self.spool is not None:
                     self._spool_append(batch)
                 self._queue.append(batch)
-                self._queued_rows += n
-                self._pending[batch.batch_id] = n
+                if batch.shadow:
+                    self._queued_shadow += n
+                else:
+                    self._queued_rows += n
+                self._pending[batch.key] = n
         if reason is not None:
-            self._dropped(reason, n)
+            self._count_drops(reason, [batch])
             return False
-        if self._queued_rows >= self.batch_size:
+        if self._queued_rows + self._queued_shadow >= self.batch_size:
             self._wake.set()
         return True
 
-    def _spool_append(self, batch: PredictionBatch) -> None:
+    def _spool_append(self, batch: LogBatch) -> None:
         """Hand the batch to the spool before its answer is sent (called under the lock, so
         the spool's order is the queue's). A failure leaves the batch in memory only: it is
         still written or counted unless this process is killed, so serving carries on."""
         assert self.spool is not None
         try:
-            self._spooled[batch.batch_id] = self.spool.append(batch.spool_record())
+            self._spooled[batch.key] = self.spool.append(batch.spool_record())
         except OSError as exc:
             now = time.monotonic()
             if now - self._last_spool_error_log >= 10.0:
@@ -315,16 +448,16 @@ class PredictionLogWriter:
             self._thread.join(budget + self.write_timeout + 1.0)
         with self._lock:
             self._closed = True
-            left = self._queued_rows
+            left = list(self._queue)
             self._queue.clear()
-            self._queued_rows = 0
+            self._queued_rows = self._queued_shadow = 0
             self._pending.clear()
             self._spooled.clear()
             if self._thread is not None and self._thread.is_alive() and self._in_flight:
                 # The store hangs past its own timeout: count the rows as lost rather than
                 # wait longer; should the write still commit, they are both (logged).
                 self._abandoned = True
-                left += _rows(self._in_flight)
+                left += self._in_flight
                 logger.error(
                     "prediction log write still running at shutdown after %.1fs; its %d "
                     "record(s) are counted as dropped",
@@ -332,7 +465,7 @@ class PredictionLogWriter:
                     _rows(self._in_flight),
                 )
         if left:
-            self._dropped("shutdown", left)
+            self._count_drops("shutdown", left)
         if self.spool is not None:
             self._spool_call(self.spool.close)  # every record is written or counted now
         logger.info(
@@ -343,6 +476,17 @@ class PredictionLogWriter:
         )
 
     # ------------------------------------------------------------------ writer thread
+
+    def _count_drops(self, reason: str, batches: list[LogBatch]) -> None:
+        """Count dropped served predictions and shadow scores, each on its own counter."""
+        served = sum(len(b) for b in batches if not b.shadow)
+        shadow = sum(len(b) for b in batches if b.shadow)
+        if shadow:
+            with self._lock:
+                self.shadow_dropped[reason] = self.shadow_dropped.get(reason, 0) + shadow
+            self.on_shadow_drop(reason, shadow)
+        if served:
+            self._dropped(reason, served)
 
     def _dropped(self, reason: str, n: int) -> None:
         with self._lock:
@@ -358,15 +502,17 @@ class PredictionLogWriter:
                 extra={"reason": reason, "dropped": n, "last_error": self.last_error},
             )
 
-    def _take(self) -> list[PredictionBatch]:
-        taken: list[PredictionBatch] = []
-        rows = 0
+    def _take(self) -> list[LogBatch]:
+        """Everything queued, for one write (the queue bounds it). A write costs this thread a
+        few turns at the GIL whatever its size, and on a busy core each turn can wait a
+        switch interval: at one request per write (a 1,000-row request is over batch_size
+        alone) the log fell behind 1,000-row requests from about 125,000 predictions/s and
+        dropped the rest."""
         with self._lock:
-            while self._queue and rows < self.batch_size:
-                batch = self._queue.popleft()
-                taken.append(batch)
-                rows += len(batch)
-            self._queued_rows -= rows
+            taken = list(self._queue)
+            self._queue.clear()
+            self._queued_rows = 0
+            self._queued_shadow = 0
             self._in_flight = taken
         return taken
 
@@ -385,9 +531,9 @@ class PredictionLogWriter:
         self._tables_ready = True
         return True
 
-    def _write(self, batches: list[PredictionBatch]) -> None:
-        """Everything taken, in one transaction: one row per request."""
-        self._store(write_batches, batches)
+    def _write(self, batches: list[LogBatch]) -> None:
+        """Everything taken, in one transaction: one row per request (and per shadow score)."""
+        self._store(write_log, batches)
 
     def _store(self, write: Callable[[Engine, Any], None], what: Any) -> None:
         if not self._tables_ready:
@@ -429,6 +575,8 @@ class PredictionLogWriter:
                         )
                         return adopted
                     self._dropped("write_error", orphan.predictions)
+                    if orphan.shadow_scores:
+                        self.on_shadow_drop("write_error", orphan.shadow_scores)
                     orphan.release()
                     continue
                 except Exception:
@@ -457,7 +605,7 @@ class PredictionLogWriter:
             logger.error("prediction log spool: %s", exc)
 
     def _run(self) -> None:
-        held: list[PredictionBatch] = []  # batches whose write failed and is being retried
+        held: list[LogBatch] = []  # batches whose write failed and is being retried
         next_adoption = time.monotonic()  # at start, then every adopt_interval
         while True:
             if self.spool is not None and not held and time.monotonic() >= next_adoption:
@@ -504,39 +652,40 @@ class PredictionLogWriter:
             self._settle(held, dropped=None)
             held = []
 
-    def _settle(self, batches: list[PredictionBatch], dropped: str | None) -> None:
+    def _settle(self, batches: list[LogBatch], dropped: str | None) -> None:
         """Count `batches` once: written (dropped=None) or dropped for that reason."""
         with self._lock:
             self._in_flight = []
             marks = []
             for batch in batches:
-                self._pending.pop(batch.batch_id, None)
-                mark = self._spooled.pop(batch.batch_id, None)
+                self._pending.pop(batch.key, None)
+                mark = self._spooled.pop(batch.key, None)
                 if mark is not None:
                     marks.append(mark)
             if self._abandoned:
                 return  # close() has counted them already
             if dropped is None:
-                self.written += _rows(batches)
+                self.written += sum(len(b) for b in batches if not b.shadow)
+                self.shadow_written += sum(len(b) for b in batches if b.shadow)
         if dropped is not None:
-            self._dropped(dropped, _rows(batches))
+            self._count_drops(dropped, batches)
         # After counting: a kill in between leaves them to an adopter, which ignores what
         # was written; settled before counting, they could vanish.
         if marks and self.spool is not None:
             self._spool_call(self.spool.settled, max(marks))
 
-    def _give_up(self, held: list[PredictionBatch]) -> None:
+    def _give_up(self, held: list[LogBatch]) -> None:
         """Shutdown with the store failing or out of time: count `held` and everything
         still queued as dropped, and queue nothing more."""
         with self._lock:
             self._closed = True
             rest = list(self._queue)
             self._queue.clear()
-            self._queued_rows = 0
+            self._queued_rows = self._queued_shadow = 0
         self._settle([*held, *rest], dropped="shutdown")
 
 
-def _rows(batches: list[PredictionBatch]) -> int:
+def _rows(batches: list[LogBatch]) -> int:
     return sum(len(b) for b in batches)
 
 

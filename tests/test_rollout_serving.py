@@ -1,0 +1,335 @@
+"""The API side of progressive delivery, in process: guardrail rules, routing, shadow scores
+through the log writer and spool, and the service's canary decisions (a challenger that fails
+falls back to the champion and counts as an error; enough errors roll the canary back).
+
+The real registry and two workers are in tests/test_api_rollout.py."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+from fastapi.testclient import TestClient
+
+from app.main import create_app
+from app.rollout import (
+    Challenger,
+    Guardrails,
+    GuardrailWindow,
+    WindowStats,
+    challenger_rows,
+    judge,
+    routing_keys,
+    schema_difference,
+)
+from churn.prediction_log import (
+    PredictionBatch,
+    PredictionLogWriter,
+    ShadowBatch,
+    Spool,
+    make_engine,
+    orphans,
+)
+from churn.prediction_log.spool import decode_record, insert_missing
+from churn.rollout import CANARY, RolloutError, RolloutRecord
+from tests.api_support import CUSTOMER, make_settings, metric_value, wait_until
+from tests.conftest import TrainedModel
+
+# ---------------------------------------------------------------------------- guardrails
+
+
+def test_guardrails_judge_nothing_before_min_requests_then_each_bound() -> None:
+    bounds = Guardrails(min_requests=100, max_error_ratio=0.02, max_p95_latency_ms=50)
+    fine = WindowStats(challenger_rows=99, challenger_errors=0, p95_latency_ms=10)
+    assert judge(fine, bounds) is None
+    # 10 errors of 99: far over the ratio, but fewer than min_requests answers
+    assert judge(WindowStats(challenger_rows=80, challenger_errors=10), bounds) is None
+    assert judge(WindowStats(challenger_rows=95, challenger_errors=5), bounds) == "error_ratio"
+    assert judge(WindowStats(challenger_rows=98, challenger_errors=2), bounds) is None
+    slow = WindowStats(challenger_rows=100, p95_latency_ms=50.1)
+    assert judge(slow, bounds) == "latency"
+    assert judge(replace(slow, p95_latency_ms=50.0), bounds) is None
+    risky = WindowStats(
+        challenger_rows=100, challenger_high=40, champion_rows=1000, champion_high=200
+    )
+    assert risky.high_risk_delta == pytest.approx(0.2)
+    assert judge(risky, bounds) == "high_risk"
+    assert judge(replace(risky, challenger_high=30), bounds) is None  # delta 0.10
+    # no champion answers in the window: the delta is not judged
+    assert judge(replace(risky, champion_rows=0, champion_high=0), bounds) is None
+
+
+def test_guardrails_come_from_the_record_and_refuse_unusable_bounds() -> None:
+    assert Guardrails.from_record({}) == Guardrails()
+    bounds = Guardrails.from_record({"min_requests": 50, "max_p95_latency_ms": 100})
+    assert (bounds.min_requests, bounds.max_p95_latency_ms) == (50, 100.0)
+    for bad in ({"max_error_ratio": "0.1"}, {"min_requests": -1}, {"max_p95_latency_ms": True}):
+        with pytest.raises(RolloutError, match="guardrail"):
+            Guardrails.from_record(bad)
+
+
+def test_the_window_forgets_answers_older_than_its_length() -> None:
+    window = GuardrailWindow(window_seconds=10)
+    window.add(True, rows=5, high=1, errors=1, seconds=0.002, now=100.0)
+    window.add(False, rows=20, high=2, errors=0, seconds=0.001, now=105.0)
+    window.add(True, rows=5, high=0, errors=0, seconds=0.004, now=109.0)
+    stats = window.stats(now=109.0)
+    assert (stats.challenger_rows, stats.challenger_errors, stats.champion_rows) == (10, 1, 20)
+    # the p95 (the 4 ms call of two) to within its 5 % latency bin, never below
+    assert 4.0 <= stats.p95_latency_ms <= 4.2
+    later = window.stats(now=111.0)  # the first answer is out of the window
+    assert (later.challenger_rows, later.challenger_errors, later.champion_rows) == (5, 0, 20)
+
+
+# ---------------------------------------------------------------------------- routing
+
+
+def test_canary_routing_keeps_its_share_and_only_adds_keys_when_widened() -> None:
+    keys = [f"customer-{i}" for i in range(20_000)]
+    at_5 = challenger_rows(keys, 0.05)
+    at_10 = challenger_rows(keys, 0.10)
+    assert abs(sum(at_10) / len(keys) - 0.10) < 0.01
+    assert all(b for a, b in zip(at_5, at_10, strict=True) if a)  # 5 % is inside 10 %
+    assert challenger_rows(keys, 0.10) == at_10  # sticky
+
+
+def test_batch_routing_buckets_equal_the_one_key_rule() -> None:
+    from churn.rollout import routing_bucket, routing_buckets
+
+    keys = [f"customer-{i}" for i in range(5000)] + ["", "é-ü", "x" * 500, "42"]
+    assert routing_buckets(keys).tolist() == [routing_bucket(k) for k in keys]
+
+
+def test_routing_keys_customer_id_then_header_then_the_features() -> None:
+    names = ["tenure", "contract_type"]
+    rows = [
+        {"tenure": 1, "contract_type": "One year", "customer_id": 42},
+        {"tenure": 1, "contract_type": "One year", "customer_id": "42"},
+        {"tenure": 1, "contract_type": "One year"},
+        {"contract_type": "One year", "tenure": 1},  # another key order, same customer data
+        {"tenure": 2, "contract_type": "One year"},
+    ]
+    with_header = routing_keys(rows, "abc", names)
+    assert with_header[:3] == ["42", "42", "abc"]
+    plain = routing_keys(rows, None, names)
+    assert plain[0] == plain[1] == "42"
+    assert plain[2] == plain[3] != plain[4]
+
+
+def test_schema_difference_ignores_what_training_observed(trained_model: TrainedModel) -> None:
+    from churn.bundle import load_bundle
+
+    schema = load_bundle(trained_model.model_path).schema
+    observed = schema.model_copy(
+        update={
+            "features": [
+                f.model_copy(update={"observed_max": (f.observed_max or 0) + 1})
+                for f in schema.features
+            ]
+        }
+    )
+    assert schema_difference(schema, observed) is None
+    fewer = schema.model_copy(update={"features": schema.features[1:]})
+    assert "features" in (schema_difference(schema, fewer) or "")
+    ruled = schema.model_copy(
+        update={
+            "features": [
+                f.model_copy(update={"max": 5.0}) if f.name == "num_products" else f
+                for f in schema.features
+            ]
+        }
+    )
+    assert "num_products" in (schema_difference(schema, ruled) or "")
+
+
+# ---------------------------------------------------------------------------- the log
+
+
+def _served(batch_id: str, rows: int = 3) -> PredictionBatch:
+    return PredictionBatch(
+        batch_id=batch_id,
+        created_at=time.time(),
+        model_version="1",
+        columns={"tenure": list(range(rows))},
+        probabilities=[0.5] * rows,
+        tiers=["MEDIUM"] * rows,
+    )
+
+
+def _shadow(batch_id: str, rows: int = 3) -> ShadowBatch:
+    return ShadowBatch(
+        batch_id=batch_id,
+        created_at=time.time(),
+        model_version="2",
+        served_version="1",
+        probabilities=[0.25] * rows,
+        tiers=["LOW"] * rows,
+    )
+
+
+def test_shadow_scores_are_written_with_their_served_batch(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'log.db'}"
+    engine = make_engine(url)
+    drops: list[tuple[str, int]] = []
+    writer = PredictionLogWriter(
+        engine,
+        queue_size=10,
+        shadow_queue_size=4,
+        flush_interval=0.02,
+        on_shadow_drop=lambda reason, n: drops.append((reason, n)),
+        spool=Spool(tmp_path / "spool"),
+    )
+    writer.prepare()
+    writer.start()
+    batch_id = "0" * 12 + "a" * 16
+    assert writer.enqueue(_served(batch_id))
+    assert writer.enqueue(_shadow(batch_id))
+    assert writer.is_pending(batch_id + "0000")  # a shadow score never stands for a served one
+    # the shadow bound is its own: a full shadow queue never takes a served prediction's place
+    assert not writer.enqueue(_shadow("1" * 28, rows=5))
+    assert writer.enqueue(_served("2" * 28, rows=5))
+    assert wait_until(lambda: writer.written == 8 and writer.shadow_written == 3)
+    writer.close()
+    assert drops == [("queue_full", 5)]
+    assert writer.dropped == {}
+    with engine.connect() as conn:
+        shadow = conn.execute(sa.text("SELECT * FROM shadow_predictions")).mappings().all()
+    assert len(shadow) == 1
+    assert shadow[0]["batch_id"] == batch_id
+    assert (shadow[0]["model_version"], shadow[0]["served_version"]) == ("2", "1")
+
+
+def test_a_dead_workers_shadow_scores_are_adopted(tmp_path: Path) -> None:
+    spool = Spool(tmp_path)
+    batch_id = "0" * 12 + "b" * 16
+    spool.append(_served(batch_id).spool_record())
+    spool.append(_shadow(batch_id).spool_record())
+    record = decode_record(_shadow(batch_id).spool_record())
+    assert record["served_version"] == "1"
+    with pytest.raises(ValueError, match="not a spool record"):
+        decode_record(b'{"batch_id":"x","created_at":1,"model_version":"2","served_version":3}')
+    # the owner "dies": its lock goes with its descriptor
+    import os
+
+    os.close(spool._done_fd)
+    engine = make_engine(f"sqlite:///{tmp_path / 'log.db'}")
+    from churn.prediction_log import create_tables
+
+    create_tables(engine)
+    (orphan,) = list(orphans(tmp_path))
+    assert (orphan.predictions, orphan.shadow_scores) == (3, 3)
+    insert_missing(engine, orphan.records)
+    insert_missing(engine, orphan.records)  # a second adoption adds nothing
+    orphan.release()
+    with engine.connect() as conn:
+        counts = [
+            conn.execute(sa.select(sa.func.count()).select_from(sa.table(t))).scalar()
+            for t in ("prediction_batches", "shadow_predictions")
+        ]
+    assert counts == [1, 1]
+
+
+# ---------------------------------------------------------------------------- the service
+
+
+class FailingPredictor:
+    """The challenger's backend failing at the edge (what a broken runtime would do)."""
+
+    backend = "failing"
+
+    def __init__(self, real: Any) -> None:
+        self.real = real
+
+    def prepare(self, columns: Any) -> Any:
+        return self.real.prepare(columns)
+
+    def predict_prepared(self, prepared: Any) -> Any:
+        raise RuntimeError("the challenger's runtime failed")
+
+
+@pytest.fixture
+def served(trained_model: TrainedModel, tmp_path: Path) -> Iterator[TestClient]:
+    settings = make_settings(trained_model.model_path, tmp_path, shadow_queue_size=8)
+    with TestClient(create_app(settings)) as client:
+        assert client.get("/ready").status_code == 200
+        yield client
+
+
+def _challenger(client: TestClient, stage: str, broken: bool, **bounds: Any) -> Challenger:
+    service = client.app.state.service  # type: ignore[attr-defined]
+    champion = service.model
+    model = replace(
+        champion,
+        version="99",
+        predictor=FailingPredictor(champion.predictor) if broken else champion.predictor,
+    )
+    record = RolloutRecord.start("99", champion.version, "test", by="test", guardrails=bounds)
+    if stage == CANARY:
+        record = record.moved(CANARY, "test", by="test", share=1.0)
+    challenger = Challenger(model, record, Guardrails.from_record(bounds))
+    service.rollout._set(challenger)
+    return challenger
+
+
+def test_a_failing_canary_falls_back_to_the_champion_then_rolls_back(
+    served: TestClient,
+) -> None:
+    _challenger(served, CANARY, broken=True, min_requests=5, max_error_ratio=0.02)
+    for i in range(8):
+        answer = served.post("/predict", json={**CUSTOMER, "customer_id": i})
+        assert answer.status_code == 200  # the champion answered instead
+        assert answer.headers["x-model-role"] == "champion"
+        assert answer.json()["model_version"] != "99"
+    text = served.get("/metrics").text
+    errors = metric_value(text, "predictions_total", outcome="error", role="challenger")
+    assert errors == 5  # judged (and rolled back) at the fifth
+    assert metric_value(text, "rollout_rollbacks_total", reason="error_ratio") == 1
+    assert metric_value(text, "rollout_canary_share") == 0
+    assert metric_value(text, "rollout_stage", stage="rolled_back") == 1
+    assert metric_value(text, "predictions_total", outcome="error", role="champion") == 0
+    assert served.get("/model").json()["rollout"]["rolled_back"] == "error_ratio"
+
+
+def test_a_healthy_canary_answers_with_its_version(served: TestClient) -> None:
+    _challenger(served, CANARY, broken=False)
+    answer = served.post("/predict/batch", json={"customers": [CUSTOMER] * 3})
+    assert answer.status_code == 200
+    assert answer.headers["x-model-role"] == "challenger"
+    assert answer.headers["x-model-version"] == "99"
+    body = answer.json()
+    assert body["model_version"] == "99"
+    assert {p["model_version"] for p in body["predictions"]} == {"99"}
+    text = served.get("/metrics").text
+    assert metric_value(text, "predictions_total", outcome="success", role="challenger") == 3
+    # the champion scored the challenger's rows in shadow (paired)
+    assert wait_until(
+        lambda: (
+            metric_value(served.get("/metrics").text, "shadow_predictions_total", outcome="success")
+            == 3
+        )
+    )
+
+
+def test_shadow_never_fails_an_answer_and_counts_what_it_could_not_score(
+    served: TestClient,
+) -> None:
+    _challenger(served, "shadow", broken=True)
+    answer = served.post("/predict/batch", json={"customers": [CUSTOMER] * 5})
+    assert answer.status_code == 200
+    assert answer.headers["x-model-role"] == "champion"
+    # more rows than SHADOW_QUEUE_SIZE (8) waiting: dropped, never waited for
+    served.post("/predict/batch", json={"customers": [CUSTOMER] * 9})
+
+    def shadow(outcome: str) -> float:
+        return metric_value(
+            served.get("/metrics").text, "shadow_predictions_total", outcome=outcome
+        )
+
+    assert wait_until(lambda: shadow("error") == 5)
+    assert shadow("dropped") == 9
+    assert shadow("success") == 0
