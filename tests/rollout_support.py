@@ -1,22 +1,21 @@
-"""Helpers for the rollout tests: a paired prediction log written as the API writes it."""
+"""Helpers for the rollout tests: a paired prediction log written as the API writes it
+(served batches and shadow scores through the log writer's own insert, write_log)."""
 
 from __future__ import annotations
 
 import time
-from datetime import UTC, datetime
 
 import numpy as np
 import pandas as pd
-from sqlalchemy import insert
 
 from app.ids import RandomHex
 from churn.prediction_log import (
     PredictionBatch,
+    ShadowBatch,
     create_tables,
     make_engine,
     record_feedback,
-    shadow_predictions,
-    write_batches,
+    write_log,
 )
 from churn.risk import risk_tiers
 
@@ -62,19 +61,15 @@ def write_pairs(
                 probabilities=[float(x) for x in p],
                 tiers=risk_tiers(p, 0.75, 0.45).tolist(),
             )
-            write_batches(engine, [batch])
-            with engine.begin() as conn:
-                conn.execute(
-                    insert(shadow_predictions).values(
-                        batch_id=batch.batch_id,
-                        model_version=shadow_version,
-                        served_version=served_version,
-                        created_at=datetime.now(UTC),
-                        rows=len(q),
-                        probabilities=[float(x) for x in q],
-                        risk_tiers=risk_tiers(q, 0.75, 0.45).tolist(),
-                    )
-                )
+            shadow = ShadowBatch(
+                batch_id=batch.batch_id,
+                created_at=batch.created_at,
+                model_version=shadow_version,
+                served_version=served_version,
+                probabilities=[float(x) for x in q],
+                tiers=risk_tiers(q, 0.75, 0.45).tolist(),
+            )
+            write_log(engine, [batch, shadow])  # what the API's writer thread does
             for pid, outcome in zip(batch.ids, outcomes[start:stop], strict=True):
                 if done < labelled:
                     record_feedback(engine, pid, bool(outcome))

@@ -1,8 +1,8 @@
 """The paired reader: a served batch joined with what the other model said about it, per row,
 with feedback, on SQLite and the real PostgreSQL.
 
-Served batches go in through the log writer's own insert (write_batches); shadow rows through
-the shadow_predictions table (what the API's writer stores for the model that did not answer).
+Served batches and shadow scores go in through the log writer's own insert (write_log), as the
+API's writer thread stores them.
 """
 
 from __future__ import annotations
@@ -14,18 +14,17 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from sqlalchemy import insert
 
 from churn.prediction_log import (
     PAIRED_COLUMNS,
     PredictionBatch,
+    ShadowBatch,
     create_tables,
     make_engine,
     prediction_ids,
     read_paired,
     record_feedback,
-    shadow_predictions,
-    write_batches,
+    write_log,
 )
 from tests.mlflow_server import postgres_database
 
@@ -54,16 +53,15 @@ def served(
 
 def shadow(
     batch: PredictionBatch, version: str, probabilities: list[float], tiers: list[str]
-) -> dict:
-    return {
-        "batch_id": batch.batch_id,
-        "model_version": version,
-        "served_version": batch.model_version,
-        "created_at": datetime.fromtimestamp(batch.created_at, UTC),
-        "rows": len(probabilities),
-        "probabilities": probabilities,
-        "risk_tiers": tiers,
-    }
+) -> ShadowBatch:
+    return ShadowBatch(
+        batch_id=batch.batch_id,
+        created_at=batch.created_at,
+        model_version=version,
+        served_version=batch.model_version,
+        probabilities=probabilities,
+        tiers=tiers,
+    )
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
@@ -85,18 +83,22 @@ def test_pairs_are_joined_per_row_with_feedback(log_url: str) -> None:
     engine = make_engine(log_url)
     try:
         create_tables(engine)
-        write_batches(engine, [old, shadowed, canary, alone, other, torn])
-        with engine.begin() as conn:
-            conn.execute(
-                insert(shadow_predictions),
-                [
-                    shadow(shadowed, "2", [0.2, 0.7, 0.45], ["LOW", "MEDIUM", "MEDIUM"]),
-                    shadow(canary, "1", [0.85, 0.3], ["HIGH", "LOW"]),
-                    shadow(other, "3", [0.5], ["MEDIUM"]),
-                    shadow(torn, "2", [0.4, 0.6], ["LOW", "MEDIUM"]),
-                    shadow(old, "2", [0.25], ["LOW"]),
-                ],
-            )
+        write_log(  # the log writer's own insert: served batches and shadow scores
+            engine,
+            [
+                old,
+                shadowed,
+                canary,
+                alone,
+                other,
+                torn,
+                shadow(shadowed, "2", [0.2, 0.7, 0.45], ["LOW", "MEDIUM", "MEDIUM"]),
+                shadow(canary, "1", [0.85, 0.3], ["HIGH", "LOW"]),
+                shadow(other, "3", [0.5], ["MEDIUM"]),
+                shadow(torn, "2", [0.4, 0.6], ["LOW", "MEDIUM"]),
+                shadow(old, "2", [0.25], ["LOW"]),
+            ],
+        )
         record_feedback(engine, shadowed.ids[0], False)
         record_feedback(engine, shadowed.ids[2], True)
         record_feedback(engine, canary.ids[1], True)
