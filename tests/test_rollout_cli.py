@@ -205,9 +205,12 @@ def test_evaluate_reports_then_promote_goes_through_the_gated_export(
     q = np.clip(np.round(p + rng.normal(0, 0.01, len(p)), 4), 0, 1)
     write_pairs(rollout.log_url, customers.iloc[:1500], v1, v2, p[:1500], q[:1500], labelled=200)
 
-    early = rollout.run("evaluate", "--database-url", rollout.log_url, "--json", "e.json")
+    early_report = rollout.tmp / "early.json"
+    early = rollout.run("evaluate", "--database-url", rollout.log_url, "--json", str(early_report))
     assert early.returncode == 3, early.stdout + early.stderr
     assert "UNDECIDED" in early.stdout and "200 labelled pairs (< 500 needed)" in early.stdout
+    undecided = json.loads(early_report.read_text())["decision"]
+    assert undecided["verdict"] == "undecided" and undecided["labels_needed"] >= 300
     assert "labels still needed (estimate): about" in early.stdout
     assert rollout.record(v2).evidence["decision"] == "undecided"  # kept for `status`
     assert "evidence so far" in rollout.run("status").stdout
@@ -279,9 +282,12 @@ def test_a_worse_challenger_is_rejected_and_cannot_be_promoted(
     worse = np.clip(np.round(p + rng.normal(0, 0.25, len(p)), 4), 0, 1)
     # in canary the challenger answered and the champion scored in shadow
     write_pairs(rollout.log_url, customers, v2, v1, worse, p, labelled=1000)
-    judged = rollout.run("evaluate", "--database-url", rollout.log_url, "--json", "w.json")
+    report = rollout.tmp / "worse.json"
+    judged = rollout.run("evaluate", "--database-url", rollout.log_url, "--json", str(report))
     assert judged.returncode == cli.EXIT_REJECT, judged.stdout + judged.stderr
     assert "REJECT: significantly worse" in judged.stdout
+    evidence = json.loads(report.read_text())
+    assert (evidence["canary_pairs"], evidence["shadow_pairs"]) == (2000, 0)
     refused = rollout.run("promote", "--database-url", rollout.log_url)
     assert refused.returncode == cli.EXIT_REJECT
     assert rollout.alias() == v1 and rollout.alias("challenger") == v2
