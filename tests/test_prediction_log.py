@@ -252,13 +252,13 @@ def test_one_write_takes_every_queued_request(
     import churn.prediction_log.writer as writer_module
 
     writes: list[int] = []
-    real = writer_module.write_batches
+    real = writer_module.write_log
 
     def counted(engine: Any, batches: Any) -> None:
         writes.append(len(batches))
         real(engine, batches)
 
-    monkeypatch.setattr(writer_module, "write_batches", counted)
+    monkeypatch.setattr(writer_module, "write_log", counted)
     url = f"sqlite:///{tmp_path / 'log.db'}"
     writer = PredictionLogWriter(make_engine(url), batch_size=500, flush_interval=0.02)
     assert writer.prepare()
