@@ -149,6 +149,40 @@ closed-loop: $(BIN)/.installed ## One closed-loop cycle: drift + labels -> retra
 	    3) echo "make closed-loop: exit 3: insufficient data, nothing judged" >&2 ;; \
 	    *) echo "make closed-loop: exit $$code: error (see the line above)" >&2 ;; esac; exit $$code
 
+# Progressive delivery (rollout.py): exit codes of evaluate and promote are 0 promote,
+# 1 reject, 2 error, 3 undecided (keep collecting); start/canary/abort/status 0 done,
+# 1 gate refused (start), 2 error. make turns a failure into its own exit 2, so each recipe
+# names the CLI's code first.
+ROLLOUT = $(PY) rollout.py --config $(CONFIG)
+ROLLOUT_CODE = || { code=$$?; echo "rollout.py exited $$code (evaluate/promote: 1 reject, 3 undecided; 1 gate refused; 2 error)" >&2; exit $$code; }
+ROLLOUT_EVIDENCE = $(if $(DATABASE_URL),--database-url $(DATABASE_URL)) $(if $(PROMETHEUS_URL),--prometheus $(PROMETHEUS_URL))
+
+.PHONY: rollout-start
+rollout-start: $(BIN)/.installed | $(KEY_DEP) ## Gated, verified version (VERSION=N, default newest) to @challenger in shadow
+	$(KEY_ENV) $(ROLLOUT) start $(if $(VERSION),--version $(VERSION)) $(if $(REASON),--reason "$(REASON)") $(ROLLOUT_CODE)
+
+.PHONY: rollout-canary
+rollout-canary: $(BIN)/.installed ## Challenger answers SHARE= of traffic (default rollout.canary_share), sticky per key
+	$(ROLLOUT) canary $(if $(SHARE),--share $(SHARE)) $(ROLLOUT_CODE)
+
+.PHONY: rollout-evaluate
+rollout-evaluate: $(BIN)/.installed ## Paired evidence + decision; reports/rollout.{json,html} (PUSHGATEWAY=, PROMETHEUS_URL=)
+	$(ROLLOUT) evaluate $(ROLLOUT_EVIDENCE) --json reports/rollout.json --html reports/rollout.html \
+	  $(if $(PUSHGATEWAY),--pushgateway $(PUSHGATEWAY)) $(ROLLOUT_CODE)
+
+.PHONY: rollout-promote
+rollout-promote: $(BIN)/.installed | $(KEY_DEP) ## Promote the challenger if the evidence says so (gated export to artifacts/)
+	$(KEY_ENV) $(ROLLOUT) promote $(ROLLOUT_EVIDENCE) $(if $(OVERRIDE),--override "$(OVERRIDE)") $(ROLLOUT_CODE)
+
+.PHONY: rollout-abort
+rollout-abort: $(BIN)/.installed ## End the rollout as rejected and remove @challenger (REASON= required)
+	@test -n "$(REASON)" || { echo "make rollout-abort: set REASON=..." >&2; exit 2; }
+	$(ROLLOUT) abort --reason "$(REASON)" $(ROLLOUT_CODE)
+
+.PHONY: rollout-status
+rollout-status: $(BIN)/.installed ## The rollout record, its history and the evidence so far
+	$(ROLLOUT) status $(ROLLOUT_CODE)
+
 .PHONY: bench
 bench: $(BIN)/.installed | $(KEY_DEP) ## Benchmarks (bench/RESULTS.md, Spark scoring too); not part of make test
 	$(KEY_ENV) $(PY) -m bench.run $(BENCH_ARGS)

@@ -215,6 +215,22 @@ def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
             5.0,
             " s",
         ),
+        (
+            "rollout evidence (DeLong, losses, agreement, 16 segments), 1,000,000 pairs < 5 s",
+            _get(results, "rollout_evaluation", "1000000", "evidence_s"),
+            "<",
+            5.0,
+            " s",
+        ),
+        (
+            "paired bootstrap, 2,000 resamples of 10,000 pairs < 5 s",
+            _get(results, "rollout_evaluation", "bootstrap", "seconds")
+            if _get(results, "rollout_evaluation", "bootstrap", "rows") == 10_000
+            else None,
+            "<",
+            5.0,
+            " s",
+        ),
     ]
     phases = _get(results, "rollout", "phases") or {}
     for phase, limit in (("shadow", 0.30), ("canary", 0.05)):
@@ -519,6 +535,17 @@ def _other_table(results: dict[str, Any]) -> list[str]:
             f"(half labelled): estimate / segments | {_f(d['estimate_s'], 2)} s / "
             f"{_f(d['segments_s'], 2)} s |"
         )
+    for n, d in (results.get("rollout_evaluation") or {}).items():
+        if n == "bootstrap":
+            lines.append(
+                f"| rollout: paired bootstrap, {d['resamples']:,} resamples of {d['rows']:,} "
+                f"pairs | {_f(d['seconds'], 2)} s |"
+            )
+        else:
+            lines.append(
+                f"| rollout evidence, {int(n):,} labelled pairs (DeLong, losses, agreement, "
+                f"{d['segments']} segments) | {_f(d['evidence_s'], 2)} s |"
+            )
     for name in ORDER:
         s = _servers(results).get(name)
         if s:

@@ -4,8 +4,8 @@ Measures, in one run on this machine: /predict on this service, ``mlflow models 
 blog-style FastAPI app and a constant-answer ceiling under the same load; /health while
 /predict is saturated; batch rows/s (and prediction-log drops); the compiled forest and ONNX
 vs sklearn in process with parity; training time; drift check and label-free performance
-estimation time; start-up time and memory; an alias move reaching every worker, by webhook and
-by polling. Writes ``<out>/latest.json``, the plot
+estimation time; the rollout evaluation's time; start-up time and memory; an alias move
+reaching every worker, by webhook and by polling. Writes ``<out>/latest.json``, the plot
 ``<out>/throughput.png`` and ``bench/RESULTS.md``.
 """
 
@@ -44,6 +44,7 @@ SECTIONS = (
     "performance",
     "webhook",
     "rollout",
+    "rollout_evaluation",
 )
 PACKAGES = (
     "fastapi",
@@ -288,6 +289,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             results["webhook"] = alias_move(
                 bundle.directory, work / "webhook", **quick_settings(settings["quick"])
             )
+        if "rollout_evaluation" not in skip:
+            from bench.rollout_evaluation import rollout_evaluation
+
+            rows = tuple(settings["drift_rows"])
+            boot = 2000 if args.quick else 10_000
+            http.say(f"rollout evidence on {rows} labelled pairs; bootstrap on {boot:,} pairs")
+            results["rollout_evaluation"] = rollout_evaluation(rows, boot)
     results["meta"]["loadavg_end"] = os.getloadavg()[0]
     return results
 

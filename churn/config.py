@@ -188,6 +188,42 @@ class BatchConfig(_Section):
     arrow_batch_rows: int = Field(100_000, ge=100)
 
 
+class GuardrailsConfig(_Section):
+    """A canary's guardrail bounds, copied into the rollout record when a rollout starts (the
+    API judges by the record, so every worker of every replica uses the same numbers)."""
+
+    # Challenger answers seen in the window before the guardrails judge at all.
+    min_requests: int = Field(200, ge=1)
+    window_seconds: float = Field(300, gt=0)
+    max_error_ratio: float = Field(0.02, ge=0.0, le=1.0)
+    max_p95_latency_ms: float = Field(250, gt=0)
+    # |challenger's HIGH-tier rate - champion's| above this rolls the canary back.
+    max_high_risk_rate_delta: float = Field(0.15, ge=0.0, le=1.0)
+
+
+class RolloutConfig(_Section):
+    """Progressive delivery (churn/rollout.py, monitoring/rollout/): the decision rule on the
+    paired live evidence, the default canary share, and the canary's guardrails."""
+
+    canary_share: float = Field(0.10, gt=0.0, le=1.0)  # `make rollout-canary`'s default
+    # Non-inferiority margin: promote when the lower bound of AUC(challenger) - AUC(champion)
+    # is at or above -margin.
+    margin: float = Field(0.005, ge=0.0, lt=1.0)
+    min_pairs: int = Field(500, ge=10)  # labelled pairs before any decision
+    confidence: float = Field(0.95, gt=0.5, lt=1.0)  # two-sided interval
+    method: Literal["delong", "bootstrap"] = "delong"
+    bootstrap_resamples: int = Field(2000, ge=100, le=100_000)
+    guardrails: GuardrailsConfig = GuardrailsConfig()
+
+
+class ClosedLoopConfig(_Section):
+    """Where the closed loop sends a retrained model that passed the gate: to @challenger in
+    shadow (default) or in canary at rollout.canary_share, both moving on only on live
+    evidence; or straight to @production (`direct`, the loop's behaviour before rollouts)."""
+
+    promotion: Literal["shadow", "canary", "direct"] = "shadow"
+
+
 class Config(_Section):
     mlflow: MlflowConfig = MlflowConfig()
     data: DataConfig = DataConfig()
@@ -199,6 +235,8 @@ class Config(_Section):
     export: ExportConfig = ExportConfig()
     monitoring: MonitoringConfig = MonitoringConfig()
     batch: BatchConfig = BatchConfig()
+    rollout: RolloutConfig = RolloutConfig()
+    closed_loop: ClosedLoopConfig = ClosedLoopConfig()
 
     @model_validator(mode="after")
     def _segments_fit_their_features(self) -> Config:

@@ -25,7 +25,7 @@ import math
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -421,6 +421,20 @@ def promote(
         return _promote_locked(config, mlflow_client, version, alias, dry_run, model_card)
 
 
+def promote_locked(
+    config: Config,
+    mlflow_client: Any,
+    version: str | None,
+    alias: str,
+    model_card: Path | None = None,
+    version_tags: Mapping[str, str] | None = None,
+) -> PromotionResult:
+    """`promote` for a caller that already holds the promotion lock and has more to do under
+    it (churn.challenger: start a rollout, promote a challenger). `version_tags` are set on
+    the version together with the alias move, and undone with it if a later step fails."""
+    return _promote_locked(config, mlflow_client, version, alias, False, model_card, version_tags)
+
+
 def _promote_locked(
     config: Config,
     mlflow_client: Any,
@@ -428,6 +442,7 @@ def _promote_locked(
     alias: str,
     dry_run: bool,
     model_card: Path | None,
+    version_tags: Mapping[str, str] | None = None,
 ) -> PromotionResult:
     name = config.mlflow.model_name
     candidate = describe(mlflow_client, name, version or latest_version(mlflow_client, name))
@@ -497,7 +512,7 @@ def _promote_locked(
                 (before, [*history, candidate.version]),
                 staged,
                 export,
-                {f"{alias}.promoted_at": _now()},
+                {f"{alias}.promoted_at": _now(), **(version_tags or {})},
             )
         finally:
             _drop_card(staged)

@@ -105,6 +105,8 @@ def test_every_section_is_measured_with_finite_numbers(smoke: Path) -> None:
     log = servers["service"]["prediction_log"]
     # every load's predictions were counted; none of their log records was dropped
     assert log["predictions"] >= servers["service"]["predict"]["requests"] and log["dropped"] == 0
+    assert set(results["rollout_evaluation"]) == {"5000", "20000", "bootstrap"}
+    assert results["rollout_evaluation"]["bootstrap"]["resamples"] == 2000
     # progressive delivery: one server switched by the registry between the three phases
     phases = results["rollout"]["phases"]
     assert set(phases) == {"off", "shadow", "canary"}
@@ -115,7 +117,7 @@ def test_every_section_is_measured_with_finite_numbers(smoke: Path) -> None:
     assert phases["canary"]["challenger_share"] > 0
     assert phases["shadow"]["shadow_scored"] > 0
     assert "predict_cost" in phases["shadow"] and "batch_cost" in phases["canary"]
-    assert len(results["targets"]) == 16
+    assert len(results["targets"]) == 18
     assert {t["mark"] for t in results["targets"]} <= {"pass", "short", "n/a"}
     numbers = _numbers(results)
     assert numbers, "no figures at all"

@@ -256,6 +256,7 @@ def refusing_config(trained_model: TrainedModel, tmp_path: Path) -> Path:
     raw["export"]["artifacts_dir"] = str(tmp_path / "artifacts")
     raw["export"]["candidates_dir"] = str(tmp_path / "candidates")
     raw["gate"]["min_val_auc"] = 0.999  # no model of this data can reach it
+    raw["closed_loop"] = {"promotion": "direct"}
     config_path = tmp_path / "config.yaml"
     config_path.write_text(yaml.safe_dump(raw))
     return config_path
@@ -500,6 +501,7 @@ def test_drift_retrains_promotes_and_the_api_follows(tmp_path: Path) -> None:
             tmp_path,
             mlflow={"tracking_uri": tracking_uri},
             gate={"min_val_auc": 0.75, "max_auc_drop": 0.05},
+            closed_loop={"promotion": "direct"},
         )
         config = load_config(config_path)
         env_backup = os.environ.pop("MLFLOW_TRACKING_URI", None)
@@ -581,3 +583,143 @@ def test_drift_retrains_promotes_and_the_api_follows(tmp_path: Path) -> None:
             assert len(pd.read_csv(retrain_csv)) == 3000 + len(traffic)
             with httpx.Client(base_url=url, timeout=30) as client:
                 assert client.get("/model").json()["model_version"] == "2"
+
+
+# --------------------------------------------------------------------------- through a rollout
+
+
+def loop_config(trained_model: TrainedModel, tmp_path: Path, promotion: str) -> Path:
+    """The session's config with its own data copy, a gate a retrain passes, and `promotion`."""
+    raw = yaml.safe_load(trained_model.config_path.read_text())
+    raw["data"]["train_path"] = str(shutil.copy(trained_model.config.data.train_path, tmp_path))
+    raw["export"]["artifacts_dir"] = str(tmp_path / "artifacts")
+    raw["export"]["candidates_dir"] = str(tmp_path / "candidates")
+    raw["export"]["model_card"] = str(tmp_path / "artifacts" / "MODEL_CARD.md")
+    raw["gate"] = {"min_val_auc": 0.5, "max_auc_drop": 0.5}
+    raw["rollout"] = {"min_pairs": 400}
+    raw["closed_loop"] = {"promotion": promotion}
+    config_path = tmp_path / "config.yaml"
+    config_path.write_text(yaml.safe_dump(raw))
+    return config_path
+
+
+def retrain_into_rollout(
+    trained_model: TrainedModel, tmp_path: Path, promotion: str, capsys: pytest.CaptureFixture[str]
+) -> tuple[list[str], str, str]:
+    """One cycle on drifted, labelled traffic; returns (cli args, production, new version)."""
+    config_path = loop_config(trained_model, tmp_path, promotion)
+    customers = generate_drifted("month_to_month_shift", 600, seed=5)
+    log_url = log_served(trained_model, tmp_path, customers, labelled=600)
+    args = ["--config", str(config_path), "--since", "1h", "--database-url", log_url]
+    args += ["--min-labelled", "300", "--json", str(tmp_path / "cycle.json")]
+    assert closed_loop.main(args) == closed_loop.EXIT_OK
+    result = json.loads((tmp_path / "cycle.json").read_text())
+    assert result["action"] == "retrain" and result["promoted"] is False
+    return args, result["production_version"], result["candidate_version"]
+
+
+def test_shadow_retrain_goes_to_challenger_and_is_promoted_on_evidence(
+    trained_model: TrainedModel,
+    registry: str,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from churn.registry import client, version_by_alias
+    from churn.rollout import read_challenger, read_record
+    from tests.rollout_support import write_pairs
+
+    name = trained_model.result.model_name
+    args, v1, v2 = retrain_into_rollout(trained_model, tmp_path, "shadow", capsys)
+    out = capsys.readouterr().out
+    assert f"v{v2} passed the gate and is @challenger in shadow" in out
+    mlflow = client(registry)
+    assert version_by_alias(mlflow, name, "production") == v1  # nothing served changed
+    state = read_challenger(mlflow, name)
+    assert state is not None and state.record is not None
+    assert (state.version, state.record.stage, state.record.champion) == (v2, "shadow", v1)
+    assert state.record.history[0].by == "closed_loop"
+    assert json.loads((tmp_path / "cycle.json").read_text())["destination"] == "shadow"
+    assert not (tmp_path / "artifacts").exists()
+
+    # Next cycle, too few labelled pairs yet: undecided, nothing moves, no second retrain.
+    before = versions(registry, name)
+    log_url = args[args.index("--database-url") + 1]
+    customers = generate_customers(1200, seed=41)
+    p = served(trained_model, customers)
+    q = np.clip(np.round(p + np.random.default_rng(1).normal(0, 0.01, len(p)), 4), 0, 1)
+    write_pairs(log_url, customers.iloc[:300], v1, v2, p[:300], q[:300], labelled=300)
+    assert closed_loop.main(args) == closed_loop.EXIT_OK
+    assert "undecided" in capsys.readouterr().out
+    assert versions(registry, name) == before
+    assert version_by_alias(mlflow, name, "challenger") == v2
+
+    # Enough labelled pairs of an equally good model: promoted through the gated export.
+    write_pairs(log_url, customers.iloc[300:], v1, v2, p[300:], q[300:], labelled=900)
+    assert closed_loop.main(args) == closed_loop.EXIT_OK
+    out = capsys.readouterr().out
+    assert f"promoted challenger v{v2} to @production (was v{v1})" in out
+    assert version_by_alias(mlflow, name, "production") == v2
+    assert version_by_alias(mlflow, name, "challenger") is None
+    record = read_record(mlflow, name, v2)
+    assert record is not None and record.stage == "promoted"
+    assert json.loads((tmp_path / "artifacts" / "release.json").read_text())["version"] == v2
+
+
+def test_canary_retrain_that_is_worse_live_is_rejected(
+    trained_model: TrainedModel,
+    registry: str,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from churn.registry import client, version_by_alias
+    from churn.rollout import read_record
+    from tests.rollout_support import write_pairs
+
+    name = trained_model.result.model_name
+    args, v1, v2 = retrain_into_rollout(trained_model, tmp_path, "canary", capsys)
+    assert f"v{v2} passed the gate and is @challenger in canary at 10%" in capsys.readouterr().out
+    mlflow = client(registry)
+    record = read_record(mlflow, name, v2)
+    assert record is not None and (record.stage, record.share) == ("canary", 0.1)
+
+    log_url = args[args.index("--database-url") + 1]
+    customers = generate_customers(1000, seed=42)
+    p = served(trained_model, customers)
+    worse = np.clip(np.round(p + np.random.default_rng(2).normal(0, 0.25, len(p)), 4), 0, 1)
+    write_pairs(log_url, customers, v2, v1, worse, p, labelled=1000)  # challenger answered
+    assert closed_loop.main(args) == closed_loop.EXIT_GATE_REFUSED
+    out = capsys.readouterr().out
+    assert f"rejected challenger v{v2}, @production stays v{v1}" in out
+    assert "significantly worse" in out
+    assert version_by_alias(mlflow, name, "production") == v1
+    assert version_by_alias(mlflow, name, "challenger") is None
+    record = read_record(mlflow, name, v2)
+    assert record is not None and record.stage == "rejected"
+    assert json.loads((tmp_path / "cycle.json").read_text())["rollout"].startswith("rejected")
+
+
+def test_a_challenger_rolled_back_by_a_guardrail_is_cleared_and_reported(
+    trained_model: TrainedModel,
+    registry: str,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from churn.registry import client, version_by_alias
+    from churn.rollout import ROLLED_BACK, read_challenger, read_record, write_record
+
+    name = trained_model.result.model_name
+    args, v1, v2 = retrain_into_rollout(trained_model, tmp_path, "canary", capsys)
+    mlflow = client(registry)
+    state = read_challenger(mlflow, name)
+    assert state is not None and state.record is not None
+    # what the API's guardrail writes when the canary breaches a bound
+    write_record(mlflow, name, state.record.moved(ROLLED_BACK, "error_ratio 0.08 > 0.02", "api"))
+    capsys.readouterr()
+
+    assert closed_loop.main(args) == closed_loop.EXIT_GATE_REFUSED
+    out = capsys.readouterr().out
+    assert f"challenger v{v2} was rolled back by a guardrail: error_ratio 0.08 > 0.02" in out
+    assert version_by_alias(mlflow, name, "challenger") is None
+    assert version_by_alias(mlflow, name, "production") == v1
+    record = read_record(mlflow, name, v2)
+    assert record is not None and record.stage == ROLLED_BACK  # its audit trail is kept

@@ -102,3 +102,60 @@ def test_environment_tracking_uri_wins(monkeypatch: pytest.MonkeyPatch) -> None:
     assert config.tracking_uri == "sqlite:///mlflow.db"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:5000")
     assert config.tracking_uri == "http://127.0.0.1:5000"
+
+
+def test_rollout_and_closed_loop_sections_have_the_designed_defaults() -> None:
+    config = load_config(ROOT / "config.yaml")
+    rollout = config.rollout
+    assert (rollout.canary_share, rollout.margin, rollout.min_pairs) == (0.10, 0.005, 500)
+    assert (rollout.confidence, rollout.method, rollout.bootstrap_resamples) == (
+        0.95,
+        "delong",
+        2000,
+    )
+    assert rollout.guardrails.model_dump() == {
+        "min_requests": 200,
+        "window_seconds": 300,
+        "max_error_ratio": 0.02,
+        "max_p95_latency_ms": 250,
+        "max_high_risk_rate_delta": 0.15,
+    }
+    assert config.closed_loop.promotion == "shadow"
+    raw = _raw()
+    del raw["rollout"], raw["closed_loop"]
+    bare = parse_config(raw)
+    assert bare.rollout == rollout and bare.closed_loop == config.closed_loop
+
+
+@pytest.mark.parametrize(
+    ("path", "value", "message"),
+    [
+        (("rollout", "canary_share"), 0, "rollout.canary_share"),
+        (("rollout", "canary_share"), 1.5, "rollout.canary_share"),
+        (("rollout", "method"), "wilcoxon", "rollout.method"),
+        (("rollout", "confidence"), 1.0, "rollout.confidence"),
+        (("rollout", "guardrails", "max_error_ratio"), -0.1, "rollout.guardrails.max_error_ratio"),
+        (("closed_loop", "promotion"), "blue_green", "closed_loop.promotion"),
+    ],
+)
+def test_rollout_values_are_checked_by_name(
+    path: tuple[str, ...], value: object, message: str
+) -> None:
+    raw = _raw()
+    section = raw
+    for key in path[:-1]:
+        section = section[key]
+    section[path[-1]] = value
+    with pytest.raises(ConfigError, match=message):
+        parse_config(raw, "config.yaml")
+
+
+def test_misspelt_guardrail_is_named_with_a_suggestion() -> None:
+    raw = _raw()
+    raw["rollout"]["guardrails"]["max_eror_ratio"] = 0.1
+    with pytest.raises(ConfigError) as err:
+        parse_config(raw, "config.yaml")
+    assert str(err.value) == (
+        "config.yaml: rollout.guardrails.max_eror_ratio: unknown key; "
+        "did you mean 'max_error_ratio'?"
+    )

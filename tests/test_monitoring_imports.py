@@ -92,6 +92,11 @@ def test_rendering_and_pushing_import_only_result_types(module: str) -> None:
     }
 
 
+@pytest.mark.parametrize("module", ["monitoring.rollout.report", "monitoring.rollout.push"])
+def test_rollout_rendering_and_pushing_import_only_its_result_types(module: str) -> None:
+    assert GRAPH[module] <= {"monitoring.rollout.results"}
+
+
 def test_the_old_report_path_is_only_a_pointer() -> None:
     assert GRAPH["monitoring.report"] == {"monitoring.drift.report"}
 

@@ -16,7 +16,8 @@ A package by job, each module small enough to hold in one's head:
 - ``spool``: each worker's append-only spool, written before an answer is sent, so a
   worker killed outright loses nothing: a live worker adopts and writes what it left;
 - ``reader``: feedback by prediction id, and :func:`read_predictions`, the log expanded to
-  one row per prediction joined with feedback (the drift and live-accuracy jobs read it).
+  one row per prediction joined with feedback (the drift and live-accuracy jobs read it),
+  and :func:`read_paired`, the pairs of a rollout (served row + the other model's score).
 
 Everything is importable from ``churn.prediction_log`` as before.
 """
@@ -34,9 +35,11 @@ from churn.prediction_log.reader import (
     BASE_COLUMNS,
     LOG_COLUMNS,
     OUTCOME_COLUMN,
+    PAIRED_COLUMNS,
     PROBABILITY_COLUMN,
     TAIL_COLUMNS,
     prediction_exists,
+    read_paired,
     read_predictions,
     record_feedback,
 )
@@ -74,6 +77,7 @@ __all__ = [
     "LOG_COLUMNS",
     "MAX_BATCH_ROWS",
     "OUTCOME_COLUMN",
+    "PAIRED_COLUMNS",
     "PREDICTIONS_PER_STATEMENT",
     "PROBABILITY_COLUMN",
     "ROWS_PER_STATEMENT",
@@ -97,6 +101,7 @@ __all__ = [
     "prediction_batches",
     "prediction_exists",
     "prediction_ids",
+    "read_paired",
     "read_predictions",
     "record_feedback",
     "shadow_predictions",

@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from sqlalchemy import Engine, delete, insert, select
+from sqlalchemy import Engine, and_, delete, insert, or_, select
 from sqlalchemy.exc import SQLAlchemyError
 
 from churn.prediction_log.ids import prediction_ids, split_prediction_id
@@ -17,6 +17,7 @@ from churn.prediction_log.schema import (
     feedback,
     make_engine,
     prediction_batches,
+    shadow_predictions,
 )
 
 
@@ -140,3 +141,127 @@ def _to_frame(batches: Sequence[Any], outcomes: Mapping[str, int]) -> pd.DataFra
 def _utc(value: datetime) -> datetime:
     """SQLite returns naive datetimes (stored as UTC); PostgreSQL returns aware ones."""
     return value.replace(tzinfo=UTC) if value.tzinfo is None else value
+
+
+# --------------------------------------------------------------------------- paired (rollouts)
+
+CHAMPION_ROLE = "champion"
+CHALLENGER_ROLE = "challenger"
+# The columns of read_paired's frame besides the features.
+PAIRED_COLUMNS = [
+    "prediction_id",
+    "batch_id",
+    "created_at",
+    "served_version",
+    "served_role",
+    "champion_probability",
+    "challenger_probability",
+    "champion_tier",
+    "challenger_tier",
+    OUTCOME_COLUMN,
+]
+
+
+def read_paired(
+    database_url: str, champion: str, challenger: str, since: datetime | None = None
+) -> pd.DataFrame:
+    """Every prediction both models made about the same row: one row per pair.
+
+    A served batch in ``prediction_batches`` joined by ``batch_id`` with what the other model
+    said about it in ``shadow_predictions`` (in shadow the challenger, in canary the champion
+    for the rows the challenger answered), exploded per row with its prediction id and joined
+    with feedback. Only pairs of these two versions count: a batch served by `champion` with a
+    shadow row of `challenger`, or the other way round. A shadow row whose row count differs
+    from its served batch cannot be paired row by row and is left out (``attrs['unpaired']``
+    counts them, so a report can say so).
+
+    Columns: PAIRED_COLUMNS plus every feature seen, ordered by time then id.
+    """
+    engine = make_engine(database_url)
+    sb, pb = shadow_predictions, prediction_batches
+    pair = or_(
+        and_(sb.c.model_version == challenger, sb.c.served_version == champion),
+        and_(sb.c.model_version == champion, sb.c.served_version == challenger),
+    )
+    query = (
+        select(
+            pb.c.batch_id,
+            pb.c.created_at,
+            pb.c.model_version,
+            pb.c.rows,
+            pb.c.features,
+            pb.c.probabilities,
+            pb.c.risk_tiers,
+            sb.c.model_version.label("shadow_version"),
+            sb.c.rows.label("shadow_rows"),
+            sb.c.probabilities.label("shadow_probabilities"),
+            sb.c.risk_tiers.label("shadow_tiers"),
+        )
+        .join(sb, sb.c.batch_id == pb.c.batch_id)
+        .where(pair, pb.c.model_version == sb.c.served_version)
+        .order_by(pb.c.created_at, pb.c.batch_id)
+    )
+    feedback_q = (
+        select(feedback.c.prediction_id, feedback.c.outcome)
+        .join(sb, feedback.c.batch_id == sb.c.batch_id)
+        .where(pair)
+    )
+    if since is not None:
+        if since.tzinfo is None:
+            since = since.replace(tzinfo=UTC)
+        query = query.where(pb.c.created_at >= since)
+        feedback_q = feedback_q.where(sb.c.created_at >= since)
+    try:
+        with engine.connect() as conn:
+            rows = conn.execute(query).all()
+            outcomes = {pid: outcome for pid, outcome in conn.execute(feedback_q)}
+    except SQLAlchemyError as exc:
+        if "no such table" in str(exc) or "does not exist" in str(exc):
+            rows, outcomes = [], {}
+        else:
+            raise PredictionLogError(
+                f"{engine.url.render_as_string(hide_password=True)}: cannot read the "
+                f"prediction log ({type(exc).__name__}: {str(exc).splitlines()[0]})"
+            ) from None
+    finally:
+        engine.dispose()
+    return _paired_frame(rows, outcomes, champion)
+
+
+def _paired_frame(rows: Sequence[Any], outcomes: Mapping[str, int], champion: str) -> pd.DataFrame:
+    served = [r for r in rows if r.rows == r.shadow_rows]
+    unpaired = len(rows) - len(served)
+    base = _to_frame(served, outcomes).drop(
+        columns=["model_version", PROBABILITY_COLUMN, "risk_tier"]
+    )
+    served_p: list[float] = []
+    other_p: list[float] = []
+    served_t: list[str] = []
+    other_t: list[str] = []
+    batch_ids: list[str] = []
+    versions: list[str] = []
+    for r in served:
+        served_p += r.probabilities
+        other_p += r.shadow_probabilities
+        served_t += r.risk_tiers
+        other_t += r.shadow_tiers
+        batch_ids += [r.batch_id] * r.rows
+        versions += [r.model_version] * r.rows
+    by_champion = np.asarray([v == champion for v in versions], dtype=bool)
+    sp = np.asarray(served_p, dtype=float)
+    op = np.asarray(other_p, dtype=float)
+    st = np.asarray(served_t, dtype=object)
+    ot = np.asarray(other_t, dtype=object)
+    frame = base.assign(
+        batch_id=batch_ids,
+        served_version=versions,
+        served_role=np.where(by_champion, CHAMPION_ROLE, CHALLENGER_ROLE),
+        champion_probability=np.where(by_champion, sp, op),
+        challenger_probability=np.where(by_champion, op, sp),
+        champion_tier=np.where(by_champion, st, ot),
+        challenger_tier=np.where(by_champion, ot, st),
+    )
+    features = [c for c in base.columns if c not in PAIRED_COLUMNS]
+    frame = frame[[*PAIRED_COLUMNS[:-1], *features, OUTCOME_COLUMN]]
+    frame.attrs["unpaired"] = unpaired
+    return frame

@@ -36,14 +36,20 @@ from monitoring.quality.live import DEFAULT_MIN_LABELLED
 PUSH_JOB = "closed_loop"
 DEFAULT_BACKOFF = Backoff()
 EXIT_HELP = f"""exit codes:
-  {EXIT_OK}  nothing to do, waiting for labels, skipping a refused window, backing off, or promoted
-  {EXIT_GATE_REFUSED}  drift and enough labels: retrained, and the gate refused the new model
+  {EXIT_OK}  nothing to do, waiting for labels, skipping a refused window, backing off, promoted,
+     a retrained model started as @challenger, or a challenger still undecided
+  {EXIT_GATE_REFUSED}  drift and enough labels: retrained, and the gate refused the new model;
+     or a challenger rejected on the live evidence
   {EXIT_ERROR}  error: config, registry, prediction log or data unusable (one line on stderr)
   {EXIT_INSUFFICIENT}  insufficient data: nothing judged (too few rows in the window)
 
 A refused window is remembered in registry tags (closed_loop.refused.<digest>) and never
 retrained again; after a refusal the next retrain on a new window waits --backoff, doubling
-per further refusal up to --max-backoff. A promotion resets both.
+per further refusal up to --max-backoff. A promotion (or a challenger started) resets both.
+
+closed_loop.promotion in the config says where a model that passed the gate goes: shadow
+(default) or canary start it as @challenger, judged by later cycles on the live evidence
+(monitoring.rollout); direct moves @production at once.
 """
 
 

@@ -12,6 +12,13 @@
    to a new CSV beside the training data, a model is trained on it and promoted if it passes
    the gate. A refused cycle deletes its CSV, tags the refused version and remembers the
    window; a failed training deletes its CSV too.
+
+Where a model that passed the gate goes is ``closed_loop.promotion``: ``direct`` moves
+``@production`` at once (the loop before progressive delivery); ``shadow`` (the default) and
+``canary`` start it as ``@challenger`` (churn.challenger) in shadow, or in canary at
+``rollout.canary_share``. While a challenger is in shadow or canary, a cycle judges it on the
+live paired evidence instead (monitoring.rollout): promote -> @production (the gated export
+path), reject -> the rollout ends, undecided -> wait. No retrain starts while one is judged.
 """
 
 from __future__ import annotations
@@ -33,6 +40,7 @@ from monitoring.closed_loop.results import (
     EXIT_INSUFFICIENT,
     ClosedLoopError,
     CycleResult,
+    Decision,
 )
 from monitoring.drift.detection import run_drift_check
 from monitoring.drift.sources import (
@@ -130,18 +138,104 @@ def retrain_and_promote(config: Config, data_path: Path, result: CycleResult) ->
             f"retrained {trained.model_name} v{trained.model_version} on {data_path} "
             f"(val AUC {trained.metrics['val_auc']:.4f})"
         )
+        mode = config.closed_loop.promotion
         try:
+            if mode != "direct":
+                return start_rollout(candidate_config, trained.model_version, mode, result)
             promotion = promote(candidate_config, version=trained.model_version)
         except GateFailed as exc:
             gate = f"{exc.decision.summary()}: {exc}"
             say(f"gate failed, production stays v{result.production_version}: {gate}")
             return result.but(gate=gate, exit_code=EXIT_GATE_REFUSED)
         assert promotion.decision is not None
-        result = result.but(gate=promotion.decision.summary(), promoted=promotion.changed)
+        result = result.but(
+            gate=promotion.decision.summary(), promoted=promotion.changed, destination="production"
+        )
         publish_bundle(Path(staging), config.export.artifacts_dir)
     was = f" (was v{promotion.previous})" if promotion.previous else ""
     say(f"promoted {trained.model_name} v{promotion.version} to @production{was}: {result.gate}")
     return result
+
+
+def start_rollout(config: Config, version: str, mode: str, result: CycleResult) -> CycleResult:
+    """The gated, verified version to @challenger (in shadow, then canary if `mode` says so);
+    GateFailed propagates like a refused promotion."""
+    from churn.challenger import set_canary, start_challenger
+
+    started = start_challenger(
+        config,
+        version,
+        reason=f"retrained by the closed loop ({result.decision.reason})",
+        by="closed_loop",
+        replace=True,
+    )
+    assert started.promotion.decision is not None
+    stage = "shadow"
+    if mode == "canary":
+        share = config.rollout.canary_share
+        set_canary(
+            config, share, "the closed loop starts retrained models in canary", "closed_loop"
+        )
+        stage = f"canary at {share:.0%}"
+    say(
+        f"v{version} passed the gate and is @challenger in {stage} beside @production "
+        f"v{result.production_version}; it moves on only on live evidence"
+    )
+    return result.but(gate=started.promotion.decision.summary(), destination=stage.split()[0])
+
+
+def judge_challenger(config: Config, database_url: str, result: CycleResult) -> CycleResult | None:
+    """Judge an active rollout on its evidence and act on the verdict; None when none is active.
+
+    The registry is read fail-closed: an outage raises, never reads as "no rollout".
+    """
+    from churn.challenger import abort_challenger, promote_challenger
+    from churn.registry import client
+    from churn.rollout import ROLLED_BACK, read_challenger
+    from monitoring.rollout.evaluate import evaluate
+
+    state = read_challenger(client(config.tracking_uri), config.mlflow.model_name)
+    if state is None or state.record is None:
+        return None
+    version = state.version
+    if state.record.stage == ROLLED_BACK:  # the API's guardrails ended it: clear the alias
+        abort_challenger(config, state.record.reason, by="closed_loop")
+        why = f"rolled back by a guardrail: {state.record.reason}"
+        say(f"challenger v{version} was {why}; @challenger removed")
+        return result.but(
+            candidate_version=version,
+            rollout=f"rejected v{version}: {why}",
+            exit_code=EXIT_GATE_REFUSED,
+        )
+    if not state.record.active:
+        return None
+    evaluation = evaluate(config, database_url)
+    decision = evaluation.decision
+    why = "; ".join(decision.reasons)
+    if decision.verdict == "promote":
+        _, promotion = promote_challenger(config, why, evaluation.summary(), by="closed_loop")
+        say(f"promoted challenger v{version} to @production (was v{promotion.previous}): {why}")
+        return result.but(
+            promoted=True,
+            candidate_version=version,
+            destination="production",
+            rollout=f"promoted v{version}: {why}",
+        )
+    if decision.verdict == "reject":
+        abort_challenger(config, f"rejected on the live evidence: {why}", by="closed_loop")
+        say(
+            f"rejected challenger v{version}, @production stays v{result.production_version}: {why}"
+        )
+        return result.but(
+            candidate_version=version,
+            rollout=f"rejected v{version}: {why}",
+            exit_code=EXIT_GATE_REFUSED,
+        )
+    more = (
+        f" (about {decision.labels_needed:,} more labelled pairs)" if decision.labels_needed else ""
+    )
+    say(f"challenger v{version} in {state.record.stage}: undecided{more}: {why}")
+    return result.but(candidate_version=version, rollout=f"undecided v{version}: {why}")
 
 
 def run_cycle(
@@ -157,6 +251,13 @@ def run_cycle(
     from churn.registry import client
 
     version, reference = production_reference(config)
+    if config.closed_loop.promotion != "direct":
+        waiting = CycleResult(
+            version, Decision("rollout", "a challenger is in rollout"), "drift not judged", 0
+        )
+        judged = judge_challenger(config, database_url, waiting)
+        if judged is not None:
+            return judged.but(finished_at=datetime.now(UTC))
     current, label = served_window(database_url, since, version)
     run = run_drift_check(reference, current, label, min_labelled=min_labelled)
     labelled = labelled_rows(current, reference.features, config.data.target_column)
@@ -189,8 +290,8 @@ def run_cycle(
     except BaseException:
         data_path.unlink(missing_ok=True)  # a failed cycle leaves nothing behind
         raise
-    if result.promoted:
-        memory.forget()
+    if result.promoted or result.destination in {"shadow", "canary"}:
+        memory.forget()  # the gate passed: refusals and backoff start over
     elif result.exit_code == EXIT_GATE_REFUSED and result.candidate_version is not None:
         data_path.unlink(missing_ok=True)
         remembered = memory.remember_refusal(window, result.candidate_version, now)

@@ -8,11 +8,11 @@ from typing import Any, Literal
 
 # Exit codes of `python -m monitoring.closed_loop` (its --help, the README, the Makefile).
 EXIT_OK = 0  # nothing to do, waiting for labels, backing off, or promoted
-EXIT_GATE_REFUSED = 1  # drift, retrained, and the gate refused the new model
+EXIT_GATE_REFUSED = 1  # the gate (or, for a challenger, the live evidence) refused the model
 EXIT_ERROR = 2  # the cycle could not run (one line on stderr)
 EXIT_INSUFFICIENT = 3  # nothing judged: too few rows in the window for any verdict
 
-Action = Literal["none", "insufficient", "wait", "retrain", "skip", "backoff"]
+Action = Literal["none", "insufficient", "wait", "retrain", "skip", "backoff", "rollout"]
 
 
 class ClosedLoopError(RuntimeError):
@@ -44,6 +44,10 @@ class CycleResult:
     candidate_auc: float | None = None
     promoted: bool = False
     gate: str | None = None
+    # Where a model passed by the gate went (closed_loop.promotion): "production", or the
+    # challenger's rollout stage ("shadow", "canary"); and what a rollout cycle concluded.
+    destination: str | None = None
+    rollout: str | None = None
     exit_code: int = EXIT_OK
     finished_at: datetime = field(default_factory=lambda: datetime.now(UTC))
 
@@ -67,6 +71,8 @@ class CycleResult:
             "candidate_auc": self.candidate_auc,
             "promoted": self.promoted,
             "gate": self.gate,
+            "destination": self.destination,
+            "rollout": self.rollout,
             "exit_code": self.exit_code,
             "finished_at": self.finished_at.isoformat(timespec="seconds"),
         }
