@@ -139,18 +139,24 @@ def tracking_to(tracking_uri: str) -> Iterator[None]:
                 os.environ[name] = value
 
 
-def describe(mlflow_client: Any, name: str, version: str | int) -> VersionInfo:
-    """A version with its run's metrics; RegistryError if absent, RegistryUnavailable if unsure."""
+def model_version(mlflow_client: Any, name: str, version: str | int) -> Any:
+    """One registered version (MLflow's ModelVersion, tags included); RegistryError if the
+    registry says it does not exist, RegistryUnavailable if it could not answer."""
     from mlflow.exceptions import MlflowException
 
     try:
-        mv = mlflow_client.get_model_version(name, str(version))
+        return mlflow_client.get_model_version(name, str(version))
     except MlflowException as exc:
         if is_absent(exc):
             raise RegistryError(f"model '{name}' has no version {version}") from None
         raise unavailable(f"reading {name} v{version}", exc) from None
     except OSError as exc:
         raise unavailable(f"reading {name} v{version}", exc) from None
+
+
+def describe(mlflow_client: Any, name: str, version: str | int) -> VersionInfo:
+    """A version with its run's metrics; RegistryError if absent, RegistryUnavailable if unsure."""
+    mv = model_version(mlflow_client, name, version)
     run = registry_call(
         f"reading run {mv.run_id} of {name} v{version}", lambda: mlflow_client.get_run(mv.run_id)
     )

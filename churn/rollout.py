@@ -30,7 +30,7 @@ from typing import Any
 
 import numpy as np
 
-from churn.registry import RegistryError, is_absent, registry_call, unavailable
+from churn.registry import is_absent, model_version, registry_call, unavailable
 
 CHALLENGER = "challenger"
 CHAMPION = "production"
@@ -264,16 +264,7 @@ def read_challenger(mlflow_client: Any, name: str) -> ChallengerState | None:
 
 def read_record(mlflow_client: Any, name: str, version: str) -> RolloutRecord | None:
     """The record kept on one version (None when it has none); RolloutError when unreadable."""
-    from mlflow.exceptions import MlflowException
-
-    try:
-        mv = mlflow_client.get_model_version(name, str(version))
-    except MlflowException as exc:
-        if is_absent(exc):
-            raise RegistryError(f"model '{name}' has no version {version}") from None
-        raise unavailable(f"reading {name} v{version}", exc) from None
-    except OSError as exc:
-        raise unavailable(f"reading {name} v{version}", exc) from None
+    mv = model_version(mlflow_client, name, version)
     text = (mv.tags or {}).get(ROLLOUT_TAG)
     return None if text is None else RolloutRecord.from_json(text)
 

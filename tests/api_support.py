@@ -176,3 +176,38 @@ class TcpProxy:
             for sock in (a, b):
                 with contextlib.suppress(OSError):
                     sock.close()
+
+
+class Prober:
+    """Calls /predict in a thread until stopped; records every status and served version
+    (a test of a switch under traffic asserts none failed and which versions answered)."""
+
+    def __init__(self, url: str, customer: dict[str, Any], pause: float = 0.1) -> None:
+        self.url, self.customer, self.pause = url, customer, pause
+        self.statuses: list[int | str] = []
+        self.versions: list[str] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self) -> Prober:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=30)
+
+    def _run(self) -> None:
+        import httpx
+
+        with httpx.Client(base_url=self.url, timeout=30) as client:
+            while not self._stop.is_set():
+                try:
+                    response = client.post("/predict", json=self.customer)
+                except httpx.HTTPError as exc:
+                    self.statuses.append(type(exc).__name__)
+                else:
+                    self.statuses.append(response.status_code)
+                    if response.status_code == 200:
+                        self.versions.append(response.json()["model_version"])
+                self._stop.wait(self.pause)

@@ -13,7 +13,6 @@ import os
 import shutil
 import subprocess
 import sys
-import threading
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -38,7 +37,7 @@ from churn.prediction_log import (
     write_batches,
 )
 from monitoring import closed_loop
-from tests.api_support import wait_until
+from tests.api_support import Prober, wait_until
 from tests.conftest import ROOT, TrainedModel, write_config
 from tests.mlflow_server import mlflow_server
 from tests.processes import api_server
@@ -452,38 +451,6 @@ def as_request(row: pd.Series) -> dict[str, Any]:
         else:
             body[name] = int(value) if name == "num_products" else float(value)
     return body
-
-
-class Prober:
-    """Calls /predict in a thread until stopped; records every status and served version."""
-
-    def __init__(self, url: str, customer: dict[str, Any]) -> None:
-        self.url, self.customer = url, customer
-        self.statuses: list[int | str] = []
-        self.versions: list[str] = []
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def __enter__(self) -> Prober:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join(timeout=30)
-
-    def _run(self) -> None:
-        with httpx.Client(base_url=self.url, timeout=30) as client:
-            while not self._stop.is_set():
-                try:
-                    response = client.post("/predict", json=self.customer)
-                except httpx.HTTPError as exc:
-                    self.statuses.append(type(exc).__name__)
-                else:
-                    self.statuses.append(response.status_code)
-                    if response.status_code == 200:
-                        self.versions.append(response.json()["model_version"])
-                self._stop.wait(0.1)
 
 
 @pytest.mark.integration

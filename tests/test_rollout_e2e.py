@@ -16,7 +16,6 @@ import json
 import os
 import subprocess
 import sys
-import threading
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +29,7 @@ from churn.datagen import generate_customers, generate_with_truth
 from churn.promotion import promote
 from churn.training import train
 from monitoring.rollout.results import EXIT_PROMOTE, EXIT_REJECT
-from tests.api_support import wait_until
+from tests.api_support import Prober, wait_until
 from tests.conftest import ROOT, write_config
 from tests.mlflow_server import mlflow_server
 from tests.processes import api_server
@@ -50,38 +49,6 @@ def body(row: pd.Series) -> dict[str, Any]:
         else:
             out[name] = int(value) if name == "num_products" else float(value)
     return out
-
-
-class Prober:
-    """/predict in a thread until stopped; every status and answering version."""
-
-    def __init__(self, url: str, customer: dict[str, Any]) -> None:
-        self.url, self.customer = url, customer
-        self.statuses: list[int | str] = []
-        self.versions: list[str] = []
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def __enter__(self) -> Prober:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join(timeout=30)
-
-    def _run(self) -> None:
-        with httpx.Client(base_url=self.url, timeout=30) as client:
-            while not self._stop.is_set():
-                try:
-                    response = client.post("/predict", json=self.customer)
-                except httpx.HTTPError as exc:
-                    self.statuses.append(type(exc).__name__)
-                else:
-                    self.statuses.append(response.status_code)
-                    if response.status_code == 200:
-                        self.versions.append(response.json()["model_version"])
-                self._stop.wait(0.05)
 
 
 def applied(client: httpx.Client, stage: str, calls: int = 8) -> bool:
@@ -193,7 +160,7 @@ def test_shadow_promote_then_a_worse_canary_is_rejected(tmp_path: Path) -> None:
             assert evidence["labelled_pairs"] >= 0.97 * len(customers), evidence["labelled_pairs"]
             assert evidence["auc"]["difference"] > 0  # v2 is the better model
             # ---- promote with traffic flowing: zero failed requests
-            with Prober(url, body(customers.iloc[0])) as prober:
+            with Prober(url, body(customers.iloc[0]), pause=0.05) as prober:
                 promoted = rollout(config_path, env, "promote", "--database-url", log_url)
                 assert promoted.returncode == 0, promoted.stdout + promoted.stderr
                 assert wait_until(lambda: prober.versions[-1:] == ["2"], timeout=60, step=0.2)

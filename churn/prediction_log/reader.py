@@ -79,21 +79,28 @@ def read_predictions(database_url: str, since: datetime | None = None) -> pd.Dat
             since = since.replace(tzinfo=UTC)
         batches_q = batches_q.where(prediction_batches.c.created_at >= since)
         feedback_q = feedback_q.where(prediction_batches.c.created_at >= since)
+    batches, outcomes = _fetch(engine, batches_q, feedback_q)
+    return _to_frame(batches, outcomes)
+
+
+def _fetch(engine: Engine, query: Any, feedback_q: Any) -> tuple[Sequence[Any], dict[str, int]]:
+    """The rows of `query` and the outcomes of `feedback_q` (empty when the log has no tables
+    yet); PredictionLogError, credential-free, when the store cannot be read. Disposes of
+    `engine`."""
     try:
         with engine.connect() as conn:
-            batches = conn.execute(batches_q).all()
+            rows = conn.execute(query).all()
             outcomes = {pid: outcome for pid, outcome in conn.execute(feedback_q)}
     except SQLAlchemyError as exc:
         if "no such table" in str(exc) or "does not exist" in str(exc):
-            batches, outcomes = [], {}
-        else:
-            raise PredictionLogError(
-                f"{engine.url.render_as_string(hide_password=True)}: cannot read the "
-                f"prediction log ({type(exc).__name__}: {str(exc).splitlines()[0]})"
-            ) from None
+            return [], {}
+        raise PredictionLogError(
+            f"{engine.url.render_as_string(hide_password=True)}: cannot read the "
+            f"prediction log ({type(exc).__name__}: {str(exc).splitlines()[0]})"
+        ) from None
     finally:
         engine.dispose()
-    return _to_frame(batches, outcomes)
+    return rows, outcomes
 
 
 def _to_frame(batches: Sequence[Any], outcomes: Mapping[str, int]) -> pd.DataFrame:
@@ -211,20 +218,7 @@ def read_paired(
             since = since.replace(tzinfo=UTC)
         query = query.where(pb.c.created_at >= since)
         feedback_q = feedback_q.where(sb.c.created_at >= since)
-    try:
-        with engine.connect() as conn:
-            rows = conn.execute(query).all()
-            outcomes = {pid: outcome for pid, outcome in conn.execute(feedback_q)}
-    except SQLAlchemyError as exc:
-        if "no such table" in str(exc) or "does not exist" in str(exc):
-            rows, outcomes = [], {}
-        else:
-            raise PredictionLogError(
-                f"{engine.url.render_as_string(hide_password=True)}: cannot read the "
-                f"prediction log ({type(exc).__name__}: {str(exc).splitlines()[0]})"
-            ) from None
-    finally:
-        engine.dispose()
+    rows, outcomes = _fetch(engine, query, feedback_q)
     return _paired_frame(rows, outcomes, champion)
 
 
