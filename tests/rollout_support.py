@@ -3,10 +3,13 @@
 
 from __future__ import annotations
 
+import os
 import time
+from typing import Any
 
 import numpy as np
 import pandas as pd
+import yaml
 
 from app.ids import RandomHex
 from churn.prediction_log import (
@@ -18,16 +21,45 @@ from churn.prediction_log import (
     write_log,
 )
 from churn.risk import risk_tiers
+from tests.conftest import ROOT
 
-FEATURES = [
-    "tenure",
-    "monthly_charges",
-    "total_charges",
-    "num_products",
-    "contract_type",
-    "payment_method",
-    "internet_service",
-]
+# The feature schema's one source: the config (numeric, then categorical).
+_SCHEMA = yaml.safe_load((ROOT / "config.yaml").read_text())["features"]
+FEATURES: list[str] = [*_SCHEMA["numeric"], *_SCHEMA["categorical"]]
+INTEGER_FEATURES = {name for name, rule in _SCHEMA["rules"].items() if rule.get("integer")}
+
+
+def as_request(row: pd.Series) -> dict[str, Any]:
+    """A JSON body for /predict from a generated customer (missing values as null)."""
+    out: dict[str, Any] = {}
+    for name in FEATURES:
+        value = row[name]
+        if isinstance(value, str):
+            out[name] = value
+        elif pd.isna(value):
+            out[name] = None
+        else:
+            out[name] = int(value) if name in INTEGER_FEATURES else float(value)
+    return out
+
+
+def api_env(model_name: str, tracking_uri: str, log_url: str, **extra: str) -> dict[str, str]:
+    """The environment of an API following `model_name@production` on a real registry, its
+    prediction log at `log_url`, watching every second (multiprocess metrics off)."""
+    env = {
+        **os.environ,
+        "MODEL_URI": f"models:/{model_name}@production",
+        "MLFLOW_TRACKING_URI": tracking_uri,
+        "MODEL_WATCH_INTERVAL": "1",
+        "MODEL_REQUIRED": "true",
+        "DATABASE_URL": log_url,
+        "PREDICTION_LOG_FLUSH_INTERVAL": "0.1",
+        "LOG_LEVEL": "WARNING",
+        "ENVIRONMENT": "test",
+        **extra,
+    }
+    env.pop("PROMETHEUS_MULTIPROC_DIR", None)
+    return env
 
 
 def write_pairs(

@@ -16,7 +16,6 @@ import sys
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
 
 import httpx
 import numpy as np
@@ -41,17 +40,7 @@ from tests.api_support import Prober, wait_until
 from tests.conftest import ROOT, TrainedModel, write_config
 from tests.mlflow_server import mlflow_server
 from tests.processes import api_server
-
-FEATURES = [
-    "tenure",
-    "monthly_charges",
-    "total_charges",
-    "num_products",
-    "contract_type",
-    "payment_method",
-    "internet_service",
-]
-
+from tests.rollout_support import FEATURES, api_env, as_request
 
 # --------------------------------------------------------------------------- helpers
 
@@ -441,18 +430,6 @@ def test_retraining_set_is_training_data_plus_labelled_rows(
 # --------------------------------------------------------------------------- end to end
 
 
-def as_request(row: pd.Series) -> dict[str, Any]:
-    """A JSON body for /predict from a generated customer."""
-    body: dict[str, Any] = {}
-    for name in FEATURES:
-        value = row[name]
-        if isinstance(value, str):
-            body[name] = value
-        else:
-            body[name] = int(value) if name == "num_products" else float(value)
-    return body
-
-
 @pytest.mark.integration
 @pytest.mark.slow
 def test_drift_retrains_promotes_and_the_api_follows(tmp_path: Path) -> None:
@@ -481,18 +458,7 @@ def test_drift_retrains_promotes_and_the_api_follows(tmp_path: Path) -> None:
         assert v1.model_version == "1"
 
         log_url = f"sqlite:///{tmp_path / 'prediction_log.db'}"
-        env = {
-            **os.environ,
-            "MODEL_URI": f"models:/{config.mlflow.model_name}@production",
-            "MLFLOW_TRACKING_URI": tracking_uri,
-            "MODEL_WATCH_INTERVAL": "1",
-            "MODEL_REQUIRED": "true",
-            "DATABASE_URL": log_url,
-            "PREDICTION_LOG_FLUSH_INTERVAL": "0.1",
-            "LOG_LEVEL": "WARNING",
-            "ENVIRONMENT": "test",
-        }
-        env.pop("PROMETHEUS_MULTIPROC_DIR", None)
+        env = api_env(config.mlflow.model_name, tracking_uri, log_url)
         with api_server(env, tmp_path / "uvicorn.log") as url:
             assert httpx.get(f"{url}/model", timeout=10).json()["run_id"] == v1.run_id
             # Drifted traffic (half of the longer contracts moved to month-to-month), each

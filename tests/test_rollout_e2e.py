@@ -33,22 +33,9 @@ from tests.api_support import Prober, wait_until
 from tests.conftest import ROOT, write_config
 from tests.mlflow_server import mlflow_server
 from tests.processes import api_server
-from tests.rollout_support import FEATURES
+from tests.rollout_support import api_env, as_request
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
-
-
-def body(row: pd.Series) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for name in FEATURES:
-        value = row[name]
-        if isinstance(value, str):
-            out[name] = value
-        elif pd.isna(value):
-            out[name] = None
-        else:
-            out[name] = int(value) if name == "num_products" else float(value)
-    return out
 
 
 def applied(client: httpx.Client, stage: str, calls: int = 8) -> bool:
@@ -78,7 +65,7 @@ def send_with_feedback(
     churn probability to /feedback; returns the answers (with the response headers)."""
     answers = []
     for i, (_, row) in enumerate(customers.iterrows()):
-        payload = body(row)
+        payload = as_request(row)
         if keys is not None:
             payload["customer_id"] = keys[i]
         response = client.post("/predict", json=payload)
@@ -125,19 +112,7 @@ def test_shadow_promote_then_a_worse_canary_is_rejected(tmp_path: Path) -> None:
         assert (v1.model_version, v2.model_version, v3.model_version) == ("1", "2", "3")
 
         log_url = f"sqlite:///{tmp_path / 'prediction_log.db'}"
-        env = {
-            **os.environ,
-            "MODEL_URI": f"models:/{config.mlflow.model_name}@production",
-            "MLFLOW_TRACKING_URI": tracking_uri,
-            "MODEL_WATCH_INTERVAL": "1",
-            "MODEL_REQUIRED": "true",
-            "DATABASE_URL": log_url,
-            "PREDICTION_LOG_FLUSH_INTERVAL": "0.1",
-            "LOG_LEVEL": "WARNING",
-            "ENVIRONMENT": "test",
-            "ROLLOUT_ACTOR": "e2e",
-        }
-        env.pop("PROMETHEUS_MULTIPROC_DIR", None)
+        env = api_env(config.mlflow.model_name, tracking_uri, log_url, ROLLOUT_ACTOR="e2e")
         rng = np.random.default_rng(21)
         with api_server(env, tmp_path / "uvicorn.log", workers=2) as url:
             client = httpx.Client(base_url=url, timeout=30)
@@ -160,7 +135,7 @@ def test_shadow_promote_then_a_worse_canary_is_rejected(tmp_path: Path) -> None:
             assert evidence["labelled_pairs"] >= 0.97 * len(customers), evidence["labelled_pairs"]
             assert evidence["auc"]["difference"] > 0  # v2 is the better model
             # ---- promote with traffic flowing: zero failed requests
-            with Prober(url, body(customers.iloc[0]), pause=0.05) as prober:
+            with Prober(url, as_request(customers.iloc[0]), pause=0.05) as prober:
                 promoted = rollout(config_path, env, "promote", "--database-url", log_url)
                 assert promoted.returncode == 0, promoted.stdout + promoted.stderr
                 assert wait_until(lambda: prober.versions[-1:] == ["2"], timeout=60, step=0.2)
@@ -202,7 +177,7 @@ def test_shadow_promote_then_a_worse_canary_is_rejected(tmp_path: Path) -> None:
             assert wait_until(
                 lambda: all(
                     client.post(
-                        "/predict", json={**body(customers.iloc[0]), "customer_id": k}
+                        "/predict", json={**as_request(customers.iloc[0]), "customer_id": k}
                     ).json()["model_version"]
                     == "2"
                     for k in keys[:100]
