@@ -17,6 +17,7 @@ import logging
 import queue
 import threading
 from collections.abc import Iterator, Mapping, Sequence
+from operator import itemgetter
 from typing import Any, Protocol
 
 from app.loopflush import defer
@@ -73,6 +74,18 @@ def join_rows(parts: list[Sequence[Row]]) -> Sequence[Row]:
     return ColumnRows(joined, sum(len(part) for part in parts))
 
 
+def take_rows(rows: Sequence[Row], positions: Sequence[int]) -> Sequence[Row]:
+    """The rows at `positions` (in that order); columnar rows stay columnar."""
+    if len(positions) == 1:
+        return [rows[positions[0]]]
+    take = itemgetter(*positions)
+    if isinstance(rows, ColumnRows):
+        return ColumnRows(
+            {name: list(take(values)) for name, values in rows.columns.items()}, len(positions)
+        )
+    return take(rows)  # a tuple of rows
+
+
 class RowPredictor(Protocol):
     """What the batcher needs from a model: answers for rows in feature order, as anything
     that slices by position (an array, app.model.Answers), one slice per request."""
@@ -122,6 +135,12 @@ class MicroBatcher:
 
     async def predict(self, model: RowPredictor, rows: Sequence[Row]) -> Any:
         """Probabilities for `rows` from `model`, computed on the inference thread."""
+        return await self.submit(model, rows)
+
+    def submit(self, model: RowPredictor, rows: Sequence[Row]) -> asyncio.Future[Any]:
+        """`predict` without waiting: the future of `model`'s answers for `rows`. Jobs
+        submitted in one event-loop iteration go to the thread together, and the jobs of one
+        model among them make one call (a canary's champion rows and its paired rows)."""
         if self._stopped:
             raise RuntimeError("the inference thread is stopped (the server is shutting down)")
         loop = asyncio.get_running_loop()
@@ -129,7 +148,7 @@ class MicroBatcher:
         self._pending.append(_Job(model, rows, future, loop))
         if len(self._pending) == 1:
             defer(self._hand_over)
-        return await future
+        return future
 
     def _hand_over(self) -> None:
         jobs, self._pending = self._pending, []
@@ -165,44 +184,49 @@ class MicroBatcher:
             self._process(jobs)
 
     def _process(self, jobs: list[_Job]) -> None:
-        # Jobs queued around a hot reload may name different models: one call per model.
+        # Jobs queued around a hot reload, or a canary's (app.service), name different
+        # models: one call per model. Every answer goes back in one hand-over to the event
+        # loop, after the last call: requests answered together send their next requests
+        # together, so the next micro-batch stays as large (answering each model's requests
+        # as soon as its call ended split the traffic into ever smaller batches).
         by_model: dict[int, list[_Job]] = {}
         for job in jobs:
             by_model.setdefault(id(job.model), []).append(job)
+        results: list[tuple[_Job, Any, Exception | None]] = []
         for group in by_model.values():
-            self._run_group(group)
+            results += self._run_group(group)
+        self._resolve(results)
 
-    def _run_group(self, jobs: list[_Job]) -> None:
+    def _run_group(self, jobs: list[_Job]) -> list[tuple[_Job, Any, Exception | None]]:
         rows = join_rows([job.rows for job in jobs])
         try:
             answers = jobs[0].model.predict_rows(rows)
         except Exception as exc:  # the model failed: every waiting request gets the error
             logger.exception("inference failed for %d row(s)", len(rows))
-            self._resolve([(job, None) for job in jobs], exc)
-            return
+            return [(job, None, exc) for job in jobs]
         self.calls += 1
         self.rows += len(rows)
-        results: list[tuple[_Job, Any]] = []
+        results: list[tuple[_Job, Any, Exception | None]] = []
         start = 0
         for job in jobs:
             end = start + len(job.rows)
-            results.append((job, answers[start:end]))
+            results.append((job, answers[start:end], None))
             start = end
-        self._resolve(results, None)
+        return results
 
     @staticmethod
-    def _resolve(results: list[tuple[_Job, Any]], error: Exception | None) -> None:
+    def _resolve(results: list[tuple[_Job, Any, Exception | None]]) -> None:
         by_loop: dict[int, tuple[asyncio.AbstractEventLoop, list[Any]]] = {}
-        for job, value in results:
-            by_loop.setdefault(id(job.loop), (job.loop, []))[1].append((job.future, value))
+        for job, value, error in results:
+            by_loop.setdefault(id(job.loop), (job.loop, []))[1].append((job.future, value, error))
         for loop, items in by_loop.values():
             # A closed loop (RuntimeError) means nobody is waiting any more.
             with contextlib.suppress(RuntimeError):
-                loop.call_soon_threadsafe(_set_results, items, error)
+                loop.call_soon_threadsafe(_set_results, items)
 
 
-def _set_results(items: list[tuple[asyncio.Future[Any], Any]], error: Exception | None) -> None:
-    for future, value in items:
+def _set_results(items: list[tuple[asyncio.Future[Any], Any, Exception | None]]) -> None:
+    for future, value, error in items:
         if future.done():  # the client went away and the handler was cancelled
             continue
         if error is not None:

@@ -22,7 +22,7 @@ from app.v2_codec import V2Codec
 from churn.bundle import BundleError, ModelBundle, load_bundle
 from churn.explain import Explainer, Explanations, NotExplainable, checked_explainer
 from churn.inference import BackendError, Predictor, choose_predictor
-from churn.risk import PROBABILITY_DECIMALS, Thresholds, risk_tiers
+from churn.risk import PROBABILITY_DECIMALS, Thresholds, risk_tier_list, risk_tiers
 from churn.schema import FeatureSchema
 from churn.stores import DEFAULT_TRACKING_URI
 
@@ -70,10 +70,9 @@ class Answers:
         """The one version that answered every row; None when it is the encoding model's
         (`versions` is None) or when the rows were split between two models."""
         versions = self.versions
-        if not versions:
+        if not versions or self.role == "mixed":
             return None
-        first = versions[0]
-        return first if all(v == first for v in versions) else None
+        return versions[0]
 
     @property
     def warned(self) -> bool:
@@ -211,7 +210,7 @@ class ServedModel:
         return Answers(
             probabilities=np.round(probabilities, PROBABILITY_DECIMALS).tolist(),
             decisions=(probabilities >= self.thresholds.decision).tolist(),
-            tiers=self.tiers(probabilities).tolist(),
+            tiers=risk_tier_list(probabilities, self.thresholds.high, self.thresholds.medium),
             columns={
                 name: values.tolist() if isinstance(values, np.ndarray) else values
                 for name, values in prepared.items()

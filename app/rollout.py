@@ -40,9 +40,12 @@ import time
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
+from operator import methodcaller
 from typing import Any
 
-from app.batcher import Row, join_rows
+import numpy as np
+
+from app.batcher import ColumnRows, Row, join_rows
 from app.loopflush import defer
 from app.metrics import Metrics
 from app.model import ServedModel, load_model
@@ -116,24 +119,74 @@ def feature_key(row: Row, names: Sequence[str]) -> str:
 def routing_keys(rows: Sequence[Row], header: str | None, names: Sequence[str]) -> list[str]:
     """Per row: its ``customer_id`` (as text: 42 and "42" are one customer), else the
     request's X-Routing-Key, else a hash of its features."""
-    keys = []
-    for row in rows:
-        given = row.get(CUSTOMER_ID)
-        if given is not None:
-            keys.append(str(given))
-        elif header is not None:
-            keys.append(header)
+    if isinstance(rows, ColumnRows):
+        given = rows.columns.get(CUSTOMER_ID) or [None] * len(rows)
+    else:
+        given = list(map(_customer_id, rows))
+    if set(map(type, given)) == {str}:  # every row names its customer (the usual batch)
+        return given
+    keys = [key if type(key) is str else str(key) if key is not None else header for key in given]
+    if header is None and None in keys:  # neither: the row's own data
+        keys = [
+            key if key is not None else feature_key(rows[i], names) for i, key in enumerate(keys)
+        ]
+    return keys  # type: ignore[return-value]  # no None left
+
+
+_customer_id = methodcaller("get", CUSTOMER_ID)
+
+
+def route(rows: Sequence[Row], header: str | None, schema: FeatureSchema, share: float) -> Split:
+    """Which of a request's rows the challenger answers at `share`, by their routing keys
+    (``routing_keys``; sticky per key, see ``routing_bucket``). A request whose rows name no
+    customer is routed whole by its X-Routing-Key (one hash, not one per row)."""
+    if len(rows) > 1 and header is not None:
+        if isinstance(rows, ColumnRows):
+            named = rows.columns.get(CUSTOMER_ID) is not None
         else:
-            keys.append(feature_key(row, names))
-    return keys
+            named = any(map(_customer_id, rows))
+        if not named:
+            return challenger_rows([header], share).widened(len(rows))
+    return challenger_rows(routing_keys(rows, header, schema.names), share)
 
 
-def challenger_rows(keys: Sequence[str], share: float) -> list[bool]:
+@dataclass(frozen=True)
+class Split:
+    """A canary batch's rows by the model that answers them: ``mine`` the challenger's,
+    ``others`` the champion's (positions in the request, ascending)."""
+
+    mine: list[int]
+    others: list[int]
+
+    @property
+    def picked(self) -> list[bool]:
+        """Per row, whether the challenger answers it."""
+        picked = [False] * (len(self.mine) + len(self.others))
+        for i in self.mine:
+            picked[i] = True
+        return picked
+
+    def widened(self, rows: int) -> Split:
+        """A one-row split applied to each of `rows` rows (they share one routing key)."""
+        everything = list(range(rows))
+        return Split(everything, []) if self.mine else Split([], everything)
+
+    def order(self) -> list[int]:
+        """Per row in request order, its place in the champion's answers followed by the
+        challenger's (what puts the two parts back together)."""
+        order = np.empty(len(self.mine) + len(self.others), dtype=np.intp)
+        order[self.others] = np.arange(len(self.others))
+        order[self.mine] = np.arange(len(self.others), len(order))
+        result: list[int] = order.tolist()
+        return result
+
+
+def challenger_rows(keys: Sequence[str], share: float) -> Split:
     """Which rows the challenger answers at `share` (sticky per key; see routing_bucket)."""
     if len(keys) == 1:
-        return [routing_bucket(keys[0]) < share]
-    picked: list[bool] = (routing_buckets(keys) < share).tolist()
-    return picked
+        return Split([0], []) if routing_bucket(keys[0]) < share else Split([], [0])
+    chosen = routing_buckets(keys) < share
+    return Split(np.flatnonzero(chosen).tolist(), np.flatnonzero(~chosen).tolist())
 
 
 # --------------------------------------------------------------------------- guardrails
@@ -446,16 +499,32 @@ class ShadowScorer:
     def _log(
         self, job: _ShadowJob, model: ServedModel, probabilities: list[float], tiers: list[str]
     ) -> None:
+        self.write(
+            job.batch_id, job.created_at, model.version, job.served_version, probabilities, tiers
+        )
+
+    def write(
+        self,
+        batch_id: str,
+        created_at: float,
+        version: str,
+        served_version: str,
+        probabilities: list[float],
+        tiers: list[str],
+    ) -> None:
+        """`version`'s scores of the served batch `batch_id` (answered by `served_version`) to
+        the log's ``shadow_predictions`` (thread-safe): this scorer's, and a canary's pairs,
+        which the champion computes in the call that answers its own rows."""
         if self.writer is None:
             self.metrics.shadow.labels("dropped").inc(len(probabilities))
             return
         # a refusal (queue full, closed) is counted by the writer's on_shadow_drop
         self.writer.enqueue(
             ShadowBatch(
-                batch_id=job.batch_id,
-                created_at=job.created_at,
-                model_version=model.version,
-                served_version=job.served_version,
+                batch_id=batch_id,
+                created_at=created_at,
+                model_version=version,
+                served_version=served_version,
                 probabilities=probabilities,
                 tiers=tiers,
             )
@@ -851,9 +920,11 @@ __all__ = [
     "Guardrails",
     "Rollout",
     "ShadowScorer",
+    "Split",
     "WindowStats",
     "challenger_rows",
     "judge",
+    "route",
     "routing_keys",
     "schema_difference",
 ]

@@ -26,6 +26,8 @@ the caller serves ONNX or sklearn instead.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
+from itertools import chain, repeat
 from typing import Any
 
 import numpy as np
@@ -210,14 +212,21 @@ class NumericBlock:
         return len(self.names)
 
     def write(self, columns: PreparedColumns, out: np.ndarray, offset: int) -> None:
+        """The block's columns into ``out[:, offset:offset + width]`` (float64 rows): all
+        columns at once, so a call costs a few numpy operations however many columns."""
+        block = out[:, offset : offset + self.width]
         for j, name in enumerate(self.names):
-            values = np.asarray(columns[name], dtype=np.float64)
-            values = np.where(np.isnan(values), self.fill[j], values)
-            if self.mean is not None:
-                values = values - self.mean[j]
-            if self.scale is not None:
-                values = values / self.scale[j]
-            out[:, offset + j] = values
+            block[:, j] = columns[name]
+        np.copyto(block, self.fill, where=np.isnan(block))
+        if self.mean is not None:
+            block -= self.mean
+        if self.scale is not None:
+            block /= self.scale
+
+
+# Up to this many rows a categorical value is placed by a Python loop: cheaper than the
+# numpy calls that place a large batch's values.
+_FEW_ROWS = 16
 
 
 @dataclass(frozen=True)
@@ -229,16 +238,33 @@ class OneHotBlock:
     codes: tuple[dict[str, int], ...]  # per column: category -> output column
     width: int
 
+    @cached_property
+    def _places(self) -> tuple[dict[str | None, int], ...]:
+        """Per column: category -> output column, missing (None) as the fill category."""
+        return tuple({**code, None: code.get(self.fill, -1)} for code in self.codes)
+
     def write(self, columns: PreparedColumns, out: np.ndarray, offset: int) -> None:
         n = out.shape[0]
-        for name, code in zip(self.names, self.codes, strict=True):
-            values = columns[name]  # cleaned by churn.data.clean_category; None if missing
-            fill = code.get(self.fill, -1)
-            # a few distinct values per column: look each up once, then map in C
-            lookup = {v: fill if v is None else code.get(v, -1) for v in set(values)}
-            found = np.fromiter(map(lookup.__getitem__, values), dtype=np.intp, count=n)
-            rows = np.flatnonzero(found >= 0)
-            out[rows, offset + found[rows]] = 1.0
+        # values cleaned by churn.data.clean_category; None if missing
+        if n <= _FEW_ROWS:
+            for name, place in zip(self.names, self._places, strict=True):
+                for i, value in enumerate(columns[name]):
+                    j = place.get(value, -1)
+                    if j >= 0:
+                        out[i, offset + j] = 1.0
+            return
+        # every column's output positions in one array: one mask and one assignment for all
+        found = np.fromiter(
+            chain.from_iterable(
+                map(place.get, columns[name], repeat(-1, n))
+                for name, place in zip(self.names, self._places, strict=True)
+            ),
+            dtype=np.intp,
+            count=n * len(self.names),
+        )
+        known = found >= 0
+        rows = np.tile(np.arange(n), len(self.names))
+        out[rows[known], offset + found[known]] = 1.0
 
 
 def _steps(transformer: Any) -> list[Any]:
@@ -307,7 +333,7 @@ class Preprocessor:
         out = np.zeros((rows, self.width), dtype=dtype)
         offset = 0
         for block in self.blocks:
-            if isinstance(block, NumericBlock):
+            if isinstance(block, NumericBlock) and dtype is not np.float64:
                 # float64 arithmetic like sklearn, then the forest's cast to float32
                 scratch = np.empty((rows, block.width), dtype=np.float64)
                 block.write(columns, scratch, 0)

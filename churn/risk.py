@@ -63,6 +63,15 @@ def risk_tiers(probabilities: np.ndarray, high: float, medium: float) -> np.ndar
     return np.where(p >= high, HIGH, np.where(p >= medium, MEDIUM, LOW))
 
 
+def risk_tier_list(probabilities: np.ndarray, high: float, medium: float) -> list[str]:
+    """`risk_tiers` as a list: row by row for a few rows (cheaper than numpy's calls there),
+    vectorised for more; the same tiers either way."""
+    if len(probabilities) <= 16:
+        return [risk_tier(p, high, medium) for p in np.asarray(probabilities, float).tolist()]
+    tiers: list[str] = risk_tiers(probabilities, high, medium).tolist()
+    return tiers
+
+
 def risk_tier(probability: float, high: float, medium: float) -> str:
     if probability >= high:
         return HIGH

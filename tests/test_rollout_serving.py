@@ -91,18 +91,31 @@ def test_the_window_forgets_answers_older_than_its_length() -> None:
 
 def test_canary_routing_keeps_its_share_and_only_adds_keys_when_widened() -> None:
     keys = [f"customer-{i}" for i in range(20_000)]
-    at_5 = challenger_rows(keys, 0.05)
-    at_10 = challenger_rows(keys, 0.10)
+    at_5 = challenger_rows(keys, 0.05).picked
+    at_10 = challenger_rows(keys, 0.10).picked
     assert abs(sum(at_10) / len(keys) - 0.10) < 0.01
     assert all(b for a, b in zip(at_5, at_10, strict=True) if a)  # 5 % is inside 10 %
-    assert challenger_rows(keys, 0.10) == at_10  # sticky
+    assert challenger_rows(keys, 0.10).picked == at_10  # sticky
+    # one key alone routes as it does in a batch
+    assert [challenger_rows([k], 0.10).picked[0] for k in keys[:500]] == at_10[:500]
+    split = challenger_rows(keys[:1000], 0.10)
+    assert sorted(split.mine + split.others) == list(range(1000))
+    # the order puts the champion's answers followed by the challenger's back in place
+    parts = [f"champion {i}" for i in split.others] + [f"challenger {i}" for i in split.mine]
+    assert [parts[j].split()[1] for j in split.order()] == [str(i) for i in range(1000)]
 
 
 def test_batch_routing_buckets_equal_the_one_key_rule() -> None:
     from churn.rollout import routing_bucket, routing_buckets
 
-    keys = [f"customer-{i}" for i in range(5000)] + ["", "é-ü", "x" * 500, "42"]
+    keys = [f"customer-{i}" for i in range(5000)] + ["", "é-ü", "x" * 500, "42", "😀"]
     assert routing_buckets(keys).tolist() == [routing_bucket(k) for k in keys]
+    # keys holding the NUL that separates them inside routing_buckets, and empty keys
+    odd = ["a\0b", "\0", "", "", "a", "a\0"]
+    assert routing_buckets(odd).tolist() == [routing_bucket(k) for k in odd]
+    buckets = routing_buckets(keys)
+    assert ((0 <= buckets) & (buckets < 1)).all()
+    assert len(set(buckets[:5000].tolist())) == 5000  # no two customers share a position
 
 
 def test_routing_keys_customer_id_then_header_then_the_features() -> None:
