@@ -40,7 +40,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
-from operator import methodcaller
+from functools import cached_property
 from typing import Any
 
 import numpy as np
@@ -122,7 +122,7 @@ def routing_keys(rows: Sequence[Row], header: str | None, names: Sequence[str]) 
     if isinstance(rows, ColumnRows):
         given = rows.columns.get(CUSTOMER_ID) or [None] * len(rows)
     else:
-        given = list(map(_customer_id, rows))
+        given = [row.get(CUSTOMER_ID) for row in rows]
     if set(map(type, given)) == {str}:  # every row names its customer (the usual batch)
         return given
     keys = [key if type(key) is str else str(key) if key is not None else header for key in given]
@@ -133,18 +133,20 @@ def routing_keys(rows: Sequence[Row], header: str | None, names: Sequence[str]) 
     return keys  # type: ignore[return-value]  # no None left
 
 
-_customer_id = methodcaller("get", CUSTOMER_ID)
-
-
 def route(rows: Sequence[Row], header: str | None, schema: FeatureSchema, share: float) -> Split:
     """Which of a request's rows the challenger answers at `share`, by their routing keys
     (``routing_keys``; sticky per key, see ``routing_bucket``). A request whose rows name no
     customer is routed whole by its X-Routing-Key (one hash, not one per row)."""
-    if len(rows) > 1 and header is not None:
+    if len(rows) == 1:  # /predict: the one row's key, and a split made once
+        key = rows[0].get(CUSTOMER_ID)
+        if key is None:
+            key = header if header is not None else feature_key(rows[0], schema.names)
+        return _ONE_MINE if routing_bucket(str(key)) < share else _ONE_THEIRS
+    if header is not None:
         if isinstance(rows, ColumnRows):
             named = rows.columns.get(CUSTOMER_ID) is not None
         else:
-            named = any(map(_customer_id, rows))
+            named = any(row.get(CUSTOMER_ID) is not None for row in rows)
         if not named:
             return challenger_rows([header], share).widened(len(rows))
     return challenger_rows(routing_keys(rows, header, schema.names), share)
@@ -181,10 +183,14 @@ class Split:
         return result
 
 
+_ONE_MINE = Split([0], [])
+_ONE_THEIRS = Split([], [0])
+
+
 def challenger_rows(keys: Sequence[str], share: float) -> Split:
     """Which rows the challenger answers at `share` (sticky per key; see routing_bucket)."""
     if len(keys) == 1:
-        return Split([0], []) if routing_bucket(keys[0]) < share else Split([], [0])
+        return _ONE_MINE if routing_bucket(keys[0]) < share else _ONE_THEIRS
     chosen = routing_buckets(keys) < share
     return Split(np.flatnonzero(chosen).tolist(), np.flatnonzero(~chosen).tolist())
 
@@ -555,14 +561,14 @@ class Challenger:
     def stage(self) -> str:
         return ROLLED_BACK if self.rolled_back else self.record.stage
 
-    @property
+    @cached_property  # read on every request; the challenger is swapped whole on a change
     def share(self) -> float:
         """The share the challenger answers here now (0 once rolled back)."""
         if self.model is None or self.rolled_back:
             return 0.0
         return self.record.serving_share
 
-    @property
+    @cached_property
     def shadowing(self) -> bool:
         return self.model is not None and not self.rolled_back and self.record.shadowing
 

@@ -25,8 +25,7 @@ import math
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
-from operator import mul
-from typing import Any, ClassVar
+from typing import Any
 
 import numpy as np
 
@@ -188,16 +187,19 @@ class RolloutRecord:
 # --------------------------------------------------------------------------- routing
 
 
-# A routing key's position: a 64-bit polynomial hash of its Unicode code points,
-# h = sum(c_j * P**j) mod 2**64 (P the FNV-1 64-bit prime), mixed with a fixed seed by
-# MurmurHash3's 64-bit finaliser; its top 53 bits over 2**53 are the bucket. Chosen because it
-# vectorises: a batch of 1,000 keys is a handful of numpy operations (routing_buckets), where a
-# cryptographic hash per key cost more than the rest of canary routing put together. It needs
-# no secrecy: it spreads customers evenly and keeps each one in place.
+# A routing key's position: a polynomial hash of its Unicode code points modulo a prime,
+# h = sum(c_j * B**j) mod M, spread over 64 bits by one multiplication (Fibonacci hashing);
+# its top 53 bits over 2**53 are the bucket. Chosen because both forms are cheap: one key is
+# two C calls and a few integer operations (int.from_bytes of the key's UTF-32 is exactly
+# sum(c_j * 2**(32 j)), so B = 2**32 mod M), and a batch of keys is a handful of numpy
+# operations (routing_buckets), where a cryptographic hash per key cost more than the rest of
+# canary routing put together. It needs no secrecy: it spreads customers evenly and keeps each
+# one in place. M < 2**43 keeps every product of a code point (< 2**21) and a power below
+# 2**64 in numpy's uint64.
+_MODULUS = (1 << 43) - 57  # the largest prime below 2**43
+_BASE = (1 << 32) % _MODULUS
+_SPREAD = 0x9E3779B97F4A7C15  # 2**64 / golden ratio, odd
 _MASK = (1 << 64) - 1
-_PRIME = 0x100000001B3
-_SEED = 0x63687572_6E2D6361  # b"churn-ca"
-_MIX1, _MIX2 = 0xFF51AFD7ED558CCD, 0xC4CEB9FE1A85EC53
 
 
 def routing_bucket(key: str) -> float:
@@ -207,25 +209,18 @@ def routing_bucket(key: str) -> float:
     (the same customer always meets the same model at a given share), and a larger share only
     adds keys (a customer on the challenger at 5 % stays on it at 10 %).
     """
-    powers = _Powers.python(len(key))
-    h = sum(map(mul, map(ord, key), powers)) & _MASK ^ _SEED
-    h ^= h >> 33
-    h = (h * _MIX1) & _MASK
-    h ^= h >> 33
-    h = (h * _MIX2) & _MASK
-    h ^= h >> 33
-    return (h >> 11) / 2.0**53
+    h = int.from_bytes(key.encode("utf-32-le"), "little") % _MODULUS
+    return ((h * _SPREAD & _MASK) >> 11) / 2.0**53
 
 
 def routing_buckets(keys: Sequence[str]) -> np.ndarray:
     """``routing_bucket`` of many keys at once, equal to it key by key (the API routes a
-    batch's rows with it). The keys are joined into one array of code points, each key ended
-    by a NUL; every code point is multiplied by P**(its position in the array), the sums are
-    taken per key (``np.add.reduceat``) and shifted back to the key's own positions by
-    P**-start (P is odd, so invertible mod 2**64)."""
+    batch's rows with it): the keys' code points in one array, each times B**(its position
+    in its key) mod M, summed per key (``np.add.reduceat``)."""
     n = len(keys)
     if n == 0:
         return np.empty(0, dtype=np.float64)
+    # every key ended by a NUL, so no key is empty and the ends are found in one pass
     points = np.frombuffer(("\0".join(keys) + "\0").encode("utf-32-le"), dtype=np.uint32)
     ends = np.flatnonzero(points == 0)
     if ends.size != n:  # a key holds a NUL itself: the ends come from the lengths
@@ -233,50 +228,26 @@ def routing_buckets(keys: Sequence[str]) -> np.ndarray:
     starts = np.empty(n, dtype=np.intp)
     starts[0] = 0
     starts[1:] = ends[:-1] + 1
-    powers, inverses = _Powers.arrays(points.size)
-    h = np.add.reduceat(points.astype(np.uint64) * powers[: points.size], starts)
-    h *= inverses[starts]  # uint64 arithmetic wraps: mod 2**64, as above
-    h ^= np.uint64(_SEED)
-    h ^= h >> np.uint64(33)
-    h *= np.uint64(_MIX1)
-    h ^= h >> np.uint64(33)
-    h *= np.uint64(_MIX2)
-    h ^= h >> np.uint64(33)
+    lengths = ends - starts + 1
+    position = np.arange(points.size) - np.repeat(starts, lengths)
+    terms = points.astype(np.uint64) * _powers(int(lengths.max()))[position] % np.uint64(_MODULUS)
+    h = np.add.reduceat(terms, starts) % np.uint64(_MODULUS)  # < 2**43 * key length: no wrap
+    h *= np.uint64(_SPREAD)  # uint64 arithmetic wraps: mod 2**64, as above
     return (h >> np.uint64(11)).astype(np.float64) / 2.0**53
 
 
-class _Powers:
-    """P**j and P**-j mod 2**64, grown on demand (doubling) and shared by every call."""
+_POWERS = np.ones(1, dtype=np.uint64)
 
-    _ints: ClassVar[list[int]] = [1]
-    _arrays: ClassVar[tuple[np.ndarray, np.ndarray]] = (
-        np.ones(1, dtype=np.uint64),
-        np.ones(1, dtype=np.uint64),
-    )
 
-    @classmethod
-    def python(cls, n: int) -> list[int]:
-        ints = cls._ints
-        if len(ints) < n:
-            ints = list(ints)
-            while len(ints) < n:
-                ints.append(ints[-1] * _PRIME & _MASK)
-            cls._ints = ints
-        return ints
-
-    @classmethod
-    def arrays(cls, n: int) -> tuple[np.ndarray, np.ndarray]:
-        powers, inverses = cls._arrays
-        if powers.size < n:
-            size = max(n, 2 * powers.size, 1024)
-            powers = np.array(cls.python(size)[:size], dtype=np.uint64)
-            inverse = pow(_PRIME, -1, 1 << 64)
-            inv = [1] * size
-            for j in range(1, size):
-                inv[j] = inv[j - 1] * inverse & _MASK
-            inverses = np.array(inv, dtype=np.uint64)
-            cls._arrays = (powers, inverses)  # one assignment: readers see both or neither
-        return powers, inverses
+def _powers(n: int) -> np.ndarray:
+    """B**j mod M for j < n (at least), computed once and grown on demand."""
+    global _POWERS
+    if _POWERS.size < n:
+        powers = [1]
+        for _ in range(max(n, 256) - 1):
+            powers.append(powers[-1] * _BASE % _MODULUS)
+        _POWERS = np.array(powers, dtype=np.uint64)
+    return _POWERS
 
 
 # --------------------------------------------------------------------------- registry
