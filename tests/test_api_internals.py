@@ -95,6 +95,12 @@ class _Doubler:
         return np.asarray([2.0 * r[0] for r in rows])
 
 
+class _SlowDoubler(_Doubler):
+    def predict_rows(self, rows: list[Row]) -> np.ndarray:
+        time.sleep(0.05)  # the loop would run the first model's answers meanwhile
+        return super().predict_rows(rows)
+
+
 def test_requests_of_one_iteration_share_one_model_call() -> None:
     batcher = MicroBatcher()
     batcher.start()
@@ -110,6 +116,31 @@ def test_requests_of_one_iteration_share_one_model_call() -> None:
     assert [r.tolist() for r in results] == [[2.0 * i, 2.0 * (i + 1)] for i in range(20)]
     assert model.calls == 1
     assert batcher.rows == 40
+
+
+def test_two_models_jobs_of_one_iteration_are_answered_together() -> None:
+    """A canary's champion and challenger jobs: one call per model, and every answer in one
+    hand-over to the loop, so the requests answered together come back together (answering
+    each model's as its call ended split the traffic into ever smaller micro-batches)."""
+    batcher = MicroBatcher()
+    batcher.start()
+    champion, challenger = _SlowDoubler(), _Doubler()
+
+    async def both() -> tuple[list[float], list[float], bool]:
+        mine = batcher.submit(challenger, [(3,)])  # its call runs first
+        theirs = batcher.submit(champion, [(1,), (2,)])
+        pair = batcher.submit(champion, [(3,)])
+        first = await mine
+        together = theirs.done() and pair.done()  # resolved in the same loop callback
+        return first.tolist(), (await theirs).tolist() + (await pair).tolist(), together
+
+    try:
+        mine, theirs, together = asyncio.run(both())
+    finally:
+        batcher.stop()
+    assert mine == [6.0] and theirs == [2.0, 4.0, 6.0]
+    assert together
+    assert (champion.calls, challenger.calls) == (1, 1)  # the pair joined the champion's call
 
 
 def test_access_lines_written_directly_match_the_formatter() -> None:

@@ -114,7 +114,7 @@ def test_batch_routing_buckets_equal_the_one_key_rule() -> None:
     odd = ["a\0b", "\0", "", "", "a", "a\0"]
     assert routing_buckets(odd).tolist() == [routing_bucket(k) for k in odd]
     buckets = routing_buckets(keys)
-    assert ((0 <= buckets) & (buckets < 1)).all()
+    assert ((buckets >= 0) & (buckets < 1)).all()
     assert len(set(buckets[:5000].tolist())) == 5000  # no two customers share a position
 
 
@@ -273,7 +273,9 @@ def served(trained_model: TrainedModel, tmp_path: Path) -> Iterator[TestClient]:
         yield client
 
 
-def _challenger(client: TestClient, stage: str, broken: bool, **bounds: Any) -> Challenger:
+def _challenger(
+    client: TestClient, stage: str, broken: bool, share: float = 1.0, **bounds: Any
+) -> Challenger:
     service = client.app.state.service  # type: ignore[attr-defined]
     champion = service.model
     model = replace(
@@ -283,7 +285,7 @@ def _challenger(client: TestClient, stage: str, broken: bool, **bounds: Any) -> 
     )
     record = RolloutRecord.start("99", champion.version, "test", by="test", guardrails=bounds)
     if stage == CANARY:
-        record = record.moved(CANARY, "test", by="test", share=1.0)
+        record = record.moved(CANARY, "test", by="test", share=share)
     challenger = Challenger(model, record, Guardrails.from_record(bounds))
     service.rollout._set(challenger)
     return challenger
@@ -326,6 +328,54 @@ def test_a_healthy_canary_answers_with_its_version(served: TestClient) -> None:
             == 3
         )
     )
+
+
+def _split_batch(client: TestClient) -> tuple[list[bool], list[dict[str, Any]]]:
+    """A 200-customer batch through a canary at 50 %: which rows the routing rule gives the
+    challenger, and the answers."""
+    from churn.rollout import routing_bucket
+
+    customers = [{**CUSTOMER, "tenure": i % 60, "customer_id": f"c-{i}"} for i in range(200)]
+    picked = [routing_bucket(f"c-{i}") < 0.5 for i in range(200)]
+    answer = client.post("/predict/batch", json={"customers": customers})
+    assert answer.status_code == 200
+    assert answer.headers["x-model-role"] == "mixed"
+    return picked, answer.json()["predictions"]
+
+
+def test_a_split_canary_batch_answers_in_request_order_with_pairs(served: TestClient) -> None:
+    alone = served.post(  # the champion alone, before the canary
+        "/predict/batch",
+        json={"customers": [{**CUSTOMER, "tenure": i % 60} for i in range(200)]},
+    ).json()["predictions"]
+    _challenger(served, CANARY, broken=False, share=0.5)
+    picked, predictions = _split_batch(served)
+    assert 60 < sum(picked) < 140
+    assert [p["model_version"] == "99" for p in predictions] == picked
+    # the same model under both names here: request order kept, row by row
+    got = [p["churn_probability"] for p in predictions]
+    assert got == [p["churn_probability"] for p in alone]
+    assert len({p["prediction_id"] for p in predictions}) == 200
+    # the champion scored each of the challenger's rows, paired with it
+    assert wait_until(
+        lambda: (
+            metric_value(served.get("/metrics").text, "shadow_predictions_total", outcome="success")
+            == sum(picked)
+        )
+    )
+
+
+def test_canary_pairs_can_be_turned_off(trained_model: TrainedModel, tmp_path: Path) -> None:
+    settings = make_settings(trained_model.model_path, tmp_path, canary_paired=False)
+    with TestClient(create_app(settings)) as client:
+        _challenger(client, CANARY, broken=False, share=0.5)
+        picked, predictions = _split_batch(client)
+        assert [p["model_version"] == "99" for p in predictions] == picked
+        text = client.get("/metrics").text
+        assert metric_value(text, "predictions_total", outcome="success", role="challenger") == sum(
+            picked
+        )
+        assert metric_value(text, "shadow_predictions_total", outcome="success") == 0
 
 
 def test_shadow_never_fails_an_answer_and_counts_what_it_could_not_score(
