@@ -162,8 +162,8 @@ rollout-start: $(BIN)/.installed | $(KEY_DEP) ## Gated, verified version (VERSIO
 	$(KEY_ENV) $(ROLLOUT) start $(if $(VERSION),--version $(VERSION)) $(if $(REASON),--reason "$(REASON)") $(ROLLOUT_CODE)
 
 .PHONY: rollout-canary
-rollout-canary: $(BIN)/.installed ## Challenger answers SHARE= of traffic (default rollout.canary_share), sticky per key
-	$(ROLLOUT) canary $(if $(SHARE),--share $(SHARE)) $(ROLLOUT_CODE)
+rollout-canary: $(BIN)/.installed ## Challenger answers SHARE= of traffic (default rollout.canary_share), sticky per key; PAIRED=no: routing alone
+	$(ROLLOUT) canary $(if $(SHARE),--share $(SHARE)) $(if $(filter no,$(PAIRED)),--unpaired) $(if $(filter yes,$(PAIRED)),--paired) $(ROLLOUT_CODE)
 
 .PHONY: rollout-evaluate
 rollout-evaluate: $(BIN)/.installed ## Paired evidence + decision; reports/rollout.{json,html} (PUSHGATEWAY=, PROMETHEUS_URL=)

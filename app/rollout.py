@@ -23,8 +23,9 @@ share. Every worker follows it on the watcher's tick (app.watcher) and keeps her
 
 Decided: in canary a challenger that fails on its share does not fail the request; the
 champion answers those rows, and the failure counts as a challenger error (which feeds the
-error-ratio guardrail). In canary the champion scores the challenger's rows in shadow, so the
-evidence stays paired on the customers the challenger answered.
+error-ratio guardrail). In canary the champion also scores the challenger's rows, in the same
+model call as its own rows (app.service), so the evidence stays paired on the customers the
+challenger answered (the record's ``paired``; false: routing alone).
 """
 
 from __future__ import annotations
@@ -639,6 +640,7 @@ class Rollout:
             "challenger_version": current.version if current else None,
             "stage": current.stage if current else None,
             "share": current.share if current else 0.0,
+            "paired": current.record.paired if current else None,
             "rolled_back": current.rolled_back if current else None,
             "guardrails": current.record.guardrails if current else None,
             "refused": {"version": refused.version, "reason": refused.reason} if refused else None,

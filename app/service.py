@@ -225,7 +225,9 @@ class ModelService:
         if not split.mine:
             answers, batch_id, ids = await self._canary_champion(model, rows, explain)
             return answers, ids
-        return await self._canary(model, challenger.model, rows, split, explain)
+        return await self._canary(
+            model, challenger.model, rows, split, explain, challenger.record.paired
+        )
 
     async def _canary_champion(
         self, model: ServedModel, rows: Sequence[Row], explain: bool = False
@@ -243,10 +245,12 @@ class ModelService:
         rows: Sequence[Row],
         split: Split,
         explain: bool,
+        paired: bool,
     ) -> tuple[Answers, list[str]]:
-        """The challenger answers the rows `split` gives it, the champion the others; the
-        champion also scores the challenger's rows, paired (in the same model call as its own
-        rows: the micro-batcher makes one call per model). When the challenger fails, the
+        """The challenger answers the rows `split` gives it, the champion the others; when
+        `paired` (the rollout record's choice) the champion also scores the challenger's rows
+        (in the same model call as its own rows: the micro-batcher makes one call per model),
+        logged paired with the challenger's answers. When the challenger fails, the
         champion's scores of its rows answer them instead: a challenger error (it feeds the
         error-ratio guardrail), never a failed request."""
         whole = not split.others
@@ -257,9 +261,7 @@ class ModelService:
         theirs_future = (
             None if whole else self.batcher.submit(champion, take_rows(rows, split.others))
         )
-        pair_future = (
-            self.batcher.submit(champion, mine_rows) if self.settings.canary_paired else None
-        )
+        pair_future = self.batcher.submit(champion, mine_rows) if paired else None
         for future in (pair_future, theirs_future):  # whatever this request ends up awaiting
             if future is not None:
                 future.add_done_callback(_consume)

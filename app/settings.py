@@ -57,13 +57,6 @@ class Settings(BaseSettings):
         "watcher tick (shadow scoring, canary share, guardrails; needs `MODEL_WATCH_INTERVAL` "
         "> 0)",
     )
-    canary_paired: bool = Field(
-        default=True,
-        description="in canary, the champion also scores the rows the challenger answers "
-        "(in the same model call as its own rows), so the rollout's paired evidence covers "
-        "the challenger's customers; false: routing alone, the pairs come from the shadow "
-        "stage (about a tenth more model work at a 10 % share)",
-    )
     shadow_queue_size: int = Field(
         default=10_000,
         ge=1,

@@ -233,12 +233,16 @@ def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
         ),
     ]
     phases = _get(results, "rollout", "phases") or {}
-    for phase, limit in (("shadow", 0.30), ("canary", 0.05)):
+    for phase, limit, label in (
+        ("shadow", 0.30, "shadow"),
+        ("routing", 0.05, "canary routing (unpaired)"),
+        ("canary", 0.30, "canary with paired scoring (shadow work: the shadow target)"),
+    ):
         for path, what in (("predict", "/predict"), ("batch", "/predict/batch (1,000 rows)")):
-            cost = rollout_cost(phases, phase, path) if phases else None
+            cost = rollout_cost(phases, phase, path) if phase in phases else None
             rows.append(
                 (
-                    f"{what} cost of {phase} ≤ {limit:.0%} (server CPU per request vs no "
+                    f"{what} cost of {label} ≤ {limit:.0%} (server CPU per request vs no "
                     "challenger)",
                     None if cost is None else 100 * cost,
                     "<=",
@@ -685,8 +689,10 @@ def _rollout_table(results: dict[str, Any]) -> list[str]:
     phases = rollout["phases"]
     lines = [
         "One service (one worker) serving `@production`, switched by the registry alone "
-        "between no `@challenger` (off), a challenger in shadow and a canary at "
-        f"{rollout['canary_share']:.0%}; /predict with an `X-Routing-Key` over 1,000 "
+        "between no `@challenger` (off), a challenger in shadow, a canary at "
+        f"{rollout['canary_share']:.0%} with the champion also scoring the challenger's rows "
+        "(canary: paired, the default) and the same canary unpaired (routing: "
+        "`rollout.py canary --unpaired`); /predict with an `X-Routing-Key` over 1,000 "
         "customers, /predict/batch with 1,000 customers each with a `customer_id`. Best of "
         f"{rollout['rounds']} round(s) per phase, phases interleaved; cost = 1 − throughput ÷ "
         f"off's. Two versions trained on {rollout['train_rows']:,} rows each.",
@@ -704,7 +710,9 @@ def _rollout_table(results: dict[str, Any]) -> list[str]:
             return "–"
         return _f(spent, 3) if cost is None else f"{_f(spent, 3)} (cost {100 * cost:.1f} %)"
 
-    for name in ("off", "shadow", "canary"):
+    for name in ("off", "shadow", "canary", "routing"):
+        if name not in phases:
+            continue
         p = phases[name]
         share = p.get("challenger_share")
         cost = {k: p.get(f"{k}_cost") for k in ("predict", "batch")}

@@ -6,8 +6,9 @@ record. The same loads run in three phases, switched by the registry alone (no r
 
 - ``off``: no ``@challenger`` (the baseline);
 - ``shadow``: the challenger scores every served row off the answer's path;
-- ``canary``: 10 % of customers answered by the challenger (the champion scores those rows in
-  shadow, paired).
+- ``canary``: 10 % of customers answered by the challenger, the champion scoring those rows
+  too, paired (a canary's default);
+- ``routing``: the same canary unpaired (``rollout.py canary --unpaired``): routing alone.
 
 /predict carries an ``X-Routing-Key`` cycling over 1,000 customers (a wrk script), so routing
 sees many customers as in production; /predict/batch sends 1,000 customers, each with its own
@@ -35,7 +36,7 @@ from bench.http import HttpConfig, _measure, say
 from bench.servers import ROOT, RunningServer, ServerSpec, running, uvicorn_argv
 from churn.datagen import generate_customers
 
-PHASES = ("off", "shadow", "canary")
+PHASES = ("off", "shadow", "canary", "routing")
 CANARY_SHARE = 0.10
 ROUTING_KEYS = 1000
 BATCH_ROWS = 1000
@@ -103,8 +104,10 @@ def _apply(phase: str, registry: Any, name: str, champion: str, challenger: str)
                 raise
         return
     record = RolloutRecord.start(challenger, champion, "benchmark", by="bench")
-    if phase == "canary":
-        record = record.moved(CANARY, "benchmark", by="bench", share=CANARY_SHARE)
+    if phase in ("canary", "routing"):
+        record = record.moved(
+            CANARY, "benchmark", by="bench", share=CANARY_SHARE, paired=phase == "canary"
+        )
     write_record(registry, name, record)
     registry.set_registered_model_alias(name, CHALLENGER, challenger)
 
@@ -113,6 +116,10 @@ def _applied(server: RunningServer, phase: str) -> bool:
     text = _metrics(server)
     if phase == "off":
         return _sum(text, "rollout_stage") == 0
+    if phase in ("canary", "routing"):  # the same stage: the record's pairing tells them apart
+        with urllib.request.urlopen(server.url("/model"), timeout=10) as response:  # noqa: S310
+            applied = json.loads(response.read())["rollout"]
+        return applied["stage"] == "canary" and applied["paired"] == (phase == "canary")
     return _sum(text, "rollout_stage", stage=phase) == 1
 
 

@@ -139,16 +139,21 @@ def _locked_record(mlflow_client: Any, name: str) -> tuple[ChallengerState, Roll
 
 
 def set_canary(
-    config: Config, share: float, reason: str = "canary by the operator", by: str | None = None
+    config: Config,
+    share: float,
+    reason: str = "canary by the operator",
+    by: str | None = None,
+    paired: bool | None = None,
 ) -> RolloutRecord:
-    """The active rollout in canary at `share` (0 < share <= 1); RolloutError otherwise."""
+    """The active rollout in canary at `share` (0 < share <= 1), paired or not (None: as the
+    record was; a new record is paired); RolloutError otherwise."""
     if not 0.0 < share <= 1.0:
         raise RolloutError(f"--share must be in (0, 1], got {share}")
     mlflow_client = client(config.tracking_uri)
     name = config.mlflow.model_name
     with promotion_lock(mlflow_client, name, f"canary @{CHALLENGER} at {share:g}"):
         _, record = _locked_record(mlflow_client, name)
-        moved = record.moved(CANARY, reason, by or operator(), share=share)
+        moved = record.moved(CANARY, reason, by or operator(), share=share, paired=paired)
         write_record(mlflow_client, name, moved)
     return moved
 

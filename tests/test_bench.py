@@ -107,17 +107,18 @@ def test_every_section_is_measured_with_finite_numbers(smoke: Path) -> None:
     assert log["predictions"] >= servers["service"]["predict"]["requests"] and log["dropped"] == 0
     assert set(results["rollout_evaluation"]) == {"5000", "20000", "bootstrap"}
     assert results["rollout_evaluation"]["bootstrap"]["resamples"] == 2000
-    # progressive delivery: one server switched by the registry between the three phases
+    # progressive delivery: one server switched by the registry between the four phases
     phases = results["rollout"]["phases"]
-    assert set(phases) == {"off", "shadow", "canary"}
+    assert set(phases) == {"off", "shadow", "canary", "routing"}
     for name, phase in phases.items():
         assert phase["predict_rps"] > 0 and phase["batch_rows_per_s"] > 0, name
         assert phase["predict_errors"] == phase["batch_errors"] == 0, name
     assert phases["off"]["challenger_share"] == 0
-    assert phases["canary"]["challenger_share"] > 0
+    assert phases["canary"]["challenger_share"] > 0 and phases["routing"]["challenger_share"] > 0
+    assert phases["canary"]["shadow_scored"] > 0 and phases["routing"]["shadow_scored"] == 0
     assert phases["shadow"]["shadow_scored"] > 0
     assert "predict_cost" in phases["shadow"] and "batch_cost" in phases["canary"]
-    assert len(results["targets"]) == 18
+    assert len(results["targets"]) == 20
     assert {t["mark"] for t in results["targets"]} <= {"pass", "short", "n/a"}
     numbers = _numbers(results)
     assert numbers, "no figures at all"

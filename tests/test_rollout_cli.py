@@ -121,6 +121,13 @@ def test_start_canary_status_abort(rollout: Rollout) -> None:
     assert (rollout.record(v2).stage, rollout.record(v2).share) == ("canary", 0.2)
     default = rollout.run("canary")  # rollout.canary_share
     assert rollout.record(v2).share == 0.10, default.stderr
+    assert rollout.record(v2).paired  # the champion scores the challenger's rows, paired
+    unpaired = rollout.run("canary", "--unpaired")
+    assert unpaired.returncode == 0 and "unpaired (routing alone)" in unpaired.stdout
+    assert not rollout.record(v2).paired
+    rollout.run("canary", "--share", "0.1")
+    assert not rollout.record(v2).paired  # a share change keeps the choice
+    assert rollout.run("canary", "--paired").returncode == 0 and rollout.record(v2).paired
 
     status = rollout.run("status")
     assert status.returncode == 0
@@ -143,7 +150,8 @@ def test_start_canary_status_abort(rollout: Rollout) -> None:
     assert rollout.alias("challenger") is None
     record = rollout.record(v2)
     assert record.stage == "rejected" and record.reason == "not now"
-    assert [s.stage for s in record.history] == ["shadow", "canary", "canary", "rejected"]
+    stages = [s.stage for s in record.history]
+    assert stages == ["shadow", "canary", "canary", "canary", "canary", "canary", "rejected"]
     assert "no rollout in progress" in rollout.run("status").stdout
     nothing = rollout.run("abort", "--reason", "again")
     assert nothing.returncode == cli.EXIT_ERROR and "no @challenger" in nothing.stderr

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from churn.rollout import (
@@ -36,6 +38,21 @@ def test_transitions_are_kept_in_order_and_round_trip_through_json() -> None:
     assert record.serving_share == 0.0 and not record.active
     assert [step.stage for step in record.history] == [SHADOW, CANARY, CANARY, ROLLED_BACK]
     assert RolloutRecord.from_json(record.to_json()) == record
+
+
+def test_a_canary_is_paired_unless_told_and_keeps_the_choice() -> None:
+    record = _record().moved(CANARY, "shadow agreed", by="op", share=0.05)
+    assert record.paired
+    unpaired = record.moved(CANARY, "routing alone", by="op", share=0.10, paired=False)
+    assert not unpaired.paired
+    assert not unpaired.moved(CANARY, "widen", by="op", share=0.2).paired  # kept
+    assert RolloutRecord.from_json(unpaired.to_json()) == unpaired
+    # a record written before the choice existed reads as paired
+    old = json.loads(record.to_json())
+    del old["paired"]
+    assert RolloutRecord.from_json(json.dumps(old)).paired
+    with pytest.raises(RolloutError, match="paired"):
+        RolloutRecord.from_json(record.to_json().replace('"paired": true', '"paired": "no"'))
 
 
 @pytest.mark.parametrize("final", [PROMOTED, REJECTED, ROLLED_BACK])

@@ -365,17 +365,17 @@ def test_a_split_canary_batch_answers_in_request_order_with_pairs(served: TestCl
     )
 
 
-def test_canary_pairs_can_be_turned_off(trained_model: TrainedModel, tmp_path: Path) -> None:
-    settings = make_settings(trained_model.model_path, tmp_path, canary_paired=False)
-    with TestClient(create_app(settings)) as client:
-        _challenger(client, CANARY, broken=False, share=0.5)
-        picked, predictions = _split_batch(client)
-        assert [p["model_version"] == "99" for p in predictions] == picked
-        text = client.get("/metrics").text
-        assert metric_value(text, "predictions_total", outcome="success", role="challenger") == sum(
-            picked
-        )
-        assert metric_value(text, "shadow_predictions_total", outcome="success") == 0
+def test_an_unpaired_canary_routes_without_pairs(served: TestClient) -> None:
+    challenger = _challenger(served, CANARY, broken=False, share=0.5)
+    record = challenger.record.moved(CANARY, "routing alone", by="test", share=0.5, paired=False)
+    service = served.app.state.service  # type: ignore[attr-defined]
+    service.rollout._set(replace(challenger, record=record))
+    picked, predictions = _split_batch(served)
+    assert [p["model_version"] == "99" for p in predictions] == picked
+    text = served.get("/metrics").text
+    answered = metric_value(text, "predictions_total", outcome="success", role="challenger")
+    assert answered == sum(picked)
+    assert metric_value(text, "shadow_predictions_total", outcome="success") == 0
 
 
 def test_shadow_never_fails_an_answer_and_counts_what_it_could_not_score(
