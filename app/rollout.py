@@ -42,6 +42,7 @@ from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from functools import cached_property
+from itertools import repeat
 from typing import Any
 
 import numpy as np
@@ -120,10 +121,7 @@ def feature_key(row: Row, names: Sequence[str]) -> str:
 def routing_keys(rows: Sequence[Row], header: str | None, names: Sequence[str]) -> list[str]:
     """Per row: its ``customer_id`` (as text: 42 and "42" are one customer), else the
     request's X-Routing-Key, else a hash of its features."""
-    if isinstance(rows, ColumnRows):
-        given = rows.columns.get(CUSTOMER_ID) or [None] * len(rows)
-    else:
-        given = [row.get(CUSTOMER_ID) for row in rows]
+    given = _customer_ids(rows)
     if set(map(type, given)) == {str}:  # every row names its customer (the usual batch)
         return given
     keys = [key if type(key) is str else str(key) if key is not None else header for key in given]
@@ -132,6 +130,13 @@ def routing_keys(rows: Sequence[Row], header: str | None, names: Sequence[str]) 
             key if key is not None else feature_key(rows[i], names) for i, key in enumerate(keys)
         ]
     return keys  # type: ignore[return-value]  # no None left
+
+
+def _customer_ids(rows: Sequence[Row]) -> list[Any]:
+    """Each row's ``customer_id`` (None where it has none)."""
+    if isinstance(rows, ColumnRows):
+        return rows.columns.get(CUSTOMER_ID) or [None] * len(rows)
+    return list(map(dict.get, rows, repeat(CUSTOMER_ID)))  # type: ignore[arg-type]
 
 
 def route(rows: Sequence[Row], header: str | None, schema: FeatureSchema, share: float) -> Split:
@@ -143,13 +148,13 @@ def route(rows: Sequence[Row], header: str | None, schema: FeatureSchema, share:
         if key is None:
             key = header if header is not None else feature_key(rows[0], schema.names)
         return _ONE_MINE if routing_bucket(str(key)) < share else _ONE_THEIRS
-    if header is not None:
-        if isinstance(rows, ColumnRows):
-            named = rows.columns.get(CUSTOMER_ID) is not None
-        else:
-            named = any(row.get(CUSTOMER_ID) is not None for row in rows)
-        if not named:
-            return challenger_rows([header], share).widened(len(rows))
+    given = _customer_ids(rows)
+    try:  # the usual batch: every row names its customer by a string, hashed as it is
+        return _split(routing_buckets(given), share)
+    except TypeError:  # a row without one (None), or an integer
+        pass
+    if header is not None and not any(key is not None for key in given):
+        return challenger_rows([header], share).widened(len(rows))  # one key for all
     return challenger_rows(routing_keys(rows, header, schema.names), share)
 
 
@@ -192,7 +197,11 @@ def challenger_rows(keys: Sequence[str], share: float) -> Split:
     """Which rows the challenger answers at `share` (sticky per key; see routing_bucket)."""
     if len(keys) == 1:
         return _ONE_MINE if routing_bucket(keys[0]) < share else _ONE_THEIRS
-    chosen = routing_buckets(keys) < share
+    return _split(routing_buckets(keys), share)
+
+
+def _split(buckets: np.ndarray, share: float) -> Split:
+    chosen = buckets < share
     return Split(np.flatnonzero(chosen).tolist(), np.flatnonzero(~chosen).tolist())
 
 

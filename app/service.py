@@ -16,7 +16,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import partial
 from operator import itemgetter
-from typing import Any
+from typing import Any, cast
 
 from sqlalchemy.exc import SQLAlchemyError
 
@@ -432,8 +432,9 @@ def _merge(
     assert mine.versions is not None
     take = itemgetter(*split.order())
 
-    def merged(their_values: Sequence[Any], my_values: Sequence[Any]) -> list[Any]:
-        return list(take([*their_values, *my_values]))
+    def merged(their_values: list[Any], my_values: list[Any]) -> list[Any]:
+        # a tuple, read like the list it stands for (encoded, never changed)
+        return cast(list[Any], take(their_values + my_values))
 
     warnings: list[Any] = []
     if mine.warned or theirs.warned:
@@ -454,9 +455,16 @@ def _merge(
         warnings=warnings,
         explanations=explanations,
         role="mixed",
-        versions=merged([champion_version] * len(theirs), mine.versions),
+        versions=_versions(split, champion_version, mine.versions[0]),
     )
     return answers, merged(their_ids, my_ids)
+
+
+def _versions(split: Split, champion_version: str, challenger_version: str) -> list[str]:
+    versions = [champion_version] * (len(split.mine) + len(split.others))
+    for i in split.mine:
+        versions[i] = challenger_version
+    return versions
 
 
 def _consume(future: asyncio.Future[Any]) -> None:
