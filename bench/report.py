@@ -726,6 +726,8 @@ def _rollout_table(results: dict[str, Any]) -> list[str]:
             f"{p['predict_errors'] + p['batch_errors']} |"
         )
     shadow = rollout.get("shadow_predictions", {})
+    if rollout.get("note"):  # e.g. a section re-measured apart from the rest of the run
+        lines += ["", str(rollout["note"])]
     lines += [
         "",
         f"Shadow scores over the whole section: {shadow.get('success', 0):,.0f} scored, "
