@@ -22,7 +22,7 @@ from app.v2_codec import V2Codec
 from churn.bundle import BundleError, ModelBundle, load_bundle
 from churn.explain import Explainer, Explanations, NotExplainable, checked_explainer
 from churn.inference import BackendError, Predictor, choose_predictor
-from churn.risk import PROBABILITY_DECIMALS, Thresholds, risk_tier_list, risk_tiers
+from churn.risk import PROBABILITY_DECIMALS, Thresholds, risk_tier_list
 from churn.schema import FeatureSchema
 from churn.stores import DEFAULT_TRACKING_URI
 
@@ -217,9 +217,6 @@ class ServedModel:
             },
             warnings=self.checks.find(prepared, len(rows)),
         )
-
-    def tiers(self, probabilities: np.ndarray) -> np.ndarray:
-        return risk_tiers(probabilities, self.thresholds.high, self.thresholds.medium)
 
     def public_metadata(self) -> dict[str, Any]:
         """Bundle metadata for GET /model, without the large reference profile; the global

@@ -118,10 +118,17 @@ def feature_key(row: Row, names: Sequence[str]) -> str:
     return repr([row.get(name) for name in names])
 
 
-def routing_keys(rows: Sequence[Row], header: str | None, names: Sequence[str]) -> list[str]:
+def routing_keys(
+    rows: Sequence[Row],
+    header: str | None,
+    names: Sequence[str],
+    given: list[Any] | None = None,
+) -> list[str]:
     """Per row: its ``customer_id`` (as text: 42 and "42" are one customer), else the
-    request's X-Routing-Key, else a hash of its features."""
-    given = _customer_ids(rows)
+    request's X-Routing-Key, else a hash of its features (`given`: the rows' customer ids,
+    when the caller has read them already)."""
+    if given is None:
+        given = _customer_ids(rows)
     if set(map(type, given)) == {str}:  # every row names its customer (the usual batch)
         return given
     keys = [key if type(key) is str else str(key) if key is not None else header for key in given]
@@ -155,7 +162,7 @@ def route(rows: Sequence[Row], header: str | None, schema: FeatureSchema, share:
         pass
     if header is not None and not any(key is not None for key in given):
         return challenger_rows([header], share).widened(len(rows))  # one key for all
-    return challenger_rows(routing_keys(rows, header, schema.names), share)
+    return challenger_rows(routing_keys(rows, header, schema.names, given), share)
 
 
 @dataclass(frozen=True)

@@ -320,7 +320,8 @@ class ModelService:
     ) -> None:
         """The champion's scores of a canary batch the challenger answered, to the log paired
         with it (or counted: an error when the champion failed on them)."""
-        if future.cancelled():
+        if future.cancelled():  # nobody scored them: counted, never lost silently
+            self.metrics.shadow.labels("dropped").inc(rows)
             return
         if future.exception() is not None:  # logged by the batcher
             self.metrics.shadow.labels("error").inc(rows)
