@@ -187,7 +187,9 @@ def production_run_id(tracking_uri: str) -> str:
 def test_predictions_reach_prometheus_and_the_log(stack: Stack) -> None:
     # The API under test serves the trainer's production model (and is not some other
     # process that happens to answer on the port).
-    served = httpx.get(f"{stack.api}/model", timeout=10).json()
+    answer = httpx.get(f"{stack.api}/model", timeout=10)
+    assert answer.status_code == 200, answer.text
+    served = answer.json()
     assert served["run_id"] == production_run_id(stack.tracking_uri)
     wait_for_series(stack.prometheus, 'up{job="churn-api"} == 1', METRIC_TIMEOUT_S)
     wait_for_series(stack.prometheus, 'up{job="pushgateway"} == 1', METRIC_TIMEOUT_S)
