@@ -163,7 +163,7 @@ def _json_answer(content: bytes, headers: list[tuple[bytes, bytes]] | None = Non
 
 def _answered(model: Any, request: Request, answers: Any) -> list[tuple[bytes, bytes]]:
     """Who answered: the response headers, and the access log's model_version."""
-    if answers.versions is not None:
+    if answers.role != "champion":  # another model answered (some) rows
         request.state.model_version = answers.version or model.version
     headers: list[tuple[bytes, bytes]] = model.codec.headers(answers)
     return headers

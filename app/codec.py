@@ -351,34 +351,24 @@ class RequestCodec:
     def predictions(self, answers: Any, ids: list[str]) -> list[str]:
         """Each answer's JSON (`app.schemas.PredictionResponse`). Probabilities are finite
         (checked at load) and rounded, so ``float.__repr__`` is their JSON; tiers and ids are
-        plain ASCII; ``warnings`` only where the input was reinterpreted."""
-        version, flag = self.version_json, self._BOOL
-        versions = answers.versions
-        if versions is not None and answers.version is not None:
-            version, versions = _json(answers.version), None  # one model answered all
-        if versions is None:
-            # an f-string per prediction: a third cheaper than %-formatting a template
-            items = [
-                f'{{"churn_probability":{p!r},"churn_prediction":{flag[d]},"risk_tier":"{t}",'
-                f'"model_version":{version},"prediction_id":"{i}"}}'
-                for p, d, t, i in zip(
-                    answers.probabilities, answers.decisions, answers.tiers, ids, strict=True
-                )
-            ]
-        else:  # a batch split between champion and challenger: each row says who answered
-            named = {v: _json(v) for v in set(versions)}
-            items = [
-                f'{{"churn_probability":{p!r},"churn_prediction":{flag[d]},"risk_tier":"{t}",'
-                f'"model_version":{named[v]},"prediction_id":"{i}"}}'
-                for p, d, t, v, i in zip(
-                    answers.probabilities,
-                    answers.decisions,
-                    answers.tiers,
-                    versions,
-                    ids,
-                    strict=True,
-                )
-            ]
+        plain ASCII; ``warnings`` only where the input was reinterpreted. A canary batch
+        (app.model.SplitAnswers) is encoded part by part with each part's own ids (`ids` are
+        the same, in request order)."""
+        encode_parts = getattr(answers, "encode_parts", None)
+        if encode_parts is not None:  # app.model.SplitAnswers: each part as it is, then ordered
+            items: list[str] = encode_parts(self.predictions)
+            return items
+        # the answering model's version when it is not this codec's (a challenger's answers)
+        single = answers.version
+        version, flag = self.version_json if single is None else _json(single), self._BOOL
+        # an f-string per prediction: a third cheaper than %-formatting a template
+        items = [
+            f'{{"churn_probability":{p!r},"churn_prediction":{flag[d]},"risk_tier":"{t}",'
+            f'"model_version":{version},"prediction_id":"{i}"}}'
+            for p, d, t, i in zip(
+                answers.probabilities, answers.decisions, answers.tiers, ids, strict=True
+            )
+        ]
         if answers.warned:  # rare: the loop runs only then
             for k, found in enumerate(answers.warnings):
                 if found:
@@ -406,11 +396,11 @@ class RequestCodec:
     def headers(self, answers: Any) -> list[tuple[bytes, bytes]]:
         """``X-Model-Version`` (the answering version; both, champion's first, when a batch
         was split) and ``X-Model-Role`` (champion, challenger or mixed)."""
-        versions = answers.versions
-        if versions is None:
+        version = answers.version  # the one version that answered, unless this codec's
+        if answers.role == "mixed":
+            version = ",".join(dict.fromkeys([self.version, *answers.answered_by()]))
+        elif version is None:
             version = self.version
-        else:
-            version = answers.version or ",".join(dict.fromkeys([self.version, *versions]))
         return [
             (b"x-model-version", version.encode()),
             (b"x-model-role", answers.role.encode()),

@@ -94,7 +94,7 @@ class PredictFastPath:
             return
         answers, ids = await service.answer(model, rows, key, explain)
         content = codec.encode_batch(answers, ids) if batch else codec.encode_customer(answers, ids)
-        if answers.versions is not None:
+        if answers.role != "champion":  # another model answered (some) rows
             scope["state"]["model_version"] = answers.version or model.version
         await send_answer(send, content, extra=codec.headers(answers))
 

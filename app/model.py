@@ -8,10 +8,12 @@ started with and never sees half of each.
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
+from functools import cached_property
+from operator import itemgetter
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 
@@ -87,6 +89,101 @@ class Answers:
                 if w.kind == "unknown_category":
                     counts[w.feature] = counts.get(w.feature, 0) + 1
         return counts
+
+
+@dataclass(frozen=True, eq=False)
+class SplitAnswers:
+    """A canary batch's answers (app.rollout.Split): the champion's rows (`theirs`) and the
+    challenger's (`mine`, its ``versions`` set), each as its model computed them, read in
+    request order. Each list is put in order the first time it is read (one ``itemgetter``
+    over the two parts end to end, at C speed); the JSON encoder reads none of them: it
+    encodes each part as it is and orders the encoded answers once (`encode_parts`)."""
+
+    order: list[int]  # per row in request order, its place in theirs followed by mine
+    theirs: Answers
+    their_ids: list[str]
+    mine: Answers
+    my_ids: list[str]
+    champion_version: str
+    role: str = "mixed"
+
+    def __post_init__(self) -> None:
+        if not (self.theirs and self.mine) or self.mine.version is None:
+            raise ValueError("a split batch has rows from both models, the challenger's named")
+
+    def __len__(self) -> int:
+        return len(self.order)
+
+    @cached_property
+    def _take(self) -> itemgetter[Any]:
+        return itemgetter(*self.order)  # two rows at least: a tuple
+
+    def _merged(self, theirs: Sequence[Any], mine: Sequence[Any]) -> list[Any]:
+        # a tuple, read like the list it stands for (encoded, never changed)
+        return cast(list[Any], self._take([*theirs, *mine]))
+
+    def encode_parts(self, encode: Callable[[Answers, list[str]], list[str]]) -> list[str]:
+        """`encode` (answers and their ids -> one item per row) of each part, in request
+        order: every part encoded with its own version, then one reordering of the items."""
+        return self._merged(encode(self.theirs, self.their_ids), encode(self.mine, self.my_ids))
+
+    @cached_property
+    def ids(self) -> list[str]:
+        return self._merged(self.their_ids, self.my_ids)
+
+    @cached_property
+    def probabilities(self) -> list[float]:
+        return self._merged(self.theirs.probabilities, self.mine.probabilities)
+
+    @cached_property
+    def decisions(self) -> list[bool]:
+        return self._merged(self.theirs.decisions, self.mine.decisions)
+
+    @cached_property
+    def tiers(self) -> list[str]:
+        return self._merged(self.theirs.tiers, self.mine.tiers)
+
+    @cached_property
+    def columns(self) -> dict[str, list[Any]]:
+        return {
+            name: self._merged(values, self.mine.columns[name])
+            for name, values in self.theirs.columns.items()
+        }
+
+    @cached_property
+    def warnings(self) -> list[tuple[Reinterpretation, ...] | None]:
+        if not self.warned:
+            return []
+        theirs, mine = self.theirs, self.mine
+        return self._merged(
+            theirs.warnings or [None] * len(theirs), mine.warnings or [None] * len(mine)
+        )
+
+    @property
+    def warned(self) -> bool:
+        return self.theirs.warned or self.mine.warned
+
+    @cached_property
+    def explanations(self) -> Explanations | None:
+        theirs, mine = self.theirs.explanations, self.mine.explanations
+        if theirs is None or mine is None:
+            return None
+        picked = np.zeros(len(self.order), dtype=bool)
+        picked[np.asarray(self.order) >= len(self.theirs)] = True
+        return Explanations.interleave(picked.tolist(), mine, theirs)
+
+    @cached_property
+    def versions(self) -> list[str]:
+        return self._merged([self.champion_version] * len(self.theirs), self.mine.versions or [])
+
+    @property
+    def version(self) -> None:
+        """Two models answered (see `Answers.version`)."""
+        return None
+
+    def answered_by(self) -> list[str]:
+        """The versions that answered, the champion's first."""
+        return [self.champion_version, self.mine.versions[0]] if self.mine.versions else []
 
 
 _SMALL = 16  # rows

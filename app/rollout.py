@@ -40,7 +40,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from functools import cached_property
 from itertools import repeat
 from typing import Any
@@ -168,17 +168,25 @@ def route(rows: Sequence[Row], header: str | None, schema: FeatureSchema, share:
 @dataclass(frozen=True)
 class Split:
     """A canary batch's rows by the model that answers them: ``mine`` the challenger's,
-    ``others`` the champion's (positions in the request, ascending)."""
+    ``others`` the champion's (positions in the request, ascending); ``chosen`` the same as
+    a mask when routing made one (numpy puts the parts back together from it fastest)."""
 
     mine: list[int]
     others: list[int]
+    chosen: np.ndarray | None = field(default=None, compare=False, repr=False)
+
+    def mask(self) -> np.ndarray:
+        """Per row, whether the challenger answers it, as a boolean array."""
+        if self.chosen is not None:
+            return self.chosen
+        chosen = np.zeros(len(self.mine) + len(self.others), dtype=bool)
+        chosen[self.mine] = True
+        return chosen
 
     @property
     def picked(self) -> list[bool]:
         """Per row, whether the challenger answers it."""
-        picked = [False] * (len(self.mine) + len(self.others))
-        for i in self.mine:
-            picked[i] = True
+        picked: list[bool] = self.mask().tolist()
         return picked
 
     def widened(self, rows: int) -> Split:
@@ -189,9 +197,11 @@ class Split:
     def order(self) -> list[int]:
         """Per row in request order, its place in the champion's answers followed by the
         challenger's (what puts the two parts back together)."""
-        order = np.empty(len(self.mine) + len(self.others), dtype=np.intp)
-        order[self.others] = np.arange(len(self.others))
-        order[self.mine] = np.arange(len(self.others), len(order))
+        chosen = self.mask()
+        theirs = len(self.others)
+        order = np.empty(len(chosen), dtype=np.intp)
+        order[~chosen] = np.arange(theirs)
+        order[chosen] = np.arange(theirs, len(chosen))
         result: list[int] = order.tolist()
         return result
 
@@ -209,7 +219,7 @@ def challenger_rows(keys: Sequence[str], share: float) -> Split:
 
 def _split(buckets: np.ndarray, share: float) -> Split:
     chosen = buckets < share
-    return Split(np.flatnonzero(chosen).tolist(), np.flatnonzero(~chosen).tolist())
+    return Split(np.flatnonzero(chosen).tolist(), np.flatnonzero(~chosen).tolist(), chosen)
 
 
 # --------------------------------------------------------------------------- guardrails

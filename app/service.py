@@ -15,19 +15,17 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import partial
-from operator import itemgetter
-from typing import Any, cast
+from typing import Any
 
 from sqlalchemy.exc import SQLAlchemyError
 
 from app.batcher import MicroBatcher, Row, take_rows
 from app.ids import RandomHex
 from app.metrics import Metrics
-from app.model import Answers, ServedModel, load_model
+from app.model import Answers, ServedModel, SplitAnswers, load_model
 from app.rollout import Rollout, Split, route
 from app.settings import Settings
 from app.source import STILL_LOADING, Release, describe, failure_reason, served_release
-from churn.explain import Explanations
 from churn.prediction_log import (
     PredictionBatch,
     PredictionLogWriter,
@@ -195,7 +193,7 @@ class ModelService:
         rows: Sequence[Row],
         routing_key: str | None = None,
         explain: bool = False,
-    ) -> tuple[Answers, list[str]]:
+    ) -> tuple[Answers | SplitAnswers, list[str]]:
         """Answers and new prediction ids for `rows` (validated by the model's codec), in
         order; logged and counted (categories unseen in training too, as the model saw them).
 
@@ -246,7 +244,7 @@ class ModelService:
         split: Split,
         explain: bool,
         paired: bool,
-    ) -> tuple[Answers, list[str]]:
+    ) -> tuple[Answers | SplitAnswers, list[str]]:
         """The challenger answers the rows `split` gives it, the champion the others; when
         `paired` (the rollout record's choice) the champion also scores the challenger's rows
         (in the same model call as its own rows: the micro-batcher makes one call per model),
@@ -426,46 +424,11 @@ def _merge(
     theirs: Answers,
     their_ids: list[str],
     champion_version: str,
-) -> tuple[Answers, list[str]]:
+) -> tuple[SplitAnswers, list[str]]:
     """One batch's answers in request order from the challenger's rows (`split.mine`) and
-    the champion's; each row says which version answered. One ``itemgetter`` over the two
-    parts end to end puts every list back in order (at C speed, not row by row)."""
-    assert mine.versions is not None
-    take = itemgetter(*split.order())
-
-    def merged(their_values: list[Any], my_values: list[Any]) -> list[Any]:
-        # a tuple, read like the list it stands for (encoded, never changed)
-        return cast(list[Any], take(their_values + my_values))
-
-    warnings: list[Any] = []
-    if mine.warned or theirs.warned:
-        warnings = merged(
-            theirs.warnings or [None] * len(theirs), mine.warnings or [None] * len(mine)
-        )
-    columns: dict[str, list[Any]] = {}
-    explanations = None
-    if mine.explanations is not None and theirs.explanations is not None:
-        # what the explanations' rows are rendered with (app.codec); the log has its own
-        columns = {name: merged(theirs.columns[name], mine.columns[name]) for name in mine.columns}
-        explanations = Explanations.interleave(split.picked, mine.explanations, theirs.explanations)
-    answers = Answers(
-        merged(theirs.probabilities, mine.probabilities),
-        merged(theirs.decisions, mine.decisions),
-        merged(theirs.tiers, mine.tiers),
-        columns=columns,
-        warnings=warnings,
-        explanations=explanations,
-        role="mixed",
-        versions=_versions(split, champion_version, mine.versions[0]),
-    )
-    return answers, merged(their_ids, my_ids)
-
-
-def _versions(split: Split, champion_version: str, challenger_version: str) -> list[str]:
-    versions = [champion_version] * (len(split.mine) + len(split.others))
-    for i in split.mine:
-        versions[i] = challenger_version
-    return versions
+    the champion's, and their ids; each row says which version answered."""
+    answers = SplitAnswers(split.order(), theirs, their_ids, mine, my_ids, champion_version)
+    return answers, answers.ids
 
 
 def _consume(future: asyncio.Future[Any]) -> None:

@@ -365,6 +365,84 @@ def test_a_split_canary_batch_answers_in_request_order_with_pairs(served: TestCl
     )
 
 
+def test_a_split_canary_batch_keeps_each_rows_explanation_and_warnings(
+    served: TestClient,
+) -> None:
+    """Explained, with reinterpreted rows among both models' rows: each answer carries its
+    own explanation and warnings, in request order, as the champion alone gives them (the
+    same model under both names here); the headers name both versions, champion first."""
+    customers = [
+        {
+            **CUSTOMER,
+            "tenure": i % 60,
+            "internet_service": "Satellite" if i % 7 == 0 else CUSTOMER["internet_service"],
+            "customer_id": f"c-{i}",
+        }
+        for i in range(60)
+    ]
+    alone = served.post("/predict/batch?explain=true", json={"customers": customers})
+    assert alone.status_code == 200, alone.text
+    champion = served.app.state.service.model.version  # type: ignore[attr-defined]
+    _challenger(served, CANARY, broken=False, share=0.5)
+    answer = served.post("/predict/batch?explain=true", json={"customers": customers})
+    assert answer.status_code == 200, answer.text
+    assert answer.headers["x-model-role"] == "mixed"
+    assert answer.headers["x-model-version"] == f"{champion},99"
+    body = answer.json()
+    assert body["model_version"] == champion and body["count"] == 60
+    predictions = body["predictions"]
+    versions = [p["model_version"] for p in predictions]
+    assert 10 < versions.count("99") < 50 and versions.count(champion) == 60 - versions.count("99")
+    for got, expected in zip(predictions, alone.json()["predictions"], strict=True):
+        assert got["churn_probability"] == expected["churn_probability"]
+        assert got["explanation"] == expected["explanation"]
+        assert got.get("warnings") == expected.get("warnings")
+    assert sum("warnings" in p for p in predictions) == len(range(0, 60, 7))
+
+
+def test_a_split_canary_batch_through_the_open_inference_protocol(served: TestClient) -> None:
+    """/v2 infer, whose rows name no customer (each routed by its features): the outputs in
+    request order, each row's own id."""
+    from churn.datagen import generate_customers
+
+    service = served.app.state.service  # type: ignore[attr-defined]
+    model = service.model
+    names = list(model.schema.names)
+    frame = generate_customers(80, seed=11)[names].dropna()
+    frame["num_products"] = frame["num_products"].astype(int)
+    customers = frame.to_dict("records")
+    types = {
+        s.name: ("BYTES" if s.kind == "categorical" else "INT64" if s.integer else "FP64")
+        for s in model.schema.features
+    }
+    request = {
+        "inputs": [
+            {
+                "name": n,
+                "shape": [len(customers)],
+                "datatype": dt,
+                "data": [c[n] for c in customers],
+            }
+            for n, dt in types.items()
+        ]
+    }
+    path = f"/v2/models/{model.metadata['model_name']}/infer"
+    alone = served.post(path, json=request)
+    assert alone.status_code == 200, alone.text
+    _challenger(served, CANARY, broken=False, share=0.5)
+    answer = served.post(path, json=request)
+    assert answer.status_code == 200, answer.text
+    got = {o["name"]: o["data"] for o in answer.json()["outputs"]}
+    expected = {o["name"]: o["data"] for o in alone.json()["outputs"]}
+    for name in ("churn_probability", "churn_prediction", "risk_tier"):
+        assert got[name] == expected[name]
+    assert len(set(got["prediction_id"])) == len(customers)
+    answered = metric_value(
+        served.get("/metrics").text, "predictions_total", outcome="success", role="challenger"
+    )
+    assert 0 < answered < len(customers)
+
+
 def test_an_unpaired_canary_routes_without_pairs(served: TestClient) -> None:
     challenger = _challenger(served, CANARY, broken=False, share=0.5)
     record = challenger.record.moved(CANARY, "routing alone", by="test", share=0.5, paired=False)
