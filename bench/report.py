@@ -682,6 +682,44 @@ def render(results: dict[str, Any], plot_path: Path | None, md_dir: Path) -> str
     return "\n".join(out)
 
 
+def _instructions_table(counted: dict[str, Any] | None) -> list[str]:
+    """The same phases counted under Callgrind (bench.instructions): work, not time."""
+    if not counted:
+        return ["", "(instructions not counted in this run)"]
+    lines = [
+        "",
+        "The same phases counted, not timed (`bench/instructions.py`: the app in one process "
+        "under Valgrind's Callgrind, every thread's instructions while the measured requests "
+        "run, caches simulated; the same counts in every run, where the timed rounds of one "
+        "phase differ by 20–30 % on this machine). Extra = the phase's count per request ÷ "
+        "off's − 1.",
+        "",
+        "| phase | /predict instructions/req | extra | LL misses/req | extra | /predict/batch "
+        "instructions/req | extra | LL misses/req | extra |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+
+    def extra(figures: dict[str, Any], key: str) -> str:
+        value = figures.get(key)
+        return "–" if value is None else f"{100 * value:+.1f} %"
+
+    for name in ("off", "shadow", "canary", "routing"):
+        row = [name]
+        for path in ("predict", "batch"):
+            figures = counted[path].get(name)
+            if figures is None:
+                row += ["–"] * 4
+                continue
+            row += [
+                f"{figures['instructions_per_request']:,.0f}",
+                extra(figures, "extra_instructions"),
+                f"{figures['ll_misses_per_request']:,.0f}",
+                extra(figures, "extra_ll_misses"),
+            ]
+        lines.append("| " + " | ".join(row) + " |")
+    return lines
+
+
 def _rollout_table(results: dict[str, Any]) -> list[str]:
     rollout = results.get("rollout")
     if not rollout:
@@ -725,6 +763,7 @@ def _rollout_table(results: dict[str, Any]) -> list[str]:
             f"{p.get('shadow_scored', 0):,.0f} / {p.get('shadow_dropped', 0):,.0f} | "
             f"{p['predict_errors'] + p['batch_errors']} |"
         )
+    lines += _instructions_table(rollout.get("instructions"))
     shadow = rollout.get("shadow_predictions", {})
     if rollout.get("note"):  # e.g. a section re-measured apart from the rest of the run
         lines += ["", str(rollout["note"])]

@@ -31,6 +31,7 @@ from typing import Any
 
 import yaml
 
+from bench import instructions
 from bench import load as loadgen
 from bench.http import HttpConfig, _measure, say
 from bench.servers import ROOT, RunningServer, ServerSpec, running, uvicorn_argv
@@ -88,8 +89,16 @@ def _sum(text: str, name: str, **labels: str) -> float:
     )
 
 
-def _apply(phase: str, registry: Any, name: str, champion: str, challenger: str) -> None:
-    """Put the registry in `phase`: no challenger, or a new record in shadow or canary."""
+def apply_phase(
+    phase: str,
+    registry: Any,
+    name: str,
+    champion: str,
+    challenger: str,
+    guardrails: dict[str, Any] | None = None,
+) -> None:
+    """Put the registry in `phase`: no challenger, or a new record in shadow or canary (with
+    `guardrails` instead of the defaults)."""
     from churn.rollout import CANARY, CHALLENGER, RolloutRecord, write_record
 
     if phase == "off":
@@ -103,7 +112,9 @@ def _apply(phase: str, registry: Any, name: str, champion: str, challenger: str)
             if not is_absent(exc):
                 raise
         return
-    record = RolloutRecord.start(challenger, champion, "benchmark", by="bench")
+    record = RolloutRecord.start(
+        challenger, champion, "benchmark", by="bench", guardrails=guardrails
+    )
     if phase in ("canary", "routing"):
         record = record.moved(
             CANARY, "benchmark", by="bench", share=CANARY_SHARE, paired=phase == "canary"
@@ -130,8 +141,11 @@ def measure(
     cfg: HttpConfig,
     customers: list[dict[str, Any]],
     rounds: int,
+    counted: dict[str, int],
 ) -> dict[str, Any]:
-    """Throughput per phase and its cost against ``off``, in one run on one server."""
+    """Throughput per phase and its cost against ``off``, in one run on one server; then the
+    same phases' instructions per request (bench.instructions; `counted`: requests per
+    caller on /predict and /predict/batch)."""
     from churn.registry import client
 
     store = work / "rollout"
@@ -180,7 +194,7 @@ def measure(
     with running(spec, store, cfg.server_cpu) as server:
         for round_ in range(rounds):
             for phase in PHASES:
-                _apply(phase, registry, name, champion, challenger)
+                apply_phase(phase, registry, name, champion, challenger)
                 deadline = time.monotonic() + 60
                 while not _applied(server, phase):
                     if time.monotonic() > deadline:
@@ -227,7 +241,23 @@ def measure(
         text = _metrics(server)
         for outcome in ("success", "error", "dropped"):
             shadow_counts[outcome] = _sum(text, "shadow_predictions_total", outcome=outcome)
-    return summarise(runs, shadow_counts, rows, rounds)
+    result = summarise(runs, shadow_counts, rows, rounds)
+    say("rollout: the same phases counted under Callgrind (instructions per request)")
+    counted = store / "counted"
+    (counted / "prometheus").mkdir(parents=True)
+    result["instructions"] = instructions.measure(
+        store,
+        {
+            **spec.env,
+            "DATABASE_URL": f"sqlite:///{counted / 'prediction_log.db'}",
+            "PROMETHEUS_MULTIPROC_DIR": str(counted / "prometheus"),
+        },
+        {"name": name, "champion": champion, "challenger": challenger},
+        {"predict": single, "batch": batch},
+        PHASES,
+        counted,
+    )
+    return result
 
 
 def summarise(

@@ -255,6 +255,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 _http_config(args, settings),
                 _customers(bundle),
                 rounds=1 if settings["quick"] else 3,  # a few % targets: more rounds, best kept
+                counted={"predict": 2, "batch": 1}
+                if settings["quick"]
+                else {"predict": 16, "batch": 4},
             )
         if "inprocess" not in skip:
             http.say("in-process inference: compiled forest, ONNX Runtime, sklearn")

@@ -37,6 +37,7 @@ def _numbers(node: Any, path: str = "") -> list[tuple[str, float]]:
 def smoke(trained_model: TrainedModel, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """One --quick run into a temp dir; returns that dir (latest.json, PNG, RESULTS.md)."""
     require_binary("wrk")
+    require_binary("valgrind")  # the rollout section's instruction counts (bench.instructions)
     out = tmp_path_factory.mktemp("bench")
     code = bench_run.main(
         [
@@ -118,6 +119,20 @@ def test_every_section_is_measured_with_finite_numbers(smoke: Path) -> None:
     assert phases["canary"]["shadow_scored"] > 0 and phases["routing"]["shadow_scored"] == 0
     assert phases["shadow"]["shadow_scored"] > 0
     assert "predict_cost" in phases["shadow"] and "batch_cost" in phases["canary"]
+    # the same phases counted under Callgrind: each phase did the work it should
+    counted = results["rollout"]["instructions"]
+    for path in ("predict", "batch"):
+        off = counted[path]["off"]
+        assert off["instructions_per_request"] > 0 and off["ll_misses_per_request"] > 0
+        for name in ("shadow", "canary", "routing"):
+            # scoring (or routing to) a second model is never free: more instructions than off
+            assert counted[path][name]["extra_instructions"] > 0, (path, name)
+        # pairs are routing plus the champion's scores of the challenger's rows
+        assert (
+            counted[path]["canary"]["extra_instructions"]
+            > (counted[path]["routing"]["extra_instructions"])
+        )
+    assert counted["predict"]["routing"]["challenger_rows"] > 0
     assert len(results["targets"]) == 20
     assert {t["mark"] for t in results["targets"]} <= {"pass", "short", "n/a"}
     numbers = _numbers(results)
@@ -212,3 +227,21 @@ def test_rerendered_report_keeps_the_spark_section(smoke: Path, tmp_path: Path) 
     assert after.startswith("# Benchmark results") and "## 5. Training" in after
     assert before is not None
     assert report.section(after, spark_batch.SPARK_START, spark_batch.SPARK_END) == before
+
+
+def test_a_window_without_its_count_is_an_error_never_zero() -> None:
+    from bench.instructions import InstructionCountError, summarise
+
+    windows = {
+        f"{phase}/{path}": {"requests": 2, "rows": 2, "challenger_rows": 0}
+        for phase in ("off", "routing")
+        for path in ("predict", "batch")
+    }
+    events = {"Ir": 100, "ILmr": 1, "DLmr": 2, "DLmw": 3}
+    counted = {label: dict(events) for label in windows}
+    summary = summarise(counted, windows, ("off", "routing"), 1.0)
+    assert summary["batch"]["routing"]["extra_instructions"] == 0
+    assert summary["predict"]["off"]["ll_misses_per_request"] == 3
+    del counted["routing/batch"]  # Callgrind wrote no dump for it
+    with pytest.raises(InstructionCountError, match="routing/batch"):
+        summarise(counted, windows, ("off", "routing"), 1.0)

@@ -433,6 +433,11 @@ class PredictionLogWriter:
     def queued(self) -> int:
         return self._queued_rows
 
+    def idle(self) -> bool:
+        """Nothing queued and no write in flight (every batch so far written or counted)."""
+        with self._lock:
+            return not self._queue and not self._in_flight
+
     def close(self, timeout: float | None = None) -> None:
         """Write what is queued for up to `timeout` seconds (default: the write timeout),
         then stop; whatever is not written by then is counted as dropped ("shutdown").

@@ -1,0 +1,336 @@
+"""Progressive delivery's CPU work per request, counted rather than timed.
+
+A few per cent of throughput is below what a shared two-core virtual machine can time: the
+rounds of one phase of the HTTP measurement (bench.rollout) differ by 20-30 %. Instructions
+are counted the same in every run, so this measures the same phases by the work they do:
+the real app (``app.main``, one process, the registry's champion and challenger, the same
+settings as the HTTP server) runs under Valgrind's Callgrind, which counts the instructions
+executed by every thread (request handling, the inference thread, the prediction log writer,
+shadow scoring) while the measured requests run, and simulates the caches, so a cost that
+shows in memory traffic rather than instructions shows too (``LL misses``: last-level cache
+misses, ~100 ns each on real hardware). Start-up, model loading and warm-up are not counted
+(client requests in ``callgrind_ctl.c`` switch counting on and off around each window).
+
+Requests go straight to the ASGI app (no HTTP client in the process being counted), with the
+shapes of the HTTP section: /predict from 32 concurrent callers with an ``X-Routing-Key``
+cycling over 1,000 customers, /predict/batch from 2 callers, 1,000 customers each with a
+``customer_id``. Each window waits until the log writer and the shadow scorer are idle, so
+the work a request causes off its own path is counted with it. Kernel work (system calls)
+is not counted; the HTTP section keeps the end-to-end figure.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ctypes
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from bench.servers import ROOT
+
+CTL_SOURCE = Path(__file__).with_name("callgrind_ctl.c")
+# A fixed cache model (a common server core and an 8 MiB last-level slice), not the host's:
+# the same counts on any machine.
+CACHES = ("--I1=32768,8,64", "--D1=32768,8,64", "--LL=8388608,16,64")
+EVENTS = ("Ir", "ILmr", "DLmr", "DLmw")
+TRIGGER = "desc: Trigger: Client Request: "  # a dump's label, as measure_stop named it
+PREDICT_CALLERS = 32
+BATCH_CALLERS = 2
+ROUTING_KEYS = 1000
+UNCOUNTED_LATENCY_MS = 1e9
+
+
+class InstructionCountError(RuntimeError):
+    """Callgrind or a compiler is missing, or the counted run failed; the message says which."""
+
+
+def tools() -> tuple[str, str]:
+    """valgrind and a C compiler, or a clear error naming what to install."""
+    valgrind, cc = shutil.which("valgrind"), shutil.which("cc") or shutil.which("gcc")
+    if valgrind is None or cc is None:
+        missing = " and ".join(
+            name for name, path in (("valgrind", valgrind), ("cc (gcc)", cc)) if path is None
+        )
+        raise InstructionCountError(
+            f"counting instructions needs {missing}: apt-get install valgrind gcc"
+        )
+    return valgrind, cc
+
+
+def measure(
+    store: Path,
+    env: dict[str, str],
+    versions: dict[str, str],
+    bodies: dict[str, Path],
+    phases: tuple[str, ...],
+    requests: dict[str, int],
+) -> dict[str, Any]:
+    """Instructions and LL misses per request, per phase and path, and each phase's extra
+    work over ``off``. `env`: the HTTP server's environment (registry, store); `versions`:
+    model name, champion and challenger; `requests`: per path, requests per caller."""
+    valgrind, cc = tools()
+    work = store / "instructions"
+    work.mkdir(parents=True, exist_ok=True)
+    library = work / "callgrind_ctl.so"
+    built = subprocess.run(
+        [cc, "-shared", "-fPIC", "-O1", "-o", str(library), str(CTL_SOURCE)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if built.returncode != 0:
+        raise InstructionCountError(f"cc could not build {CTL_SOURCE.name}:\n{built.stderr}")
+    spec = work / "spec.json"
+    report = work / "driver.json"
+    spec.write_text(
+        json.dumps(
+            {
+                "library": str(library),
+                "versions": versions,
+                "bodies": {path: str(body) for path, body in bodies.items()},
+                "phases": list(phases),
+                "requests": requests,
+                "report": str(report),
+            }
+        )
+    )
+    started = time.monotonic()
+    done = subprocess.run(
+        [
+            valgrind,
+            "--tool=callgrind",
+            "--instr-atstart=no",
+            "--cache-sim=yes",
+            *CACHES,
+            f"--callgrind-out-file={work}/callgrind.out.%p",
+            sys.executable,
+            "-m",
+            "bench.instructions",
+            str(spec),
+        ],
+        cwd=ROOT,
+        env={
+            **os.environ,
+            **env,
+            # no watcher, no lifecycle tick inside a window: phases are applied by the driver
+            "MODEL_WATCH_INTERVAL": "0",
+            "MODEL_SYNC_INTERVAL": "3600",
+            "LOG_LEVEL": "WARNING",
+        },
+        capture_output=True,
+        text=True,
+        timeout=7200,
+        check=False,
+    )
+    if done.returncode != 0:
+        raise InstructionCountError(
+            f"the counted run exited {done.returncode}:\n{(done.stdout + done.stderr)[-4000:]}"
+        )
+    counted = read_dumps(work)
+    windows = json.loads(report.read_text())
+    return summarise(counted, windows, phases, time.monotonic() - started)
+
+
+def read_dumps(directory: Path) -> dict[str, dict[str, int]]:
+    """Each measured window's event totals, by the label its dump was written with."""
+    found: dict[str, dict[str, int]] = {}
+    for path in sorted(directory.glob("callgrind.out.*.*")):
+        label, events, totals = None, None, None
+        with path.open() as lines:
+            for line in lines:
+                if line.startswith(TRIGGER):
+                    label = line.removeprefix(TRIGGER).strip()
+                elif line.startswith("events: "):
+                    events = line.split()[1:]
+                elif line.startswith("totals: "):
+                    totals = [int(v) for v in line.split()[1:]]
+                    break
+        if label is None or events is None or totals is None:
+            continue
+        found[label] = dict(zip(events, totals, strict=False))
+    return found
+
+
+def summarise(
+    counted: dict[str, dict[str, int]],
+    windows: dict[str, dict[str, Any]],
+    phases: tuple[str, ...],
+    seconds: float,
+) -> dict[str, Any]:
+    """Per phase and path: instructions and LL misses per request, and the extra over off.
+    A window with no dump or no answers is an error, never a zero."""
+    out: dict[str, Any] = {}
+    for path in ("predict", "batch"):
+        per_phase: dict[str, Any] = {}
+        for phase in phases:
+            label = f"{phase}/{path}"
+            if label not in counted or label not in windows:
+                raise InstructionCountError(f"no count for {label}: the driver did not finish it")
+            window, events = windows[label], counted[label]
+            answered = window["requests"]
+            per_phase[phase] = {
+                "requests": answered,
+                "rows": window["rows"],
+                "challenger_rows": window["challenger_rows"],
+                "instructions_per_request": events["Ir"] / answered,
+                "ll_misses_per_request": sum(events.get(e, 0) for e in EVENTS[1:]) / answered,
+            }
+        off = per_phase["off"]
+        for phase in phases[1:]:
+            figures = per_phase[phase]
+            figures["extra_instructions"] = (
+                figures["instructions_per_request"] / off["instructions_per_request"] - 1
+            )
+            figures["extra_ll_misses"] = (
+                figures["ll_misses_per_request"] / off["ll_misses_per_request"] - 1
+            )
+        out[path] = per_phase
+    return {"tool": "valgrind callgrind (--cache-sim=yes)", "seconds": seconds, **out}
+
+
+# --------------------------------------------------------------------------- the driver
+
+
+def _scope(path: str, body: bytes, key: str | None) -> dict[str, Any]:
+    headers = [(b"content-type", b"application/json"), (b"content-length", b"%d" % len(body))]
+    if key is not None:
+        headers.append((b"x-routing-key", key.encode()))
+    return {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "POST",
+        "scheme": "http",
+        "path": path,
+        "raw_path": path.encode(),
+        "query_string": b"",
+        "root_path": "",
+        "headers": headers,
+        "client": ("127.0.0.1", 50000),
+        "server": ("127.0.0.1", 8000),
+        "state": {},
+    }
+
+
+async def _call(app: Any, path: str, body: bytes, key: str | None) -> str:
+    """One request to the ASGI app; the answering role (x-model-role). Not 200: an error."""
+    sent: list[dict[str, Any]] = []
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "http.request", "body": body, "more_body": False}
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    await app(_scope(path, body, key), receive, send)
+    start = sent[0]
+    if start["status"] != 200:
+        raise InstructionCountError(f"{path} answered {start['status']}: {sent[1:2]}")
+    return dict(start["headers"]).get(b"x-model-role", b"").decode()
+
+
+async def _window(
+    app: Any, path: str, body: bytes, callers: int, each: int, keyed: bool
+) -> tuple[int, list[str]]:
+    """`callers` concurrent callers sending `each` requests; the roles that answered."""
+    counter = iter(range(callers * each))
+
+    async def caller() -> list[str]:
+        roles = []
+        for _ in range(each):
+            key = f"customer-{next(counter) % ROUTING_KEYS}" if keyed else None
+            roles.append(await _call(app, path, body, key))
+        return roles
+
+    answered = await asyncio.gather(*(caller() for _ in range(callers)))
+    return callers * each, [role for roles in answered for role in roles]
+
+
+async def _idle(service: Any) -> None:
+    """Until the prediction log and the shadow scorer have nothing queued."""
+    writer = service.log_writer
+    calm = 0
+    for _ in range(6000):
+        idle = not service.rollout.shadow.queued and (writer is None or writer.idle())
+        calm = calm + 1 if idle else 0
+        if calm == 2:  # twice in a row: the scorer's last rows reached the writer, written
+            return
+        await asyncio.sleep(0.01)
+    raise InstructionCountError("the log writer or the shadow scorer never went idle")
+
+
+async def _drive(spec: dict[str, Any]) -> None:
+    from app.main import create_app
+    from bench.rollout import apply_phase
+    from churn.registry import client
+
+    library = ctypes.CDLL(spec["library"])
+    library.measure_stop.argtypes = [ctypes.c_char_p]
+    versions = spec["versions"]
+    bodies = {path: Path(body).read_bytes() for path, body in spec["bodies"].items()}
+    registry = client(os.environ["MLFLOW_TRACKING_URI"])
+    app = create_app()
+    windows: dict[str, dict[str, Any]] = {}
+    async with app.router.lifespan_context(app):
+        service = app.state.service
+        for _ in range(6000):
+            if service.model is not None:
+                break
+            await asyncio.sleep(0.05)
+        else:
+            raise InstructionCountError(f"no model: {service.last_error}")
+        for phase in spec["phases"]:
+            apply_phase(
+                phase,
+                registry,
+                versions["name"],
+                versions["champion"],
+                versions["challenger"],
+                # every call is ~50x slower under Callgrind: the latency guardrail would roll
+                # the canary back; the others judge as deployed
+                guardrails={"max_p95_latency_ms": UNCOUNTED_LATENCY_MS},
+            )
+            await service.rollout.sync(service.model)
+            applied = service.rollout.report()
+            expected = None if phase == "off" else ("shadow" if phase == "shadow" else "canary")
+            if applied["stage"] != expected:
+                raise InstructionCountError(f"{phase}: the service applies {applied}")
+            for path, callers, keyed in (
+                ("predict", PREDICT_CALLERS, True),
+                ("batch", BATCH_CALLERS, False),
+            ):
+                route = "/predict" if path == "predict" else "/predict/batch"
+                body = bodies[path]
+                each = spec["requests"][path]
+                await _window(app, route, body, callers, max(1, each // 2), keyed)  # warm-up
+                await _idle(service)
+                library.measure_start()
+                requests, roles = await _window(app, route, body, callers, each, keyed)
+                await _idle(service)
+                library.measure_stop(f"{phase}/{path}".encode())
+                rows = requests * (1 if path == "predict" else len(json.loads(body)["customers"]))
+                windows[f"{phase}/{path}"] = {
+                    "requests": requests,
+                    "rows": rows,
+                    "challenger_rows": roles.count("challenger") if path == "predict" else None,
+                    "roles": sorted(set(roles)),
+                }
+                if phase in ("canary", "routing") and not set(roles) & {"challenger", "mixed"}:
+                    raise InstructionCountError(f"{phase}/{path}: the challenger answered nothing")
+    Path(spec["report"]).write_text(json.dumps(windows))
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else argv
+    asyncio.run(_drive(json.loads(Path(args[0]).read_text())))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
