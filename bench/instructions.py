@@ -178,6 +178,7 @@ def summarise(
                 "requests": answered,
                 "rows": window["rows"],
                 "challenger_rows": window["challenger_rows"],
+                "rows_per_model_call": window["rows_per_model_call"],
                 "instructions_per_request": events["Ir"] / answered,
                 "ll_misses_per_request": sum(events.get(e, 0) for e in EVENTS[1:]) / answered,
             }
@@ -301,6 +302,13 @@ async def _drive(spec: dict[str, Any]) -> None:
             expected = None if phase == "off" else ("shadow" if phase == "shadow" else "canary")
             if applied["stage"] != expected:
                 raise InstructionCountError(f"{phase}: the service applies {applied}")
+            challenger = service.rollout.current
+            if challenger is not None and challenger.model.backend != service.model.backend:
+                # e.g. a compiled forest beside scikit-learn: a slower model, not routing's cost
+                raise InstructionCountError(
+                    f"{phase}: the challenger runs on {challenger.model.backend}, the champion "
+                    f"on {service.model.backend}: their costs are not comparable"
+                )
             for path, callers, keyed in (
                 ("predict", PREDICT_CALLERS, True),
                 ("batch", BATCH_CALLERS, False),
@@ -310,16 +318,22 @@ async def _drive(spec: dict[str, Any]) -> None:
                 each = spec["requests"][path]
                 await _window(app, route, body, callers, max(1, each // 2), keyed)  # warm-up
                 await _idle(service)
+                batcher = service.batcher
+                calls, scored = batcher.calls, batcher.rows
                 library.measure_start()
                 requests, roles = await _window(app, route, body, callers, each, keyed)
                 await _idle(service)
                 library.measure_stop(f"{phase}/{path}".encode())
+                calls, scored = batcher.calls - calls, batcher.rows - scored
                 rows = requests * (1 if path == "predict" else len(json.loads(body)["customers"]))
                 windows[f"{phase}/{path}"] = {
                     "requests": requests,
                     "rows": rows,
                     "challenger_rows": roles.count("challenger") if path == "predict" else None,
                     "roles": sorted(set(roles)),
+                    # how the micro-batcher grouped them (fewer rows per call: more fixed cost)
+                    "model_calls": calls,
+                    "rows_per_model_call": scored / calls if calls else None,
                 }
                 if phase in ("canary", "routing") and not set(roles) & {"challenger", "mixed"}:
                     raise InstructionCountError(f"{phase}/{path}: the challenger answered nothing")

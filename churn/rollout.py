@@ -224,12 +224,14 @@ def routing_bucket(key: str) -> float:
 
 def routing_buckets(keys: Sequence[str]) -> np.ndarray:
     """``routing_bucket`` of many keys at once, equal to it key by key (the API routes a
-    batch's rows with it): the keys' code points in one array, each times B**(its position
-    in its key) mod M, summed per key (``np.add.reduceat``)."""
+    batch's rows with it). The keys are joined into one text, each ended by a NUL (code point
+    0: it adds nothing); every code point is multiplied by B**(its place in the whole text),
+    one multiplication with no per-key position to work out; the sums per key
+    (``np.add.reduceat``) are then each multiplied by B**-(the key's start), which leaves each
+    key's own polynomial."""
     n = len(keys)
     if n == 0:
         return np.empty(0, dtype=np.float64)
-    # every key ended by a NUL, so no key is empty and the ends are found in one pass
     points = np.frombuffer(("\0".join(keys) + "\0").encode("utf-32-le"), dtype=np.uint32)
     ends = np.flatnonzero(points == 0)
     if ends.size != n:  # a key holds a NUL itself: the ends come from the lengths
@@ -237,26 +239,47 @@ def routing_buckets(keys: Sequence[str]) -> np.ndarray:
     starts = np.empty(n, dtype=np.intp)
     starts[0] = 0
     starts[1:] = ends[:-1] + 1
-    lengths = ends - starts + 1
-    position = np.arange(points.size) - np.repeat(starts, lengths)
-    terms = points.astype(np.uint64) * _powers(int(lengths.max()))[position] % np.uint64(_MODULUS)
-    h = np.add.reduceat(terms, starts) % np.uint64(_MODULUS)  # < 2**43 * key length: no wrap
+    if int((ends - starts).max()) >= _LONGEST:  # a sum below could wrap: key by key
+        return np.fromiter(map(routing_bucket, keys), dtype=np.float64, count=n)
+    powers, inverses = _tables(points.size)
+    terms = np.multiply(points, powers[: points.size], dtype=np.uint64)  # each < 2**64
+    terms %= _M
+    h = _times(np.add.reduceat(terms, starts) % _M, inverses[starts])
     h *= np.uint64(_SPREAD)  # uint64 arithmetic wraps: mod 2**64, as above
     return (h >> np.uint64(11)).astype(np.float64) / 2.0**53
 
 
+_M = np.uint64(_MODULUS)
+_LONGEST = 1 << 20  # code points per key for which a sum of terms (each < 2**43) stays < 2**64
+_LIMB = np.uint64(15)
+_LIMB_MASK = np.uint64((1 << 15) - 1)
+
+
+def _times(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """a * b mod M, element-wise, for a, b < M < 2**43 (the product would not fit 64 bits):
+    b in three 15-bit limbs, highest first, each partial product below 2**59."""
+    r = a * (b >> (_LIMB + _LIMB)) % _M
+    r = ((r << _LIMB) + a * ((b >> _LIMB) & _LIMB_MASK)) % _M
+    return ((r << _LIMB) + a * (b & _LIMB_MASK)) % _M
+
+
 _POWERS = np.ones(1, dtype=np.uint64)
+_INVERSES = np.ones(1, dtype=np.uint64)
 
 
-def _powers(n: int) -> np.ndarray:
-    """B**j mod M for j < n (at least), computed once and grown on demand."""
-    global _POWERS
+def _tables(n: int) -> tuple[np.ndarray, np.ndarray]:
+    """B**g and B**-g mod M for g < n (at least), computed once and grown on demand."""
+    global _POWERS, _INVERSES
     if _POWERS.size < n:
-        powers = [1]
-        for _ in range(max(n, 256) - 1):
+        size = max(n, 2 * _POWERS.size, 4096)
+        inverse = pow(_BASE, -1, _MODULUS)
+        powers, inverses = [1], [1]
+        for _ in range(size - 1):
             powers.append(powers[-1] * _BASE % _MODULUS)
+            inverses.append(inverses[-1] * inverse % _MODULUS)
         _POWERS = np.array(powers, dtype=np.uint64)
-    return _POWERS
+        _INVERSES = np.array(inverses, dtype=np.uint64)
+    return _POWERS, _INVERSES
 
 
 # --------------------------------------------------------------------------- registry

@@ -116,6 +116,9 @@ def test_batch_routing_buckets_equal_the_one_key_rule() -> None:
     buckets = routing_buckets(keys)
     assert ((buckets >= 0) & (buckets < 1)).all()
     assert len(set(buckets[:5000].tolist())) == 5000  # no two customers share a position
+    # a key too long for one sum in 64 bits (routed key by key), beside short ones
+    long = ["z" * (1 << 20), "short", "\U0010ffff" * 3]
+    assert routing_buckets(long).tolist() == [routing_bucket(k) for k in long]
 
 
 def test_routing_keys_customer_id_then_header_then_the_features() -> None:
