@@ -243,14 +243,14 @@ def measure(
             shadow_counts[outcome] = _sum(text, "shadow_predictions_total", outcome=outcome)
     result = summarise(runs, shadow_counts, rows, rounds)
     say("rollout: the same phases counted under Callgrind (instructions per request)")
-    counted = store / "counted"
-    (counted / "prometheus").mkdir(parents=True)
+    apart = store / "counted"
+    (apart / "prometheus").mkdir(parents=True)
     result["instructions"] = instructions.measure(
         store,
         {
             **spec.env,
-            "DATABASE_URL": f"sqlite:///{counted / 'prediction_log.db'}",
-            "PROMETHEUS_MULTIPROC_DIR": str(counted / "prometheus"),
+            "DATABASE_URL": f"sqlite:///{apart / 'prediction_log.db'}",
+            "PROMETHEUS_MULTIPROC_DIR": str(apart / "prometheus"),
         },
         {"name": name, "champion": champion, "challenger": challenger},
         {"predict": single, "batch": batch},
