@@ -203,9 +203,10 @@ class RolloutRecord:
 # sum(c_j * 2**(32 j)), so B = 2**32 mod M), and a batch of keys is a handful of numpy
 # operations (routing_buckets), where a cryptographic hash per key cost more than the rest of
 # canary routing put together. It needs no secrecy: it spreads customers evenly and keeps each
-# one in place. M < 2**43 keeps every product of a code point (< 2**21) and a power below
-# 2**64 in numpy's uint64.
-_MODULUS = (1 << 43) - 57  # the largest prime below 2**43
+# one in place. M < 2**32 keeps every product numpy forms below 2**64 in its uint64: a code
+# point (< 2**21) times a power, and a key's sum times a power; M > 2**31 makes B = 2**32 - M
+# about 2**30, so short keys wrap too.
+_MODULUS = 3 * (1 << 30) - 11  # a prime between 2**31 and 2**32
 _BASE = (1 << 32) % _MODULUS
 _SPREAD = 0x9E3779B97F4A7C15  # 2**64 / golden ratio, odd
 _MASK = (1 << 64) - 1
@@ -242,25 +243,14 @@ def routing_buckets(keys: Sequence[str]) -> np.ndarray:
     if int((ends - starts).max()) >= _LONGEST:  # a sum below could wrap: key by key
         return np.fromiter(map(routing_bucket, keys), dtype=np.float64, count=n)
     powers, inverses = _tables(points.size)
-    terms = np.multiply(points, powers[: points.size], dtype=np.uint64)  # each < 2**64
-    terms %= _M
-    h = _times(np.add.reduceat(terms, starts) % _M, inverses[starts])
+    terms = np.multiply(points, powers[: points.size], dtype=np.uint64)  # each < 2**53
+    h = np.add.reduceat(terms, starts) % _M * inverses[starts] % _M
     h *= np.uint64(_SPREAD)  # uint64 arithmetic wraps: mod 2**64, as above
     return (h >> np.uint64(11)).astype(np.float64) / 2.0**53
 
 
 _M = np.uint64(_MODULUS)
-_LONGEST = 1 << 20  # code points per key for which a sum of terms (each < 2**43) stays < 2**64
-_LIMB = np.uint64(15)
-_LIMB_MASK = np.uint64((1 << 15) - 1)
-
-
-def _times(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """a * b mod M, element-wise, for a, b < M < 2**43 (the product would not fit 64 bits):
-    b in three 15-bit limbs, highest first, each partial product below 2**59."""
-    r = a * (b >> (_LIMB + _LIMB)) % _M
-    r = ((r << _LIMB) + a * ((b >> _LIMB) & _LIMB_MASK)) % _M
-    return ((r << _LIMB) + a * (b & _LIMB_MASK)) % _M
+_LONGEST = 1 << 11  # code points per key for which a sum of terms (each < 2**53) is < 2**64
 
 
 _POWERS = np.ones(1, dtype=np.uint64)

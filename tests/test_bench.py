@@ -233,7 +233,12 @@ def test_a_window_without_its_count_is_an_error_never_zero() -> None:
     from bench.instructions import InstructionCountError, summarise
 
     windows = {
-        f"{phase}/{path}": {"requests": 2, "rows": 2, "challenger_rows": 0}
+        f"{phase}/{path}": {
+            "requests": 2,
+            "rows": 2,
+            "challenger_rows": 0,
+            "rows_per_model_call": 2.0,
+        }
         for phase in ("off", "routing")
         for path in ("predict", "batch")
     }

@@ -117,7 +117,7 @@ def test_batch_routing_buckets_equal_the_one_key_rule() -> None:
     assert ((buckets >= 0) & (buckets < 1)).all()
     assert len(set(buckets[:5000].tolist())) == 5000  # no two customers share a position
     # a key too long for one sum in 64 bits (routed key by key), beside short ones
-    long = ["z" * (1 << 20), "short", "\U0010ffff" * 3]
+    long = ["z" * (1 << 20), "short", "\U0010ffff" * 3, "\U0010ffff" * 2047, "y" * 2048]
     assert routing_buckets(long).tolist() == [routing_bucket(k) for k in long]
 
 
