@@ -19,7 +19,7 @@ from typing import Any
 
 from sqlalchemy.exc import SQLAlchemyError
 
-from app.batcher import MicroBatcher, Row, take_rows
+from app.batcher import MicroBatcher, Row
 from app.ids import RandomHex
 from app.metrics import Metrics
 from app.model import Answers, ServedModel, SplitAnswers, load_model
@@ -220,7 +220,7 @@ class ModelService:
             answers, batch_id, ids = await self._score(model, rows, CHAMPION_ROLE, explain)
             return answers, ids
         split = route(rows, routing_key, model.schema, share)
-        if not split.mine:
+        if not split.mine:  # no row for the challenger
             answers, batch_id, ids = await self._canary_champion(model, rows, explain)
             return answers, ids
         return await self._canary(
@@ -251,14 +251,12 @@ class ModelService:
         logged paired with the challenger's answers. When the challenger fails, the
         champion's scores of its rows answer them instead: a challenger error (it feeds the
         error-ratio guardrail), never a failed request."""
-        whole = not split.others
-        mine_rows = rows if whole else take_rows(rows, split.mine)
+        whole = split.mine == len(rows)
+        mine_rows, their_rows = (rows, ()) if whole else split.parts(rows)
         started = time.perf_counter()
         # submitted in this order, the challenger's call runs first in the micro-batch
         mine_future = self.batcher.submit(challenger, mine_rows)
-        theirs_future = (
-            None if whole else self.batcher.submit(champion, take_rows(rows, split.others))
-        )
+        theirs_future = None if whole else self.batcher.submit(champion, their_rows)
         pair_future = self.batcher.submit(champion, mine_rows) if paired else None
         for future in (pair_future, theirs_future):  # whatever this request ends up awaiting
             if future is not None:
@@ -300,7 +298,7 @@ class ModelService:
         try:
             theirs = await theirs_future
         except Exception:
-            self.metrics.observe_prediction_errors(len(split.others), CHAMPION_ROLE)
+            self.metrics.observe_prediction_errors(len(their_rows), CHAMPION_ROLE)
             raise
         elapsed = time.perf_counter() - started
         self.rollout.observe(False, len(theirs), theirs.tiers.count("HIGH"), 0, elapsed)
@@ -425,7 +423,7 @@ def _merge(
     their_ids: list[str],
     champion_version: str,
 ) -> tuple[SplitAnswers, list[str]]:
-    """One batch's answers in request order from the challenger's rows (`split.mine`) and
+    """One batch's answers in request order from the challenger's rows (`split.chosen`) and
     the champion's, and their ids; each row says which version answered."""
     answers = SplitAnswers(split.order(), theirs, their_ids, mine, my_ids, champion_version)
     return answers, answers.ids

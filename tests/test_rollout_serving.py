@@ -99,9 +99,13 @@ def test_canary_routing_keeps_its_share_and_only_adds_keys_when_widened() -> Non
     # one key alone routes as it does in a batch
     assert [challenger_rows([k], 0.10).picked[0] for k in keys[:500]] == at_10[:500]
     split = challenger_rows(keys[:1000], 0.10)
-    assert sorted(split.mine + split.others) == list(range(1000))
+    rows = [{"customer_id": k, "i": i} for i, k in enumerate(keys[:1000])]
+    mine, theirs = split.parts(rows)
+    assert len(mine) == split.mine == sum(split.picked) and len(mine) + len(theirs) == 1000
+    assert all(split.picked[r["i"]] for r in mine) and not any(split.picked[r["i"]] for r in theirs)
+    assert [r["i"] for r in mine] == sorted(r["i"] for r in mine)  # each part in request order
     # the order puts the champion's answers followed by the challenger's back in place
-    parts = [f"champion {i}" for i in split.others] + [f"challenger {i}" for i in split.mine]
+    parts = [f"champion {r['i']}" for r in theirs] + [f"challenger {r['i']}" for r in mine]
     assert [parts[j].split()[1] for j in split.order()] == [str(i) for i in range(1000)]
 
 
