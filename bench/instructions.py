@@ -1,8 +1,10 @@
 """Progressive delivery's CPU work per request, counted rather than timed.
 
 A few per cent of throughput is below what a shared two-core virtual machine can time: the
-rounds of one phase of the HTTP measurement (bench.rollout) differ by 20-30 %. Instructions
-are counted the same in every run, so this measures the same phases by the work they do:
+rounds of one phase of the HTTP measurement (bench.rollout) differ by 20-30 %. Instruction
+counts barely move from run to run (a 1,000-row batch within +-0.3 %; /predict within a few
+per cent, as concurrent callers fall into micro-batches differently), so this measures the
+same phases by the work they do:
 the real app (``app.main``, one process, the registry's champion and challenger, the same
 settings as the HTTP server) runs under Valgrind's Callgrind, which counts the instructions
 executed by every thread (request handling, the inference thread, the prediction log writer,
