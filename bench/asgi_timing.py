@@ -21,6 +21,7 @@ from typing import Any
 
 from app.main import create_app
 from app.settings import Settings
+from bench.asgi import post_scope
 
 CUSTOMER: dict[str, Any] = {
     "tenure": 12,
@@ -34,24 +35,7 @@ CUSTOMER: dict[str, Any] = {
 
 
 async def _call(app: Any, path: str, body: bytes) -> int:
-    scope = {
-        "type": "http",
-        "asgi": {"version": "3.0"},
-        "http_version": "1.1",
-        "method": "POST",
-        "scheme": "http",
-        "path": path,
-        "raw_path": path.encode(),
-        "query_string": b"",
-        "root_path": "",
-        "headers": [
-            (b"host", b"bench"),
-            (b"content-type", b"application/json"),
-            (b"content-length", str(len(body)).encode()),
-        ],
-        "client": ("127.0.0.1", 1),
-        "server": ("bench", 80),
-    }
+    scope = post_scope(path, body)
     sent = False
     status = 0
 

@@ -34,6 +34,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from bench.asgi import post_scope
 from bench.servers import ROOT
 
 CTL_SOURCE = Path(__file__).with_name("callgrind_ctl.c")
@@ -200,27 +201,6 @@ def summarise(
 # --------------------------------------------------------------------------- the driver
 
 
-def _scope(path: str, body: bytes, key: str | None) -> dict[str, Any]:
-    headers = [(b"content-type", b"application/json"), (b"content-length", b"%d" % len(body))]
-    if key is not None:
-        headers.append((b"x-routing-key", key.encode()))
-    return {
-        "type": "http",
-        "asgi": {"version": "3.0"},
-        "http_version": "1.1",
-        "method": "POST",
-        "scheme": "http",
-        "path": path,
-        "raw_path": path.encode(),
-        "query_string": b"",
-        "root_path": "",
-        "headers": headers,
-        "client": ("127.0.0.1", 50000),
-        "server": ("127.0.0.1", 8000),
-        "state": {},
-    }
-
-
 async def _call(app: Any, path: str, body: bytes, key: str | None) -> str:
     """One request to the ASGI app; the answering role (x-model-role). Not 200: an error."""
     sent: list[dict[str, Any]] = []
@@ -231,7 +211,8 @@ async def _call(app: Any, path: str, body: bytes, key: str | None) -> str:
     async def send(message: dict[str, Any]) -> None:
         sent.append(message)
 
-    await app(_scope(path, body, key), receive, send)
+    headers = [] if key is None else [(b"x-routing-key", key.encode())]
+    await app(post_scope(path, body, headers), receive, send)
     start = sent[0]
     if start["status"] != 200:
         raise InstructionCountError(f"{path} answered {start['status']}: {sent[1:2]}")
