@@ -177,7 +177,7 @@ class Split:
         return len(self.chosen)
 
     @cached_property
-    def mine(self) -> int:
+    def mine_count(self) -> int:
         """How many rows the challenger answers."""
         return int(np.count_nonzero(self.chosen))
 
@@ -204,7 +204,7 @@ class Split:
         """Per row in request order, its place in the champion's answers followed by the
         challenger's (what puts the two parts back together)."""
         chosen = self.chosen
-        theirs = len(chosen) - self.mine
+        theirs = len(chosen) - self.mine_count
         order = np.empty(len(chosen), dtype=np.intp)
         order[~chosen] = np.arange(theirs)
         order[chosen] = np.arange(theirs, len(chosen))

@@ -220,7 +220,7 @@ class ModelService:
             answers, batch_id, ids = await self._score(model, rows, CHAMPION_ROLE, explain)
             return answers, ids
         split = route(rows, routing_key, model.schema, share)
-        if not split.mine:  # no row for the challenger
+        if not split.mine_count:  # no row for the challenger
             answers, batch_id, ids = await self._canary_champion(model, rows, explain)
             return answers, ids
         return await self._canary(
@@ -251,7 +251,7 @@ class ModelService:
         logged paired with the challenger's answers. When the challenger fails, the
         champion's scores of its rows answer them instead: a challenger error (it feeds the
         error-ratio guardrail), never a failed request."""
-        whole = split.mine == len(rows)
+        whole = split.mine_count == len(rows)
         mine_rows, their_rows = (rows, ()) if whole else split.parts(rows)
         started = time.perf_counter()
         # submitted in this order, the challenger's call runs first in the micro-batch

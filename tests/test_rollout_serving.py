@@ -101,7 +101,7 @@ def test_canary_routing_keeps_its_share_and_only_adds_keys_when_widened() -> Non
     split = challenger_rows(keys[:1000], 0.10)
     rows = [{"customer_id": k, "i": i} for i, k in enumerate(keys[:1000])]
     mine, theirs = split.parts(rows)
-    assert len(mine) == split.mine == sum(split.picked) and len(mine) + len(theirs) == 1000
+    assert len(mine) == split.mine_count == sum(split.picked) and len(mine) + len(theirs) == 1000
     assert all(split.picked[r["i"]] for r in mine) and not any(split.picked[r["i"]] for r in theirs)
     assert [r["i"] for r in mine] == sorted(r["i"] for r in mine)  # each part in request order
     # the order puts the champion's answers followed by the challenger's back in place
