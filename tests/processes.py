@@ -35,10 +35,7 @@ def _wait_for_workers(
     timeout: float,
     probe: str = "/ready",
 ) -> None:
-    """`probe` answers 200 and every worker has logged its start-up (requests may hit any);
-    for ``/ready`` with several workers, every worker also serves a model: a registry model
-    loads in the background after start-up, so one worker may be ready while another is
-    still loading and answers 503."""
+    """`probe` answers 200 and every worker has logged its start-up (requests may hit any)."""
     from tests.mlflow_server import wait_http
 
     wait_http(f"{url}{probe}", timeout, process)
@@ -47,25 +44,6 @@ def _wait_for_workers(
         if process.poll() is not None or time.monotonic() > deadline:
             raise RuntimeError(f"not all {workers} workers started")
         time.sleep(0.2)
-    if probe == "/ready" and workers > 1:
-        while not _all_serving(url, workers):
-            if process.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"not all {workers} workers serve a model")
-            time.sleep(0.2)
-
-
-def _all_serving(url: str, workers: int) -> bool:
-    """GET /model (from whichever worker answers) lists `workers` live workers, all serving."""
-    import httpx
-
-    try:
-        answer = httpx.get(f"{url}/model", timeout=10)
-    except httpx.HTTPError:
-        return False
-    if answer.status_code != 200:  # the worker asked has no model yet
-        return False
-    records = answer.json()["workers"]
-    return len(records) >= workers and all(r["status"] == "serving" for r in records)
 
 
 @dataclass

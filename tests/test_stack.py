@@ -96,7 +96,19 @@ def running_api(workdir: Path, tracking_uri: str, log_url: str) -> Iterator[str]
         "ENVIRONMENT": "test",
     }
     with api_server(env, workdir / "uvicorn.log", workers=2, timeout=SERVICE_TIMEOUT_S) as url:
+        # /ready answered by one worker: a registry model loads in the background after
+        # start-up, so the other may still be loading (and answer 503); wait for both
+        wait_for(lambda: every_worker_serving(url, 2), "both workers serving", SERVICE_TIMEOUT_S)
         yield url
+
+
+def every_worker_serving(api: str, workers: int) -> bool:
+    """GET /model (from whichever worker answers) lists `workers` live workers, all serving."""
+    answer = httpx.get(f"{api}/model", timeout=10)
+    if answer.status_code != 200:  # the worker asked has no model yet
+        return False
+    records = answer.json()["workers"]
+    return len(records) == workers and all(r["status"] == "serving" for r in records)
 
 
 @pytest.fixture(scope="module")
