@@ -80,6 +80,8 @@ def measure(
     valgrind, cc = tools()
     work = store / "instructions"
     work.mkdir(parents=True, exist_ok=True)
+    for stale in work.glob("callgrind.out.*"):  # an earlier run's windows are not this one's
+        stale.unlink()
     library = work / "callgrind_ctl.so"
     built = subprocess.run(
         [cc, "-shared", "-fPIC", "-O1", "-o", str(library), str(CTL_SOURCE)],
