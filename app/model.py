@@ -11,9 +11,8 @@ import logging
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from functools import cached_property
-from operator import itemgetter
 from pathlib import Path
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -27,6 +26,9 @@ from churn.inference import BackendError, Predictor, choose_predictor
 from churn.risk import PROBABILITY_DECIMALS, Thresholds, risk_tier_list
 from churn.schema import FeatureSchema
 from churn.stores import DEFAULT_TRACKING_URI
+
+if TYPE_CHECKING:  # app.rollout imports this module
+    from app.rollout import Split
 
 logger = logging.getLogger("app.model")
 
@@ -95,11 +97,11 @@ class Answers:
 class SplitAnswers:
     """A canary batch's answers (app.rollout.Split): the champion's rows (`theirs`) and the
     challenger's (`mine`, its ``versions`` set), each as its model computed them, read in
-    request order. Each list is put in order the first time it is read (one ``itemgetter``
-    over the two parts end to end, at C speed); the JSON encoder reads none of them: it
-    encodes each part as it is and orders the encoded answers once (`encode_parts`)."""
+    request order. Each list is put in order the first time it is read (``Split.merge``);
+    the JSON encoder reads none of them: it encodes each part as it is and orders the
+    encoded answers once (`encode_parts`)."""
 
-    order: list[int]  # per row in request order, its place in theirs followed by mine
+    split: Split  # which rows the challenger answered
     theirs: Answers
     their_ids: list[str]
     mine: Answers
@@ -112,19 +114,14 @@ class SplitAnswers:
             raise ValueError("a split batch has rows from both models, the challenger's named")
 
     def __len__(self) -> int:
-        return len(self.order)
-
-    @cached_property
-    def _take(self) -> itemgetter[Any]:
-        return itemgetter(*self.order)  # two rows at least: a tuple
+        return len(self.split)
 
     def _merged(self, theirs: Sequence[Any], mine: Sequence[Any]) -> list[Any]:
-        # a tuple, read like the list it stands for (encoded, never changed)
-        return cast(list[Any], self._take([*theirs, *mine]))
+        return self.split.merge(theirs, mine)
 
     def encode_parts(self, encode: Callable[[Answers, list[str]], list[str]]) -> list[str]:
         """`encode` (answers and their ids -> one item per row) of each part, in request
-        order: every part encoded with its own version, then one reordering of the items."""
+        order: every part encoded with its own version, then one merge of the items."""
         return self._merged(encode(self.theirs, self.their_ids), encode(self.mine, self.my_ids))
 
     @cached_property
@@ -168,9 +165,7 @@ class SplitAnswers:
         theirs, mine = self.theirs.explanations, self.mine.explanations
         if theirs is None or mine is None:
             return None
-        picked = np.zeros(len(self.order), dtype=bool)
-        picked[np.asarray(self.order) >= len(self.theirs)] = True
-        return Explanations.interleave(picked.tolist(), mine, theirs)
+        return Explanations.interleave(self.split.picked, mine, theirs)
 
     @cached_property
     def versions(self) -> list[str]:

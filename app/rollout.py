@@ -42,7 +42,7 @@ from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from functools import cached_property
-from itertools import compress, repeat
+from itertools import repeat
 from typing import Any
 
 import numpy as np
@@ -167,8 +167,13 @@ def route(rows: Sequence[Row], header: str | None, schema: FeatureSchema, share:
 
 class Split:
     """A canary batch's rows by the model that answers them: ``chosen``, per row, whether the
-    challenger answers it (routing's mask); position lists and row parts made from it when
-    asked, once."""
+    challenger answers it (routing's mask).
+
+    The two parts are made, and put back together, around the smaller one (the challenger's
+    at a canary's usual share): its positions are listed once (``few_at``); its rows are
+    taken by position and the larger part is a copy of the batch with them deleted; merging
+    inserts its answers back at their positions into a copy of the larger part's. Work per
+    row of the smaller part only, plus a block copy; nothing per row of the whole batch."""
 
     def __init__(self, chosen: np.ndarray) -> None:
         self.chosen = chosen
@@ -187,29 +192,45 @@ class Split:
         picked: list[bool] = self.chosen.tolist()
         return picked
 
+    @cached_property
+    def few_mine(self) -> bool:
+        """Whether the challenger's part is the smaller one (at most half the rows)."""
+        return 2 * self.mine_count <= len(self.chosen)
+
+    @cached_property
+    def few_at(self) -> list[int]:
+        """The positions of the smaller part's rows, ascending."""
+        few = self.chosen if self.few_mine else ~self.chosen
+        positions: list[int] = np.flatnonzero(few).tolist()
+        return positions
+
     def parts(self, rows: Sequence[Row]) -> tuple[Sequence[Row], Sequence[Row]]:
-        """The challenger's rows and the champion's, each in request order: picked by the mask
-        (``itertools.compress``, at C speed, no list of positions); columnar rows by column."""
+        """The challenger's rows and the champion's, each in request order; columnar rows by
+        column (``take_rows``)."""
         if isinstance(rows, ColumnRows):
             return take_rows(rows, np.flatnonzero(self.chosen).tolist()), take_rows(
                 rows, np.flatnonzero(~self.chosen).tolist()
             )
-        return list(compress(rows, self.picked)), list(compress(rows, (~self.chosen).tolist()))
+        few_at = self.few_at
+        few = [rows[i] for i in few_at]
+        many = list(rows)
+        for i in reversed(few_at):  # from the end: the positions before stay valid
+            del many[i]
+        return (few, many) if self.few_mine else (many, few)
+
+    def merge(self, theirs: Sequence[Any], mine: Sequence[Any]) -> list[Any]:
+        """One value per row in request order from the champion's part (`theirs`) and the
+        challenger's (`mine`), each in request order: the smaller part's values inserted at
+        their positions, in ascending order, into a copy of the larger part's."""
+        few, many = (mine, theirs) if self.few_mine else (theirs, mine)
+        merged = list(many)
+        for i, value in zip(self.few_at, few, strict=True):
+            merged.insert(i, value)
+        return merged
 
     def widened(self, rows: int) -> Split:
         """A one-row split applied to each of `rows` rows (they share one routing key)."""
         return Split(np.full(rows, bool(self.chosen[0])))
-
-    def order(self) -> list[int]:
-        """Per row in request order, its place in the champion's answers followed by the
-        challenger's (what puts the two parts back together)."""
-        chosen = self.chosen
-        theirs = len(chosen) - self.mine_count
-        order = np.empty(len(chosen), dtype=np.intp)
-        order[~chosen] = np.arange(theirs)
-        order[chosen] = np.arange(theirs, len(chosen))
-        result: list[int] = order.tolist()
-        return result
 
 
 _ONE_MINE = Split(np.ones(1, dtype=bool))

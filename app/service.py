@@ -275,9 +275,10 @@ class ModelService:
             answers, _, ids = await self._canary_champion(champion, rows, explain)
             return answers, ids
         elapsed = time.perf_counter() - started
-        self.rollout.observe(True, len(mine), mine.tiers.count("HIGH"), 0, elapsed)
+        high = mine.tiers.count("HIGH")
+        self.rollout.observe(True, len(mine), high, 0, elapsed)
         mine, mine_batch, mine_ids = await self._served(
-            challenger, mine, CHALLENGER_ROLE, elapsed, explain
+            challenger, mine, CHALLENGER_ROLE, elapsed, explain, high
         )
         if pair_future is not None:
             pair_future.add_done_callback(
@@ -301,8 +302,11 @@ class ModelService:
             self.metrics.observe_prediction_errors(len(their_rows), CHAMPION_ROLE)
             raise
         elapsed = time.perf_counter() - started
-        self.rollout.observe(False, len(theirs), theirs.tiers.count("HIGH"), 0, elapsed)
-        theirs, _, their_ids = await self._served(champion, theirs, CHAMPION_ROLE, elapsed, explain)
+        high = theirs.tiers.count("HIGH")
+        self.rollout.observe(False, len(theirs), high, 0, elapsed)
+        theirs, _, their_ids = await self._served(
+            champion, theirs, CHAMPION_ROLE, elapsed, explain, high
+        )
         return _merge(split, mine, mine_ids, theirs, their_ids, champion.version)
 
     def _pair(
@@ -342,10 +346,17 @@ class ModelService:
         return await self._served(model, answers, role, time.perf_counter() - started, explain)
 
     async def _served(
-        self, model: ServedModel, answers: Answers, role: str, elapsed: float, explain: bool
+        self,
+        model: ServedModel,
+        answers: Answers,
+        role: str,
+        elapsed: float,
+        explain: bool,
+        high: int | None = None,
     ) -> tuple[Answers, str, list[str]]:
         """Answers `model` computed in `elapsed` seconds, explained when asked, counted under
-        `role` and logged as one batch; with their batch id and prediction ids."""
+        `role` and logged as one batch; with their batch id and prediction ids (`high`: how
+        many are in the HIGH tier, when the caller has counted them)."""
         if explain:
             try:
                 answers = await asyncio.get_running_loop().run_in_executor(
@@ -356,9 +367,10 @@ class ModelService:
                 raise
         batch_id = self._ids.batch_id()
         ids = prediction_ids(batch_id, len(answers))
-        tiers = answers.tiers
+        if high is None:
+            high = answers.tiers.count("HIGH")
         self.metrics.observe_predictions(
-            answers.probabilities, answers.decisions, tiers.count("HIGH"), elapsed, role
+            answers.probabilities, answers.decisions, high, elapsed, role
         )
         if answers.warned:
             for name, count in answers.unknown_categories().items():
@@ -425,7 +437,7 @@ def _merge(
 ) -> tuple[SplitAnswers, list[str]]:
     """One batch's answers in request order from the challenger's rows (`split.chosen`) and
     the champion's, and their ids; each row says which version answered."""
-    answers = SplitAnswers(split.order(), theirs, their_ids, mine, my_ids, champion_version)
+    answers = SplitAnswers(split, theirs, their_ids, mine, my_ids, champion_version)
     return answers, answers.ids
 
 

@@ -99,7 +99,7 @@ def measure(
                 "library": str(library),
                 "versions": versions,
                 "bodies": {path: str(body) for path, body in bodies.items()},
-                "phases": list(phases),
+                "phases": sequence(phases),
                 "requests": requests,
                 "report": str(report),
             }
@@ -139,7 +139,7 @@ def measure(
         )
     counted = read_dumps(work)
     windows = json.loads(report.read_text())
-    return summarise(counted, windows, phases, time.monotonic() - started)
+    return summarise(counted, windows, sequence(phases), time.monotonic() - started)
 
 
 def read_dumps(directory: Path) -> dict[str, dict[str, int]]:
@@ -162,42 +162,86 @@ def read_dumps(directory: Path) -> dict[str, dict[str, int]]:
     return found
 
 
+def sequence(phases: tuple[str, ...]) -> list[str]:
+    """The windows' order: ``off`` before and after every other phase (off, shadow, off,
+    canary, off, ...), so each phase is judged against the mean of the two ``off`` windows
+    around it. The process is not the same at the end of a run as at its start (its
+    prediction log has grown, so has its heap): without the brackets that drift would be
+    charged to whichever phase comes last."""
+    order = ["off"]
+    for phase in phases:
+        if phase != "off":
+            order += [phase, "off"]
+    return order
+
+
+def window_label(index: int, phase: str, path: str) -> str:
+    """A window's label (its dump's trigger): its place in the sequence, phase and path."""
+    return f"{index}.{phase}/{path}"
+
+
 def summarise(
     counted: dict[str, dict[str, int]],
     windows: dict[str, dict[str, Any]],
-    phases: tuple[str, ...],
+    order: list[str],
     seconds: float,
 ) -> dict[str, Any]:
-    """Per phase and path: instructions and LL misses per request, and the extra over off.
-    A window with no dump or no answers is an error, never a zero."""
+    """Per phase and path: instructions and LL misses per request, and the extra over the
+    mean of the ``off`` windows around it (`order`: see `sequence`). ``off`` reports the mean
+    of its windows and how far they drifted from first to last. A window with no dump or no
+    answers is an error, never a zero."""
     out: dict[str, Any] = {}
     for path in ("predict", "batch"):
-        per_phase: dict[str, Any] = {}
-        for phase in phases:
-            label = f"{phase}/{path}"
+        figures: list[dict[str, Any]] = []
+        for index, phase in enumerate(order):
+            label = window_label(index, phase, path)
             if label not in counted or label not in windows:
                 raise InstructionCountError(f"no count for {label}: the driver did not finish it")
             window, events = windows[label], counted[label]
             answered = window["requests"]
-            per_phase[phase] = {
-                "requests": answered,
-                "rows": window["rows"],
-                "challenger_rows": window["challenger_rows"],
-                "rows_per_model_call": window["rows_per_model_call"],
-                "instructions_per_request": events["Ir"] / answered,
-                "ll_misses_per_request": sum(events.get(e, 0) for e in EVENTS[1:]) / answered,
+            figures.append(
+                {
+                    "requests": answered,
+                    "rows": window["rows"],
+                    "challenger_rows": window["challenger_rows"],
+                    "rows_per_model_call": window["rows_per_model_call"],
+                    "instructions_per_request": events["Ir"] / answered,
+                    "ll_misses_per_request": sum(events.get(e, 0) for e in EVENTS[1:]) / answered,
+                }
+            )
+        offs = [f for phase, f in zip(order, figures, strict=True) if phase == "off"]
+        per_phase: dict[str, Any] = {
+            "off": {
+                **offs[0],
+                "instructions_per_request": _mean(offs, "instructions_per_request"),
+                "ll_misses_per_request": _mean(offs, "ll_misses_per_request"),
+                "windows": len(offs),
+                "drift": offs[-1]["instructions_per_request"] / offs[0]["instructions_per_request"]
+                - 1,
             }
-        off = per_phase["off"]
-        for phase in phases[1:]:
-            figures = per_phase[phase]
-            figures["extra_instructions"] = (
-                figures["instructions_per_request"] / off["instructions_per_request"] - 1
+        }
+        for index, phase in enumerate(order):
+            if phase == "off":
+                continue
+            if order[index - 1] != "off" or index + 1 >= len(order) or order[index + 1] != "off":
+                raise InstructionCountError(f"{phase}: not between two off windows in {order}")
+            around = [figures[index - 1], figures[index + 1]]
+            phase_figures = figures[index]
+            for key, extra in (
+                ("instructions_per_request", "extra_instructions"),
+                ("ll_misses_per_request", "extra_ll_misses"),
+            ):
+                phase_figures[extra] = phase_figures[key] / _mean(around, key) - 1
+            phase_figures["baseline_instructions_per_request"] = _mean(
+                around, "instructions_per_request"
             )
-            figures["extra_ll_misses"] = (
-                figures["ll_misses_per_request"] / off["ll_misses_per_request"] - 1
-            )
+            per_phase[phase] = phase_figures
         out[path] = per_phase
     return {"tool": "valgrind callgrind (--cache-sim=yes)", "seconds": seconds, **out}
+
+
+def _mean(figures: list[dict[str, Any]], key: str) -> float:
+    return sum(f[key] for f in figures) / len(figures)
 
 
 # --------------------------------------------------------------------------- the driver
@@ -271,7 +315,7 @@ async def _drive(spec: dict[str, Any]) -> None:
             await asyncio.sleep(0.05)
         else:
             raise InstructionCountError(f"no model: {service.last_error}")
-        for phase in spec["phases"]:
+        for index, phase in enumerate(spec["phases"]):
             apply_phase(
                 phase,
                 registry,
@@ -308,10 +352,11 @@ async def _drive(spec: dict[str, Any]) -> None:
                 library.measure_start()
                 requests, roles = await _window(app, route, body, callers, each, keyed)
                 await _idle(service)
-                library.measure_stop(f"{phase}/{path}".encode())
+                label = window_label(index, phase, path)
+                library.measure_stop(label.encode())
                 calls, scored = batcher.calls - calls, batcher.rows - scored
                 rows = requests * (1 if path == "predict" else len(json.loads(body)["customers"]))
-                windows[f"{phase}/{path}"] = {
+                windows[label] = {
                     "requests": requests,
                     "rows": rows,
                     "challenger_rows": roles.count("challenger") if path == "predict" else None,

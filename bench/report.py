@@ -692,8 +692,11 @@ def _instructions_table(counted: dict[str, Any] | None) -> list[str]:
         "under Valgrind's Callgrind, every thread's instructions while the measured requests "
         "run, caches simulated; a 1,000-row batch counts within ±0.3 % from run to run and "
         "/predict within a few per cent, as 32 concurrent callers fall into micro-batches, "
-        "where the timed rounds of one phase differ by 20–30 % on this machine). Extra = the "
-        "phase's count per request ÷ off's − 1; LL misses: a simulated 8 MiB last-level cache.",
+        "where the timed rounds of one phase differ by 20–30 % on this machine). Each phase "
+        "is counted between two off windows (off, shadow, off, canary, off, routing, off) and "
+        "extra = its count per request ÷ the mean of those two − 1, so the process's own "
+        "drift over the run (its log grows) is charged to no phase; off's row is the mean of "
+        "its windows. LL misses: a simulated 8 MiB last-level cache.",
         "",
         "| phase | /predict instructions/req | extra | LL misses/req | extra | /predict/batch "
         "instructions/req | extra | LL misses/req | extra |",
@@ -718,6 +721,13 @@ def _instructions_table(counted: dict[str, Any] | None) -> list[str]:
                 extra(figures, "extra_ll_misses"),
             ]
         lines.append("| " + " | ".join(row) + " |")
+    drift = [
+        f"{label} {100 * counted[path]['off']['drift']:+.1f} %"
+        for path, label in (("predict", "/predict"), ("batch", "/predict/batch"))
+        if "drift" in counted[path]["off"]
+    ]
+    if drift:
+        lines += ["", f"Off's first window to its last: {', '.join(drift)}."]
     return lines
 
 

@@ -228,23 +228,32 @@ def test_rerendered_report_keeps_the_spark_section(smoke: Path, tmp_path: Path) 
 
 
 def test_a_window_without_its_count_is_an_error_never_zero() -> None:
-    from bench.instructions import InstructionCountError, summarise
+    from bench.instructions import InstructionCountError, sequence, summarise, window_label
 
+    order = sequence(("off", "routing"))
+    assert order == ["off", "routing", "off"]  # every phase between two off windows
     windows = {
-        f"{phase}/{path}": {
+        window_label(index, phase, path): {
             "requests": 2,
             "rows": 2,
             "challenger_rows": 0,
             "rows_per_model_call": 2.0,
         }
-        for phase in ("off", "routing")
+        for index, phase in enumerate(order)
         for path in ("predict", "batch")
     }
     events = {"Ir": 100, "ILmr": 1, "DLmr": 2, "DLmw": 3}
     counted = {label: dict(events) for label in windows}
-    summary = summarise(counted, windows, ("off", "routing"), 1.0)
-    assert summary["batch"]["routing"]["extra_instructions"] == 0
+    # off drifts from 100 to 120 instructions: routing (121) is judged against their mean
+    counted[window_label(2, "off", "batch")]["Ir"] = 120
+    counted[window_label(1, "routing", "batch")]["Ir"] = 121
+    summary = summarise(counted, windows, order, 1.0)
+    assert summary["batch"]["routing"]["extra_instructions"] == pytest.approx(0.1)
+    assert summary["batch"]["off"]["drift"] == pytest.approx(0.2)
+    assert summary["predict"]["routing"]["extra_instructions"] == 0
     assert summary["predict"]["off"]["ll_misses_per_request"] == 3
-    del counted["routing/batch"]  # Callgrind wrote no dump for it
+    del counted[window_label(1, "routing", "batch")]  # Callgrind wrote no dump for it
     with pytest.raises(InstructionCountError, match="routing/batch"):
-        summarise(counted, windows, ("off", "routing"), 1.0)
+        summarise(counted, windows, order, 1.0)
+    with pytest.raises(InstructionCountError, match="between two off windows"):
+        summarise(counted, windows, ["off", "routing"], 1.0)

@@ -98,15 +98,26 @@ def test_canary_routing_keeps_its_share_and_only_adds_keys_when_widened() -> Non
     assert challenger_rows(keys, 0.10).picked == at_10  # sticky
     # one key alone routes as it does in a batch
     assert [challenger_rows([k], 0.10).picked[0] for k in keys[:500]] == at_10[:500]
-    split = challenger_rows(keys[:1000], 0.10)
     rows = [{"customer_id": k, "i": i} for i, k in enumerate(keys[:1000])]
-    mine, theirs = split.parts(rows)
-    assert len(mine) == split.mine_count == sum(split.picked) and len(mine) + len(theirs) == 1000
-    assert all(split.picked[r["i"]] for r in mine) and not any(split.picked[r["i"]] for r in theirs)
-    assert [r["i"] for r in mine] == sorted(r["i"] for r in mine)  # each part in request order
-    # the order puts the champion's answers followed by the challenger's back in place
-    parts = [f"champion {r['i']}" for r in theirs] + [f"challenger {r['i']}" for r in mine]
-    assert [parts[j].split()[1] for j in split.order()] == [str(i) for i in range(1000)]
+    # the challenger's part the smaller (a canary) or the larger one (nearly rolled out)
+    for share in (0.10, 0.90):
+        split = challenger_rows(keys[:1000], share)
+        assert split.few_mine == (share < 0.5)
+        mine, theirs = split.parts(rows)
+        assert len(mine) == split.mine_count == sum(split.picked)
+        assert len(mine) + len(theirs) == 1000
+        assert all(split.picked[r["i"]] for r in mine)
+        assert not any(split.picked[r["i"]] for r in theirs)
+        for part in (mine, theirs):  # each part in request order
+            assert [r["i"] for r in part] == sorted(r["i"] for r in part)
+        # merging puts each part's answers back in place, and leaves the parts as they were
+        their_answers = [f"champion {r['i']}" for r in theirs]
+        my_answers = [f"challenger {r['i']}" for r in mine]
+        merged = split.merge(their_answers, my_answers)
+        assert [a.split()[1] for a in merged] == [str(i) for i in range(1000)]
+        assert [a.split()[0] == "challenger" for a in merged] == split.picked
+        assert their_answers == [f"champion {r['i']}" for r in theirs]
+        assert list(rows) == [{"customer_id": k, "i": i} for i, k in enumerate(keys[:1000])]
 
 
 def test_batch_routing_buckets_equal_the_one_key_rule() -> None:
