@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import difflib
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, NoReturn
 from urllib.parse import parse_qsl
@@ -348,7 +349,7 @@ class RequestCodec:
 
     # ------------------------------------------------------------------ encoding
 
-    def predictions(self, answers: Any, ids: list[str]) -> list[str]:
+    def predictions(self, answers: Any, ids: Sequence[str]) -> list[str]:
         """Each answer's JSON (`app.schemas.PredictionResponse`). Probabilities are finite
         (checked at load) and rounded, so ``float.__repr__`` is their JSON; tiers and ids are
         plain ASCII; ``warnings`` only where the input was reinterpreted. A canary batch
@@ -380,10 +381,10 @@ class RequestCodec:
                 items[k] = f'{items[k][:-1]},"explanation":{_json(explained)}}}'
         return items
 
-    def encode_customer(self, answers: Any, ids: list[str]) -> bytes:
+    def encode_customer(self, answers: Any, ids: Sequence[str]) -> bytes:
         return self.predictions(answers, ids)[0].encode()
 
-    def encode_batch(self, answers: Any, ids: list[str]) -> bytes:
+    def encode_batch(self, answers: Any, ids: Sequence[str]) -> bytes:
         """The batch answer; its top-level ``model_version`` is the one model that answered
         every row, or this (the champion's) codec's version when routing split the batch
         (each prediction names its own)."""

@@ -8,11 +8,11 @@ started with and never sees half of each.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from functools import cached_property
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, overload
 
 import numpy as np
 
@@ -119,7 +119,7 @@ class SplitAnswers:
     def _merged(self, theirs: Sequence[Any], mine: Sequence[Any]) -> list[Any]:
         return self.split.merge(theirs, mine)
 
-    def encode_parts(self, encode: Callable[[Answers, list[str]], list[str]]) -> list[str]:
+    def encode_parts(self, encode: Callable[[Answers, Sequence[str]], list[str]]) -> list[str]:
         """`encode` (answers and their ids -> one item per row) of each part, in request
         order: every part encoded with its own version, then one merge of the items."""
         return self._merged(encode(self.theirs, self.their_ids), encode(self.mine, self.my_ids))
@@ -127,6 +127,11 @@ class SplitAnswers:
     @cached_property
     def ids(self) -> list[str]:
         return self._merged(self.their_ids, self.my_ids)
+
+    @property
+    def lazy_ids(self) -> MergedIds:
+        """`ids`, merged only when an element is read (the JSON encoder only counts them)."""
+        return MergedIds(self)
 
     @cached_property
     def probabilities(self) -> list[float]:
@@ -179,6 +184,31 @@ class SplitAnswers:
     def answered_by(self) -> list[str]:
         """The versions that answered, the champion's first."""
         return [self.champion_version, self.mine.versions[0]] if self.mine.versions else []
+
+
+class MergedIds(Sequence[str]):
+    """A split batch's prediction ids in request order (``SplitAnswers.ids``), merged the
+    first time one is read: its length needs no merge."""
+
+    __slots__ = ("_answers",)
+
+    def __init__(self, answers: SplitAnswers) -> None:
+        self._answers = answers
+
+    def __len__(self) -> int:
+        return len(self._answers)
+
+    @overload
+    def __getitem__(self, index: int) -> str: ...
+
+    @overload
+    def __getitem__(self, index: slice) -> list[str]: ...
+
+    def __getitem__(self, index: int | slice) -> str | list[str]:
+        return self._answers.ids[index]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._answers.ids)
 
 
 _SMALL = 16  # rows

@@ -193,7 +193,7 @@ class ModelService:
         rows: Sequence[Row],
         routing_key: str | None = None,
         explain: bool = False,
-    ) -> tuple[Answers | SplitAnswers, list[str]]:
+    ) -> tuple[Answers | SplitAnswers, Sequence[str]]:
         """Answers and new prediction ids for `rows` (validated by the model's codec), in
         order; logged and counted (categories unseen in training too, as the model saw them).
 
@@ -244,7 +244,7 @@ class ModelService:
         split: Split,
         explain: bool,
         paired: bool,
-    ) -> tuple[Answers | SplitAnswers, list[str]]:
+    ) -> tuple[Answers | SplitAnswers, Sequence[str]]:
         """The challenger answers the rows `split` gives it, the champion the others; when
         `paired` (the rollout record's choice) the champion also scores the challenger's rows
         (in the same model call as its own rows: the micro-batcher makes one call per model),
@@ -434,11 +434,11 @@ def _merge(
     theirs: Answers,
     their_ids: list[str],
     champion_version: str,
-) -> tuple[SplitAnswers, list[str]]:
+) -> tuple[SplitAnswers, Sequence[str]]:
     """One batch's answers in request order from the challenger's rows (`split.chosen`) and
     the champion's, and their ids; each row says which version answered."""
     answers = SplitAnswers(split, theirs, their_ids, mine, my_ids, champion_version)
-    return answers, answers.ids
+    return answers, answers.lazy_ids
 
 
 def _consume(future: asyncio.Future[Any]) -> None:

@@ -465,14 +465,15 @@ class V2Codec:
     # ------------------------------------------------------------------ encoding
 
     @staticmethod
-    def outputs(answers: Any, ids: list[str]) -> list[OutputTensor]:
+    def outputs(answers: Any, ids: Sequence[str]) -> list[OutputTensor]:
         """The per-row outputs of `answers` (app.model.Answers) and their prediction ids, in
         the order of `OUTPUTS`."""
         return [
             OutputTensor("churn_probability", FP64, answers.probabilities),
             OutputTensor("churn_prediction", BOOL, answers.decisions),
             OutputTensor("risk_tier", BYTES, answers.tiers),
-            OutputTensor("prediction_id", BYTES, ids),
+            # a list for the JSON encoder (a split batch's ids come merged on first read)
+            OutputTensor("prediction_id", BYTES, ids if isinstance(ids, list) else list(ids)),
         ]
 
     @staticmethod
@@ -486,7 +487,7 @@ class V2Codec:
         self,
         request: InferRequest,
         answers: Any,
-        ids: list[str],
+        ids: Sequence[str],
         extra: Sequence[OutputTensor] = (),
     ) -> bytes:
         """The inference response: the request's id, then each output asked for (all of them

@@ -120,6 +120,40 @@ def test_canary_routing_keeps_its_share_and_only_adds_keys_when_widened() -> Non
         assert list(rows) == [{"customer_id": k, "i": i} for i, k in enumerate(keys[:1000])]
 
 
+def test_a_split_batch_reads_in_request_order_and_merges_ids_only_when_read() -> None:
+    from app.model import Answers, SplitAnswers
+
+    keys = [f"customer-{i}" for i in range(200)]
+    split = challenger_rows(keys, 0.10)
+    mine_at = [i for i, p in enumerate(split.picked) if p]
+    theirs_at = [i for i, p in enumerate(split.picked) if not p]
+
+    def answers(at: list[int], version: str | None) -> Answers:
+        return Answers(
+            probabilities=[i / 1000 for i in at],
+            decisions=[i % 2 == 0 for i in at],
+            tiers=["HIGH" if i % 3 == 0 else "LOW" for i in at],
+            role="challenger" if version else "champion",
+            versions=[version] * len(at) if version else None,
+        )
+
+    split_answers = SplitAnswers(
+        split,
+        answers(theirs_at, None),
+        [f"t{i}" for i in theirs_at],
+        answers(mine_at, "2"),
+        [f"m{i}" for i in mine_at],
+        champion_version="1",
+    )
+    ids = split_answers.lazy_ids
+    assert len(ids) == 200 and "ids" not in vars(split_answers)  # counted, not merged
+    expected = [f"m{i}" if split.picked[i] else f"t{i}" for i in range(200)]
+    assert list(ids) == expected and ids[3] == expected[3] and ids[-2:] == expected[-2:]
+    assert split_answers.probabilities == [i / 1000 for i in range(200)]
+    assert split_answers.versions == ["2" if p else "1" for p in split.picked]
+    assert split_answers.answered_by() == ["1", "2"]
+
+
 def test_batch_routing_buckets_equal_the_one_key_rule() -> None:
     from churn.rollout import routing_bucket, routing_buckets
 
