@@ -42,7 +42,7 @@ from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from functools import cached_property
-from itertools import repeat
+from itertools import accumulate, repeat
 from typing import Any
 
 import numpy as np
@@ -389,14 +389,9 @@ class GuardrailWindow:
         """The p95 of the challenger's call latency in ms: the upper bound of its bin."""
         if not self._calls:
             return 0.0
-        wanted = 0.95 * self._calls
-        seen = 0
-        for index, calls in enumerate(self._latency):
-            seen += calls
-            if seen >= wanted:
-                bound = _LATENCY_BOUNDS[min(index, len(_LATENCY_BOUNDS) - 1)]
-                return bound * 1000
-        return _LATENCY_BOUNDS[-1] * 1000
+        # the first bin where the running count reaches 95 % (accumulate and bisect in C)
+        index = bisect.bisect_left(list(accumulate(self._latency)), 0.95 * self._calls)
+        return _LATENCY_BOUNDS[min(index, len(_LATENCY_BOUNDS) - 1)] * 1000
 
 
 # --------------------------------------------------------------------------- shadow scoring

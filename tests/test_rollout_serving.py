@@ -86,6 +86,22 @@ def test_the_window_forgets_answers_older_than_its_length() -> None:
     assert (later.challenger_rows, later.challenger_errors, later.champion_rows) == (5, 0, 20)
 
 
+def test_the_window_p95_is_the_95th_percentile_call_to_within_its_bin() -> None:
+    import math
+    import random
+
+    draw = random.Random(7)
+    for calls in (1, 19, 20, 21, 1000):
+        window = GuardrailWindow(window_seconds=60)
+        latencies = [draw.lognormvariate(-5, 1.5) for _ in range(calls)]
+        for seconds in latencies:
+            window.add(True, rows=1, high=0, errors=0, seconds=seconds, now=100.0)
+        # the smallest latency with at least 95 % of the calls at or below it
+        wanted = sorted(latencies)[math.ceil(0.95 * calls) - 1] * 1000
+        p95 = window.stats(now=100.0).p95_latency_ms
+        assert wanted <= p95 <= wanted * 1.05 + 1e-9, (calls, wanted, p95)
+
+
 # ---------------------------------------------------------------------------- routing
 
 
