@@ -221,20 +221,13 @@ class ModelService:
             return answers, ids
         split = route(rows, routing_key, model.schema, share)
         if not split.mine_count:  # no row for the challenger
-            answers, batch_id, ids = await self._canary_champion(model, rows, explain)
+            answers, batch_id, ids = await self._score(
+                model, rows, CHAMPION_ROLE, explain, canary=True
+            )
             return answers, ids
         return await self._canary(
             model, challenger.model, rows, split, explain, challenger.record.paired
         )
-
-    async def _canary_champion(
-        self, model: ServedModel, rows: Sequence[Row], explain: bool = False
-    ) -> tuple[Answers, str, list[str]]:
-        started = time.perf_counter()
-        answers, batch_id, ids = await self._score(model, rows, CHAMPION_ROLE, explain)
-        high = answers.tiers.count("HIGH")
-        self.rollout.observe(False, len(rows), high, 0, time.perf_counter() - started)
-        return answers, batch_id, ids
 
     async def _canary(
         self,
@@ -272,7 +265,7 @@ class ModelService:
                 describe(exc),
             )
             self.rollout.observe(True, 0, 0, len(mine_rows), time.perf_counter() - started)
-            answers, _, ids = await self._canary_champion(champion, rows, explain)
+            answers, _, ids = await self._score(champion, rows, CHAMPION_ROLE, explain, canary=True)
             return answers, ids
         elapsed = time.perf_counter() - started
         high = mine.tiers.count("HIGH")
@@ -333,9 +326,15 @@ class ModelService:
         )
 
     async def _score(
-        self, model: ServedModel, rows: Sequence[Row], role: str, explain: bool = False
+        self,
+        model: ServedModel,
+        rows: Sequence[Row],
+        role: str,
+        explain: bool = False,
+        canary: bool = False,
     ) -> tuple[Answers, str, list[str]]:
-        """One model's answers for `rows`: counted under `role` and logged as one batch."""
+        """One model's answers for `rows`: counted under `role` and logged as one batch; in a
+        `canary`, also recorded in the guardrail window as the champion's."""
         started = time.perf_counter()
         try:
             answers: Answers = await self.batcher.predict(model, rows)
@@ -343,7 +342,11 @@ class ModelService:
             self.metrics.observe_prediction_errors(len(rows), role)
             raise
         # the model call's time (prediction_latency_seconds), explanation excluded
-        return await self._served(model, answers, role, time.perf_counter() - started, explain)
+        elapsed = time.perf_counter() - started
+        high = answers.tiers.count("HIGH")
+        if canary:
+            self.rollout.observe(False, len(answers), high, 0, elapsed)
+        return await self._served(model, answers, role, elapsed, explain, high)
 
     async def _served(
         self,
@@ -352,11 +355,11 @@ class ModelService:
         role: str,
         elapsed: float,
         explain: bool,
-        high: int | None = None,
+        high: int,
     ) -> tuple[Answers, str, list[str]]:
-        """Answers `model` computed in `elapsed` seconds, explained when asked, counted under
-        `role` and logged as one batch; with their batch id and prediction ids (`high`: how
-        many are in the HIGH tier, when the caller has counted them)."""
+        """Answers `model` computed in `elapsed` seconds (`high` of them in the HIGH tier),
+        explained when asked, counted under `role` and logged as one batch; with their batch
+        id and prediction ids."""
         if explain:
             try:
                 answers = await asyncio.get_running_loop().run_in_executor(
@@ -367,8 +370,6 @@ class ModelService:
                 raise
         batch_id = self._ids.batch_id()
         ids = prediction_ids(batch_id, len(answers))
-        if high is None:
-            high = answers.tiers.count("HIGH")
         self.metrics.observe_predictions(
             answers.probabilities, answers.decisions, high, elapsed, role
         )
