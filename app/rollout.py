@@ -42,8 +42,8 @@ from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from functools import cached_property
-from itertools import accumulate, repeat
-from typing import Any
+from itertools import repeat
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -279,9 +279,9 @@ class Guardrails:
         return cls(**values)
 
 
-@dataclass(frozen=True)
-class WindowStats:
-    """What the guardrails judge: one worker's canary answers over the window."""
+class WindowStats(NamedTuple):
+    """What the guardrails judge: one worker's canary answers over the window (a tuple:
+    made at every challenger answer, a tenth of what a frozen dataclass costs)."""
 
     challenger_rows: int = 0  # answered by the challenger
     challenger_errors: int = 0  # rows the challenger failed (the champion answered them)
@@ -330,7 +330,9 @@ class GuardrailWindow:
     """One worker's canary answers over the last `window_seconds` (event loop only).
 
     Kept in one-second slots with running sums (counts and a latency histogram): adding an
-    answer and judging are O(1), and memory is a few hundred slots whatever the traffic."""
+    answer and judging are O(1), and memory is a few hundred slots whatever the traffic. The
+    p95's bin is followed as answers come and go (a step or two per judgement), so every
+    challenger answer is judged on latency too."""
 
     def __init__(self, window_seconds: float) -> None:
         self.window_seconds = window_seconds
@@ -339,6 +341,9 @@ class GuardrailWindow:
         self._counts = [0, 0, 0, 0, 0]
         self._latency = [0] * (len(_LATENCY_BOUNDS) + 1)
         self._calls = 0
+        # the p95's bin when last judged, and how many calls are in it and the bins below
+        self._at = 0
+        self._upto = 0
 
     def add(
         self, challenger: bool, rows: int, high: int, errors: int, seconds: float, now: float
@@ -361,14 +366,16 @@ class GuardrailWindow:
                 slot[6][index] = slot[6].get(index, 0) + 1
                 self._latency[index] += 1
                 self._calls += 1
+                if index <= self._at:
+                    self._upto += 1
         else:
             slot[4] += rows
             slot[5] += high
             counts[3] += rows
             counts[4] += high
 
-    def stats(self, now: float, latency: bool = True) -> WindowStats:
-        """The window's figures at `now` (p95 latency 0 unless `latency`)."""
+    def stats(self, now: float) -> WindowStats:
+        """The window's figures at `now`."""
         slots = self._slots
         horizon = now - self.window_seconds
         counts = self._counts
@@ -382,16 +389,25 @@ class GuardrailWindow:
             for index, calls in bins.items():
                 self._latency[index] -= calls
                 self._calls -= calls
-        p95 = self._p95() if latency else 0.0
-        return WindowStats(counts[0], counts[1], counts[2], p95, counts[3], counts[4])
+                if index <= self._at:
+                    self._upto -= calls
+        return WindowStats(counts[0], counts[1], counts[2], self._p95(), counts[3], counts[4])
 
     def _p95(self) -> float:
         """The p95 of the challenger's call latency in ms: the upper bound of its bin."""
         if not self._calls:
             return 0.0
-        # the first bin where the running count reaches 95 % (accumulate and bisect in C)
-        index = bisect.bisect_left(list(accumulate(self._latency)), 0.95 * self._calls)
-        return _LATENCY_BOUNDS[min(index, len(_LATENCY_BOUNDS) - 1)] * 1000
+        # the first bin where the running count reaches 95 %, moved from where it was
+        wanted = 0.95 * self._calls
+        latency, at, upto = self._latency, self._at, self._upto
+        while upto < wanted:  # below it: up (the last bin holds the total)
+            at += 1
+            upto += latency[at]
+        while at and upto - latency[at] >= wanted:  # the bin below reaches it too: down
+            upto -= latency[at]
+            at -= 1
+        self._at, self._upto = at, upto
+        return _LATENCY_BOUNDS[min(at, len(_LATENCY_BOUNDS) - 1)] * 1000
 
 
 # --------------------------------------------------------------------------- shadow scoring
@@ -663,7 +679,7 @@ class Rollout:
         self.problem: str | None = None  # why a challenger in the registry is not used
         root = state_root(settings.model_state_dir)
         self.state = StateDir(root, stale_after=60.0) if root is not None else None
-        self._last_judged = 0.0
+        self._champion_pending = [0, 0]  # the champion's canary rows and HIGH answers
         self._record_pending: tuple[str, str, str] | None = None  # version, reason, detail
         self._tasks: set[asyncio.Task[Any]] = set()
         self._lock = asyncio.Lock()
@@ -838,7 +854,7 @@ class Rollout:
 
     def observe(self, challenger: bool, rows: int, high: int, errors: int, seconds: float) -> None:
         """Record canary answers (event loop) and judge the guardrails after each challenger
-        answer: the counts every time, the p95 latency (a sort) at most every 0.1 s."""
+        answer (its error ratio, p95 latency and HIGH-tier rate)."""
         current = self.current
         if current is None or current.share <= 0.0:
             return
@@ -846,13 +862,25 @@ class Rollout:
         self.window.add(challenger, rows, high, errors, seconds, now)
         if not challenger:
             return
-        latency = now - self._last_judged >= 0.1
-        if latency:
-            self._last_judged = now
-        stats = self.window.stats(now, latency)
+        stats = self.window.stats(now)
         reason = judge(stats, current.guardrails)
         if reason is not None:
             self.roll_back(current, reason, _describe_breach(reason, stats, current.guardrails))
+
+    def observe_champion(self, rows: int, high: int) -> None:
+        """Record the champion's canary answers, gathered over the event-loop iteration and
+        added to the window once at its end (app.loopflush): they only feed the comparison
+        of HIGH-tier rates, judged at the challenger's answers, so one iteration's lag costs
+        nothing, and /predict pays an addition per request instead of a window update."""
+        pending = self._champion_pending
+        if not pending[0] and not pending[1]:
+            defer(self._add_champion)
+        pending[0] += rows
+        pending[1] += high
+
+    def _add_champion(self) -> None:
+        (rows, high), self._champion_pending = self._champion_pending, [0, 0]
+        self.observe(False, rows, high, 0, 0.0)
 
     def roll_back(self, current: Challenger, reason: str, detail: str) -> None:
         """Share 0 here at once; tell the sibling workers; write the record for the replicas."""

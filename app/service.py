@@ -296,7 +296,7 @@ class ModelService:
             raise
         elapsed = time.perf_counter() - started
         high = theirs.tiers.count("HIGH")
-        self.rollout.observe(False, len(theirs), high, 0, elapsed)
+        self.rollout.observe_champion(len(theirs), high)
         theirs, _, their_ids = await self._served(
             champion, theirs, CHAMPION_ROLE, elapsed, explain, high
         )
@@ -345,7 +345,7 @@ class ModelService:
         elapsed = time.perf_counter() - started
         high = answers.tiers.count("HIGH")
         if canary:
-            self.rollout.observe(False, len(answers), high, 0, elapsed)
+            self.rollout.observe_champion(len(answers), high)
         return await self._served(model, answers, role, elapsed, explain, high)
 
     async def _served(

@@ -20,6 +20,7 @@ alone and says why.
 
 from __future__ import annotations
 
+import codecs
 import json
 import math
 from collections.abc import Mapping, Sequence
@@ -206,6 +207,7 @@ class RolloutRecord:
 # one in place. M < 2**32 keeps every product numpy forms below 2**64 in its uint64: a code
 # point (< 2**21) times a power, and a key's sum times a power; M > 2**31 makes B = 2**32 - M
 # about 2**30, so short keys wrap too.
+_utf_32_le = codecs.utf_32_le_encode  # str.encode("utf-32-le") without the codec lookup
 _MODULUS = 3 * (1 << 30) - 11  # a prime between 2**31 and 2**32
 _BASE = (1 << 32) % _MODULUS
 _SPREAD = 0x9E3779B97F4A7C15  # 2**64 / golden ratio, odd
@@ -219,7 +221,7 @@ def routing_bucket(key: str) -> float:
     (the same customer always meets the same model at a given share), and a larger share only
     adds keys (a customer on the challenger at 5 % stays on it at 10 %).
     """
-    h = int.from_bytes(key.encode("utf-32-le"), "little") % _MODULUS
+    h = int.from_bytes(_utf_32_le(key)[0], "little") % _MODULUS
     return ((h * _SPREAD & _MASK) >> 11) / 2.0**53
 
 

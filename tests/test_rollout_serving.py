@@ -53,15 +53,15 @@ def test_guardrails_judge_nothing_before_min_requests_then_each_bound() -> None:
     assert judge(WindowStats(challenger_rows=98, challenger_errors=2), bounds) is None
     slow = WindowStats(challenger_rows=100, p95_latency_ms=50.1)
     assert judge(slow, bounds) == "latency"
-    assert judge(replace(slow, p95_latency_ms=50.0), bounds) is None
+    assert judge(slow._replace(p95_latency_ms=50.0), bounds) is None
     risky = WindowStats(
         challenger_rows=100, challenger_high=40, champion_rows=1000, champion_high=200
     )
     assert risky.high_risk_delta == pytest.approx(0.2)
     assert judge(risky, bounds) == "high_risk"
-    assert judge(replace(risky, challenger_high=30), bounds) is None  # delta 0.10
+    assert judge(risky._replace(challenger_high=30), bounds) is None  # delta 0.10
     # no champion answers in the window: the delta is not judged
-    assert judge(replace(risky, champion_rows=0, champion_high=0), bounds) is None
+    assert judge(risky._replace(champion_rows=0, champion_high=0), bounds) is None
 
 
 def test_guardrails_come_from_the_record_and_refuse_unusable_bounds() -> None:
@@ -90,16 +90,28 @@ def test_the_window_p95_is_the_95th_percentile_call_to_within_its_bin() -> None:
     import math
     import random
 
+    def exact(latencies: list[float]) -> float:
+        # the smallest latency with at least 95 % of the calls at or below it
+        return sorted(latencies)[math.ceil(0.95 * len(latencies)) - 1] * 1000
+
     draw = random.Random(7)
     for calls in (1, 19, 20, 21, 1000):
-        window = GuardrailWindow(window_seconds=60)
-        latencies = [draw.lognormvariate(-5, 1.5) for _ in range(calls)]
-        for seconds in latencies:
-            window.add(True, rows=1, high=0, errors=0, seconds=seconds, now=100.0)
-        # the smallest latency with at least 95 % of the calls at or below it
-        wanted = sorted(latencies)[math.ceil(0.95 * calls) - 1] * 1000
-        p95 = window.stats(now=100.0).p95_latency_ms
-        assert wanted <= p95 <= wanted * 1.05 + 1e-9, (calls, wanted, p95)
+        window = GuardrailWindow(window_seconds=10)
+        # slow calls first, then fast ones a few seconds later, judged as they come: the
+        # p95's bin moves up, then down; then the slow second leaves the window
+        slow = [draw.lognormvariate(-3, 1.0) for _ in range(calls)]
+        fast = [draw.lognormvariate(-7, 1.5) for _ in range(calls)]
+        seen: list[float] = []
+        for now, latencies in ((100.0, slow), (105.0, fast)):
+            for k, seconds in enumerate(latencies):
+                window.add(True, rows=1, high=0, errors=0, seconds=seconds, now=now)
+                seen.append(seconds)
+                if k % 7 == 0 or k == len(latencies) - 1:
+                    p95 = window.stats(now=now).p95_latency_ms
+                    assert exact(seen) <= p95 <= exact(seen) * 1.05 + 1e-9, (calls, now, k)
+        p95 = window.stats(now=111.0).p95_latency_ms  # only the fast second is left
+        assert exact(fast) <= p95 <= exact(fast) * 1.05 + 1e-9, calls
+    assert GuardrailWindow(window_seconds=10).stats(now=1.0).p95_latency_ms == 0.0
 
 
 # ---------------------------------------------------------------------------- routing
