@@ -69,6 +69,20 @@ class Answers:
             None if self.explanations is None else self.explanations[part],
         )
 
+    def with_role(self, role: str, version: str) -> Answers:
+        """These answers as `role`'s, every one by `version` (a canary's challenger); made
+        directly, at half the cost of ``dataclasses.replace``."""
+        return Answers(
+            self.probabilities,
+            self.decisions,
+            self.tiers,
+            self.columns,
+            self.warnings,
+            self.explanations,
+            role,
+            [version] * len(self.probabilities),
+        )
+
     @property
     def version(self) -> str | None:
         """The one version that answered every row; None when it is the encoding model's

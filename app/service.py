@@ -8,7 +8,6 @@ serving and the reason is returned, logged and counted.
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import logging
 import time
 from collections.abc import Callable, Sequence
@@ -284,9 +283,7 @@ class ModelService:
                     time.time(),
                 )
             )
-        mine = dataclasses.replace(
-            mine, role=CHALLENGER_ROLE, versions=[challenger.version] * len(mine)
-        )
+        mine = mine.with_role(CHALLENGER_ROLE, challenger.version)
         if theirs_future is None:
             return mine, mine_ids
         try:
