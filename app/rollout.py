@@ -873,10 +873,11 @@ class Rollout:
         of HIGH-tier rates, judged at the challenger's answers, so one iteration's lag costs
         nothing, and /predict pays an addition per request instead of a window update."""
         pending = self._champion_pending
-        if not pending[0] and not pending[1]:
-            defer(self._add_champion)
+        first = not pending[0] and not pending[1]
         pending[0] += rows
         pending[1] += high
+        if first:  # added before deferring: off a loop, defer adds them at once
+            defer(self._add_champion)
 
     def _add_champion(self) -> None:
         (rows, high), self._champion_pending = self._champion_pending, [0, 0]

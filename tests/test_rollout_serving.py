@@ -390,6 +390,24 @@ def test_a_failing_canary_falls_back_to_the_champion_then_rolls_back(
     assert served.get("/model").json()["rollout"]["rolled_back"] == "error_ratio"
 
 
+def test_the_guardrail_window_counts_both_models_canary_answers(served: TestClient) -> None:
+    _challenger(served, CANARY, broken=False, share=0.5)
+    rollout = served.app.state.service.rollout  # type: ignore[attr-defined]
+    customers = [{**CUSTOMER, "customer_id": f"c-{i}"} for i in range(40)]
+    answer = served.post("/predict/batch", json={"customers": customers})
+    assert answer.status_code == 200
+    versions = [p["model_version"] for p in answer.json()["predictions"]]
+    mine = versions.count("99")
+    assert 0 < mine < 40
+    # the champion's answers reach the window at the end of their loop iteration
+    stats = rollout.window.stats(time.monotonic())
+    assert (stats.challenger_rows, stats.champion_rows) == (mine, 40 - mine)
+    # off an event loop they are added at once
+    rollout.observe_champion(3, 1)
+    later = rollout.window.stats(time.monotonic())
+    assert (later.champion_rows, later.champion_high) == (43 - mine, stats.champion_high + 1)
+
+
 def test_a_healthy_canary_answers_with_its_version(served: TestClient) -> None:
     _challenger(served, CANARY, broken=False)
     answer = served.post("/predict/batch", json={"customers": [CUSTOMER] * 3})
