@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import re
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -38,7 +38,8 @@ PROBABILITY_BUCKETS = tuple(i / 10 for i in range(1, 11))
 
 # Which model answered (progressive delivery, churn/rollout.py): the champion (@production)
 # or the challenger (its canary share).
-ROLES = ("champion", "challenger")
+CHAMPION_ROLE, CHALLENGER_ROLE = "champion", "challenger"
+ROLES = (CHAMPION_ROLE, CHALLENGER_ROLE)
 ROLLOUT_STAGES = ("shadow", "canary", "promoted", "rejected", "rolled_back")
 ROLLBACK_REASONS = ("error_ratio", "latency", "high_risk")
 
@@ -230,6 +231,9 @@ class Metrics:
         self._pending_counts = {role: [0, 0, 0, 0] for role in ROLES}
         self._pending_probabilities: list[float] = []
         self._pending_latencies: dict[str, list[float]] = {role: [] for role in ROLES}
+        # told each flush's answers per role (rows, HIGH tier): the canary's guardrail window
+        # counts the champion's from here, with no work of its own per request
+        self.on_answers: Callable[[str, int, int], None] | None = None
 
     def observe_request(self, method: str, route: str, status: int, seconds: float) -> None:
         """Count one HTTP request (applied with the rest of this loop iteration's)."""
@@ -311,6 +315,11 @@ class Metrics:
                 self.error[role].inc(errors)
             if high_risk:
                 self.high_risk_of[role].inc(high_risk)
+        listener = self.on_answers
+        if listener is not None:
+            for role, (churn, no_churn, high_risk, _) in counts.items():
+                if churn or no_churn:
+                    listener(role, churn + no_churn, high_risk)
         if probabilities:
             observe_many(self.probability, probabilities)
         for role, seconds in latencies.items():

@@ -49,7 +49,7 @@ import numpy as np
 
 from app.batcher import ColumnRows, Row, join_rows, take_rows
 from app.loopflush import defer
-from app.metrics import Metrics
+from app.metrics import CHAMPION_ROLE, Metrics
 from app.model import ServedModel, load_model
 from app.settings import Settings
 from app.source import REGISTRY_UNREACHABLE, describe, failure_reason, tracking_uri
@@ -679,11 +679,11 @@ class Rollout:
         self.problem: str | None = None  # why a challenger in the registry is not used
         root = state_root(settings.model_state_dir)
         self.state = StateDir(root, stale_after=60.0) if root is not None else None
-        self._champion_pending = [0, 0]  # the champion's canary rows and HIGH answers
         self._record_pending: tuple[str, str, str] | None = None  # version, reason, detail
         self._tasks: set[asyncio.Task[Any]] = set()
         self._lock = asyncio.Lock()
         metrics.set_rollout(None, 0.0)
+        metrics.on_answers = self._answered
 
     @property
     def enabled(self) -> bool:
@@ -867,21 +867,13 @@ class Rollout:
         if reason is not None:
             self.roll_back(current, reason, _describe_breach(reason, stats, current.guardrails))
 
-    def observe_champion(self, rows: int, high: int) -> None:
-        """Record the champion's canary answers, gathered over the event-loop iteration and
-        added to the window once at its end (app.loopflush): they only feed the comparison
-        of HIGH-tier rates, judged at the challenger's answers, so one iteration's lag costs
-        nothing, and /predict pays an addition per request instead of a window update."""
-        pending = self._champion_pending
-        first = not pending[0] and not pending[1]
-        pending[0] += rows
-        pending[1] += high
-        if first:  # added before deferring: off a loop, defer adds them at once
-            defer(self._add_champion)
-
-    def _add_champion(self) -> None:
-        (rows, high), self._champion_pending = self._champion_pending, [0, 0]
-        self.observe(False, rows, high, 0, 0.0)
+    def _answered(self, role: str, rows: int, high: int) -> None:
+        """The champion's answers of one event-loop iteration (`rows`, `high` in the HIGH
+        tier), as the metrics apply them (Metrics.on_answers): during a canary they feed the
+        comparison of HIGH-tier rates, judged at the challenger's answers, so one iteration's
+        lag costs nothing and /predict does no guardrail work per champion answer."""
+        if role == CHAMPION_ROLE:
+            self.observe(False, rows, high, 0, 0.0)
 
     def roll_back(self, current: Challenger, reason: str, detail: str) -> None:
         """Share 0 here at once; tell the sibling workers; write the record for the replicas."""

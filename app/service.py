@@ -20,7 +20,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from app.batcher import MicroBatcher, Row
 from app.ids import RandomHex
-from app.metrics import Metrics
+from app.metrics import CHALLENGER_ROLE, CHAMPION_ROLE, Metrics
 from app.model import Answers, ServedModel, SplitAnswers, load_model
 from app.rollout import Rollout, Split, route
 from app.settings import Settings
@@ -36,9 +36,6 @@ from churn.prediction_log import (
 from churn.redact import redact
 
 logger = logging.getLogger("app.service")
-
-CHAMPION_ROLE = "champion"
-CHALLENGER_ROLE = "challenger"
 
 
 class ModelNotReadyError(RuntimeError):
@@ -220,9 +217,7 @@ class ModelService:
             return answers, ids
         split = route(rows, routing_key, model.schema, share)
         if not split.mine_count:  # no row for the challenger
-            answers, batch_id, ids = await self._score(
-                model, rows, CHAMPION_ROLE, explain, canary=True
-            )
+            answers, batch_id, ids = await self._score(model, rows, CHAMPION_ROLE, explain)
             return answers, ids
         return await self._canary(
             model, challenger.model, rows, split, explain, challenger.record.paired
@@ -264,7 +259,7 @@ class ModelService:
                 describe(exc),
             )
             self.rollout.observe(True, 0, 0, len(mine_rows), time.perf_counter() - started)
-            answers, _, ids = await self._score(champion, rows, CHAMPION_ROLE, explain, canary=True)
+            answers, _, ids = await self._score(champion, rows, CHAMPION_ROLE, explain)
             return answers, ids
         elapsed = time.perf_counter() - started
         high = mine.tiers.count("HIGH")
@@ -292,10 +287,8 @@ class ModelService:
             self.metrics.observe_prediction_errors(len(their_rows), CHAMPION_ROLE)
             raise
         elapsed = time.perf_counter() - started
-        high = theirs.tiers.count("HIGH")
-        self.rollout.observe_champion(len(theirs), high)
         theirs, _, their_ids = await self._served(
-            champion, theirs, CHAMPION_ROLE, elapsed, explain, high
+            champion, theirs, CHAMPION_ROLE, elapsed, explain, theirs.tiers.count("HIGH")
         )
         return _merge(split, mine, mine_ids, theirs, their_ids, champion.version)
 
@@ -328,10 +321,9 @@ class ModelService:
         rows: Sequence[Row],
         role: str,
         explain: bool = False,
-        canary: bool = False,
     ) -> tuple[Answers, str, list[str]]:
-        """One model's answers for `rows`: counted under `role` and logged as one batch; in a
-        `canary`, also recorded in the guardrail window as the champion's."""
+        """One model's answers for `rows`: counted under `role` and logged as one batch (the
+        metrics hand the champion's to a canary's guardrail window, Rollout._answered)."""
         started = time.perf_counter()
         try:
             answers: Answers = await self.batcher.predict(model, rows)
@@ -341,8 +333,6 @@ class ModelService:
         # the model call's time (prediction_latency_seconds), explanation excluded
         elapsed = time.perf_counter() - started
         high = answers.tiers.count("HIGH")
-        if canary:
-            self.rollout.observe_champion(len(answers), high)
         return await self._served(model, answers, role, elapsed, explain, high)
 
     async def _served(

@@ -20,7 +20,6 @@ alone and says why.
 
 from __future__ import annotations
 
-import codecs
 import json
 import math
 from collections.abc import Mapping, Sequence
@@ -197,21 +196,21 @@ class RolloutRecord:
 # --------------------------------------------------------------------------- routing
 
 
-# A routing key's position: a polynomial hash of its Unicode code points modulo a prime,
-# h = sum(c_j * B**j) mod M, spread over 64 bits by one multiplication (Fibonacci hashing);
-# its top 53 bits over 2**53 are the bucket. Chosen because both forms are cheap: one key is
-# two C calls and a few integer operations (int.from_bytes of the key's UTF-32 is exactly
-# sum(c_j * 2**(32 j)), so B = 2**32 mod M), and a batch of keys is a handful of numpy
-# operations (routing_buckets), where a cryptographic hash per key cost more than the rest of
-# canary routing put together. It needs no secrecy: it spreads customers evenly and keeps each
-# one in place. M < 2**32 keeps every product numpy forms below 2**64 in its uint64: a code
-# point (< 2**21) times a power, and a key's sum times a power; M > 2**31 makes B = 2**32 - M
-# about 2**30, so short keys wrap too.
-_utf_32_le = codecs.utf_32_le_encode  # str.encode("utf-32-le") without the codec lookup
-_MODULUS = 3 * (1 << 30) - 11  # a prime between 2**31 and 2**32
-_BASE = (1 << 32) % _MODULUS
-_SPREAD = 0x9E3779B97F4A7C15  # 2**64 / golden ratio, odd
-_MASK = (1 << 64) - 1
+# A routing key's position: a polynomial hash of its UTF-8 bytes modulo a prime,
+# h = sum(b_j * 256**j) mod M, spread over 32 bits by one multiplication (Fibonacci hashing:
+# the low 32 bits of h * 2**32/golden ratio); those bits over 2**32 are the bucket. Chosen
+# because both forms are cheap: one key is two C calls and four integer operations on
+# one-digit integers (int.from_bytes of the key's UTF-8 is exactly sum(b_j * 256**j), and
+# M < 2**30 is one CPython digit, so the remainder takes the one-digit division), and a batch
+# of keys is a handful of numpy operations (routing_buckets), where a cryptographic hash per
+# key cost more than the rest of canary routing put together. It needs no secrecy: it spreads
+# customers evenly and keeps each one in place. Every product numpy forms stays below 2**64
+# in its uint64: a byte times a power (< 2**38), a key's sum times a power, h times the
+# multiplier (< 2**62).
+_MODULUS = (1 << 30) - 35  # the largest prime below 2**30
+_BASE = 256
+_SPREAD = 0x9E3779B9  # 2**32 / golden ratio, odd
+_LOW = (1 << 32) - 1
 
 
 def routing_bucket(key: str) -> float:
@@ -221,38 +220,47 @@ def routing_bucket(key: str) -> float:
     (the same customer always meets the same model at a given share), and a larger share only
     adds keys (a customer on the challenger at 5 % stays on it at 10 %).
     """
-    h = int.from_bytes(_utf_32_le(key)[0], "little") % _MODULUS
-    return ((h * _SPREAD & _MASK) >> 11) / 2.0**53
+    try:
+        data = key.encode()
+    except UnicodeEncodeError:  # a lone surrogate (the request codecs refuse them): its bytes
+        data = key.encode("utf-8", "surrogatepass")
+    return (int.from_bytes(data, "little") % _MODULUS * _SPREAD & _LOW) / 2.0**32
 
 
 def routing_buckets(keys: Sequence[str]) -> np.ndarray:
     """``routing_bucket`` of many keys at once, equal to it key by key (the API routes a
-    batch's rows with it). The keys are joined into one text, each ended by a NUL (code point
-    0: it adds nothing); every code point is multiplied by B**(its place in the whole text),
-    one multiplication with no per-key position to work out; the sums per key
+    batch's rows with it). The keys are joined into one text, each ended by a NUL (byte 0: it
+    adds nothing); every byte is multiplied by B**(its place in the whole text), one
+    multiplication with no per-key position to work out; the sums per key
     (``np.add.reduceat``) are then each multiplied by B**-(the key's start), which leaves each
     key's own polynomial."""
     n = len(keys)
     if n == 0:
         return np.empty(0, dtype=np.float64)
-    points = np.frombuffer(("\0".join(keys) + "\0").encode("utf-32-le"), dtype=np.uint32)
+    try:
+        data = ("\0".join(keys) + "\0").encode()
+    except UnicodeEncodeError:  # a lone surrogate: key by key
+        return np.fromiter(map(routing_bucket, keys), dtype=np.float64, count=n)
+    points = np.frombuffer(data, dtype=np.uint8)
     ends = np.flatnonzero(points == 0)
     if ends.size != n:  # a key holds a NUL itself: the ends come from the lengths
-        ends = np.cumsum(np.fromiter(map(len, keys), dtype=np.intp, count=n) + 1) - 1
+        sizes = np.fromiter(map(len, map(str.encode, keys)), dtype=np.intp, count=n)
+        ends = np.cumsum(sizes + 1) - 1
     starts = np.empty(n, dtype=np.intp)
     starts[0] = 0
     starts[1:] = ends[:-1] + 1
     if int((ends - starts).max()) >= _LONGEST:  # a sum below could wrap: key by key
         return np.fromiter(map(routing_bucket, keys), dtype=np.float64, count=n)
     powers, inverses = _tables(points.size)
-    terms = np.multiply(points, powers[: points.size], dtype=np.uint64)  # each < 2**53
+    terms = np.multiply(points, powers[: points.size], dtype=np.uint64)  # each < 2**38
     h = np.add.reduceat(terms, starts) % _M * inverses[starts] % _M
-    h *= np.uint64(_SPREAD)  # uint64 arithmetic wraps: mod 2**64, as above
-    return (h >> np.uint64(11)).astype(np.float64) / 2.0**53
+    return (h * np.uint64(_SPREAD) & np.uint64(_LOW)).astype(np.float64) / 2.0**32
 
 
 _M = np.uint64(_MODULUS)
-_LONGEST = 1 << 11  # code points per key for which a sum of terms (each < 2**53) is < 2**64
+# A longer key is hashed alone (its sum of terms, each < 2**38, stays below 2**64 up to
+# 2**26 bytes, but real routing keys are short, and the tables need not grow for one)
+_LONGEST = 1 << 11
 
 
 _POWERS = np.ones(1, dtype=np.uint64)

@@ -402,10 +402,13 @@ def test_the_guardrail_window_counts_both_models_canary_answers(served: TestClie
     # the champion's answers reach the window at the end of their loop iteration
     stats = rollout.window.stats(time.monotonic())
     assert (stats.challenger_rows, stats.champion_rows) == (mine, 40 - mine)
-    # off an event loop they are added at once
-    rollout.observe_champion(3, 1)
+    # the metrics hand them over as they apply them: off an event loop, at once
+    metrics = served.app.state.service.metrics  # type: ignore[attr-defined]
+    metrics.observe_predictions([0.9, 0.8, 0.1], [True, True, False], 1, 0.01, "champion")
+    metrics.observe_predictions([0.9], [True], 1, 0.01, "challenger")  # judged as they come
     later = rollout.window.stats(time.monotonic())
     assert (later.champion_rows, later.champion_high) == (43 - mine, stats.champion_high + 1)
+    assert later.challenger_rows == mine
 
 
 def test_a_healthy_canary_answers_with_its_version(served: TestClient) -> None:

@@ -438,6 +438,11 @@ class PredictionLogWriter:
         with self._lock:
             return not self._queue and not self._in_flight
 
+    def write_now(self) -> None:
+        """Start a write of whatever is queued without waiting for the flush interval (a
+        caller that needs the log settled now: a benchmark window's end, say)."""
+        self._wake.set()
+
     def close(self, timeout: float | None = None) -> None:
         """Write what is queued for up to `timeout` seconds (default: the write timeout),
         then stop; whatever is not written by then is counted as dropped ("shutdown").
