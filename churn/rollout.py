@@ -199,9 +199,9 @@ class RolloutRecord:
 # A routing key's position: a polynomial hash of its UTF-8 bytes modulo a prime,
 # h = sum(b_j * 256**j) mod M, spread over 32 bits by one multiplication (Fibonacci hashing:
 # the low 32 bits of h * 2**32/golden ratio); those bits over 2**32 are the bucket. Chosen
-# because both forms are cheap: one key is two C calls and four integer operations on
-# one-digit integers (int.from_bytes of the key's UTF-8 is exactly sum(b_j * 256**j), and
-# M < 2**30 is one CPython digit, so the remainder takes the one-digit division), and a batch
+# because both forms are cheap: one key is two C calls and four integer operations
+# (int.from_bytes of the key's UTF-8 is exactly sum(b_j * 256**j), and M < 2**30 is one
+# CPython digit, so the remainder takes the one-digit division), and a batch
 # of keys is a handful of numpy operations (routing_buckets), where a cryptographic hash per
 # key cost more than the rest of canary routing put together. It needs no secrecy: it spreads
 # customers evenly and keeps each one in place. Every product numpy forms stays below 2**64

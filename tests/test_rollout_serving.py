@@ -187,8 +187,9 @@ def test_batch_routing_buckets_equal_the_one_key_rule() -> None:
 
     keys = [f"customer-{i}" for i in range(5000)] + ["", "é-ü", "x" * 500, "42", "😀"]
     assert routing_buckets(keys).tolist() == [routing_bucket(k) for k in keys]
-    # keys holding the NUL that separates them inside routing_buckets, and empty keys
-    odd = ["a\0b", "\0", "", "", "a", "a\0"]
+    # keys holding the NUL that separates them inside routing_buckets, empty keys, and a lone
+    # surrogate (no UTF-8 of its own: hashed by its surrogatepass bytes, key by key)
+    odd = ["a\0b", "\0", "", "", "a", "a\0", "\ud800x"]
     assert routing_buckets(odd).tolist() == [routing_bucket(k) for k in odd]
     buckets = routing_buckets(keys)
     assert ((buckets >= 0) & (buckets < 1)).all()
