@@ -315,16 +315,16 @@ class Metrics:
                 self.error[role].inc(errors)
             if high_risk:
                 self.high_risk_of[role].inc(high_risk)
-        listener = self.on_answers
-        if listener is not None:
-            for role, (churn, no_churn, high_risk, _) in counts.items():
-                if churn or no_churn:
-                    listener(role, churn + no_churn, high_risk)
         if probabilities:
             observe_many(self.probability, probabilities)
         for role, seconds in latencies.items():
             if seconds:
                 observe_many(self.latency_of[role], seconds)
+        listener = self.on_answers  # last: the metrics are applied whatever it does
+        if listener is not None:
+            for role, (churn, no_churn, high_risk, _) in counts.items():
+                if churn or no_churn:
+                    listener(role, churn + no_churn, high_risk)
 
     def _http_children(self, method: str, route: str, status: int) -> tuple[Any, Any]:
         """The labelled counter and histogram of one (method, route, status), cached."""
