@@ -316,11 +316,7 @@ class ModelService:
         )
 
     async def _score(
-        self,
-        model: ServedModel,
-        rows: Sequence[Row],
-        role: str,
-        explain: bool = False,
+        self, model: ServedModel, rows: Sequence[Row], role: str, explain: bool = False
     ) -> tuple[Answers, str, list[str]]:
         """One model's answers for `rows`: counted under `role` and logged as one batch (the
         metrics hand the champion's to a canary's guardrail window, Rollout._answered)."""

@@ -17,10 +17,15 @@ Requests go straight to the ASGI app (no HTTP client in the process being counte
 shapes of the HTTP section: /predict from 32 concurrent callers with an ``X-Routing-Key``
 cycling over 1,000 customers, /predict/batch from 2 callers, 1,000 customers each with a
 ``customer_id``. Each window waits until the log writer and the shadow scorer are idle, so
-the work a request causes off its own path is counted with it. Log writes start every
-``PREDICTION_LOG_BATCH_SIZE`` predictions, as at the load the HTTP section serves (the flush
-interval, meant for a trickle, would start one every 0.5 s of the much slower counted run).
-Kernel work (system calls) is not counted; the HTTP section keeps the end-to-end figure.
+the work a request causes off its own path is counted with it.
+
+What runs by the clock is scaled by Callgrind's ~50x slowdown, so a request pays for it as
+deployed, whatever the machine's load: log writes start every ``PREDICTION_LOG_BATCH_SIZE``
+predictions, as at the load the HTTP section serves (the 0.5 s flush interval, meant for a
+trickle, would start ten times as many per request); the interpreter's GIL switch interval
+is 5 ms times that slowdown; the wait for the writer at a window's end polls from a thread,
+not by event-loop turns. Kernel work (system calls) is not counted; the HTTP section keeps
+the end-to-end figure.
 """
 
 from __future__ import annotations
@@ -129,10 +134,7 @@ def measure(
             # no watcher, no lifecycle tick inside a window: phases are applied by the driver
             "MODEL_WATCH_INTERVAL": "0",
             "MODEL_SYNC_INTERVAL": "3600",
-            # Writes start every PREDICTION_LOG_BATCH_SIZE predictions, as at the load the
-            # HTTP section serves (thousands a second); the interval, meant for a trickle,
-            # would start one every 0.5 s of the ~50x slower counted run: ten times as many
-            # writes per request as deployed, and as many as the run's wall time makes.
+            # writes by batch size, as at load (the module's docstring)
             "PREDICTION_LOG_FLUSH_INTERVAL": "3600",
             "LOG_LEVEL": "WARNING",
         },
@@ -389,10 +391,7 @@ async def _drive(spec: dict[str, Any]) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
-    # The interpreter asks a thread to hand the GIL over after 5 ms of wall time: ~50x less
-    # work under Callgrind than deployed, so ~50x the hand-overs per request, as many as the
-    # machine's load makes. Scaled by that slowdown, they are as deployed.
-    sys.setswitchinterval(SWITCH_INTERVAL)
+    sys.setswitchinterval(SWITCH_INTERVAL)  # scaled as deployed (the module's docstring)
     asyncio.run(_drive(json.loads(Path(args[0]).read_text())))
     return 0
 

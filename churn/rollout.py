@@ -249,7 +249,7 @@ def routing_buckets(keys: Sequence[str]) -> np.ndarray:
     starts = np.empty(n, dtype=np.intp)
     starts[0] = 0
     starts[1:] = ends[:-1] + 1
-    if int((ends - starts).max()) >= _LONGEST:  # a sum below could wrap: key by key
+    if int((ends - starts).max()) >= _LONGEST:  # a key longer than real ones: key by key
         return np.fromiter(map(routing_bucket, keys), dtype=np.float64, count=n)
     powers, inverses = _tables(points.size)
     terms = np.multiply(points, powers[: points.size], dtype=np.uint64)  # each < 2**38
